@@ -1,0 +1,59 @@
+# jitmesh: `make run` and `make test` each do all their own set-up; both are idempotent.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TOOLS := scripts/tools.sh
+OPA = $(shell $(TOOLS) path opa)
+PYTEST_ARGS ?=
+
+.PHONY: all setup tools opa kube-tools run test lint policy-test bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[setup] installing Python dependencies into $(VENV)"
+	@$(PY) -m pip install --disable-pip-version-check -q --upgrade pip
+	@$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) opa
+
+opa:
+	@$(TOOLS) opa
+
+kube-tools:
+	@$(TOOLS) etcd
+	@$(TOOLS) kube-apiserver
+
+tools: opa kube-tools
+
+run: setup
+	@JITMESH_OPA_BIN=$(OPA) $(VENV)/bin/jitmesh up
+
+policy-test: setup
+	@echo "[policy] opa check --strict / opa fmt / opa test"
+	@$(OPA) check --strict policies/
+	@$(OPA) fmt --fail --list policies/ >/dev/null || { echo "policies/ is not opa-fmt clean:"; $(OPA) fmt --list policies/; exit 1; }
+	@$(OPA) test policies/ -v --var-values 2>&1 | tail -n 3
+
+lint: setup
+	@echo "[lint] ruff + mypy"
+	@$(VENV)/bin/ruff check jitmesh pdp injector sidecar tests bench
+	@$(VENV)/bin/mypy
+
+test: setup tools policy-test lint
+	@echo "[test] pytest"
+	@JITMESH_OPA_BIN=$(OPA) \
+	 JITMESH_ETCD_BIN=$(shell $(TOOLS) path etcd) \
+	 JITMESH_KUBE_APISERVER_BIN=$(shell $(TOOLS) path kube-apiserver) \
+	 $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	@JITMESH_OPA_BIN=$(OPA) $(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .jitmesh .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,49 @@
+"""Names fixed by the external contract (SPEC.md): grant and token types, claims,
+labels, annotations and environment variables shared by the three components."""
+
+from typing import Final
+
+# RFC 8693 token exchange
+GRANT_TYPE_TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+TOKEN_TYPE_JWT: Final = "urn:ietf:params:oauth:token-type:jwt"
+ACCESS_TOKEN_JWT_TYP: Final = "at+jwt"  # RFC 9068 section 2.1
+SIGNING_ALG: Final = "ES256"
+
+# Claims of issued tokens
+KUBERNETES_CLAIM: Final = "kubernetes.io"
+DECISION_ID_CLAIM: Final = "decision_id"
+SERVICEACCOUNT_SUB_PREFIX: Final = "system:serviceaccount:"
+
+# Injection (SPEC section 4)
+LABEL_INJECT: Final = "jitmesh.io/inject"
+NAMESPACE_LABEL_INJECTION: Final = "jitmesh.io/injection"
+ANNOTATION_STATUS: Final = "jitmesh.io/status"
+STATUS_INJECTED: Final = "injected"
+ANNOTATION_AUDIENCES: Final = "jitmesh.io/audiences"
+ANNOTATION_SCOPES_PREFIX: Final = "jitmesh.io/scopes."
+ANNOTATION_TTL: Final = "jitmesh.io/ttl"
+ANNOTATION_TOKEN_DIR: Final = "jitmesh.io/token-dir"
+DEFAULT_TOKEN_DIR: Final = "/var/run/jitmesh"
+SIDECAR_CONTAINER_NAME: Final = "jitmesh-sidecar"
+TOKENS_VOLUME: Final = "jitmesh-tokens"
+ATTESTATION_VOLUME: Final = "jitmesh-attestation"
+DEFAULT_SUBJECT_AUDIENCE: Final = "jitmesh"
+
+# Sidecar environment (SPEC section 1)
+ENV_BROKER_URL: Final = "JITMESH_BROKER_URL"
+ENV_AUDIENCES: Final = "JITMESH_AUDIENCES"
+ENV_SCOPES_PREFIX: Final = "JITMESH_SCOPES_"
+ENV_TTL: Final = "JITMESH_TTL"
+ENV_SA_TOKEN_FILE: Final = "JITMESH_SA_TOKEN_FILE"
+ENV_TOKEN_DIR: Final = "JITMESH_TOKEN_DIR"
+ENV_LISTEN: Final = "JITMESH_LISTEN"
+ENV_AGENT_URL: Final = "JITMESH_AGENT_URL"
+
+
+def scopes_env_name(audience: str) -> str:
+    """`JITMESH_SCOPES_<AUDIENCE>`: audience upper-cased with `-` and `.` as `_`."""
+    return ENV_SCOPES_PREFIX + audience.upper().replace("-", "_").replace(".", "_")
+
+
+def serviceaccount_subject(namespace: str, service_account: str) -> str:
+    return f"{SERVICEACCOUNT_SUB_PREFIX}{namespace}:{service_account}"

@@ -1,0 +1,23 @@
+from pdp.store.base import (
+    REVOCATION_KINDS,
+    AuditRecord,
+    Revocation,
+    RevocationEvent,
+    RevocationKind,
+    SigningKey,
+    Store,
+    StoreError,
+    open_store_from_url,
+)
+
+__all__ = [
+    "REVOCATION_KINDS",
+    "AuditRecord",
+    "Revocation",
+    "RevocationEvent",
+    "RevocationKind",
+    "SigningKey",
+    "Store",
+    "StoreError",
+    "open_store_from_url",
+]

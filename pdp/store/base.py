@@ -1,0 +1,149 @@
+"""The broker's durable state behind one interface: signing keys, the audit trail,
+revocations and their event log. SQLite (`sqlite:///path`) and PostgreSQL
+(`postgresql://...`) implement it; the same contract tests run against both.
+
+Every method is async. A method that returns has made its write durable: the broker
+issues nothing until `append_audit` has returned. A store that cannot do what was asked
+raises `StoreError` (never a driver exception), and the broker fails closed on it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RevocationKind = Literal["jti", "subject", "pod_uid", "audience"]
+REVOCATION_KINDS: tuple[RevocationKind, ...] = ("jti", "subject", "pod_uid", "audience")
+
+
+class StoreError(Exception):
+    """The store could not be reached or could not do what was asked."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    private_pem: bytes          # PKCS#8 PEM of an EC P-256 key
+    created_at: float           # unix seconds
+    retired_at: float | None = None      # stops signing at this time (None: may sign)
+    publish_until: float | None = None   # dropped from JWKS after this (None: while signing)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One decision or admin action. The indexed columns are the ones queries filter on;
+    everything else (requested and granted scopes, TTL, reasons, the policy input and the
+    raw decision, the admin who acted, the error) travels in `details`."""
+
+    decision_id: str
+    time: float                 # unix seconds
+    event: str                  # issued | denied | error | pending | revoked | admin | ...
+    subject: str | None = None
+    audience: str | None = None
+    policy_path: str | None = None
+    jti: str | None = None
+    pod_uid: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    seq: int | None = None      # assigned by the store, increasing
+
+
+@dataclass(frozen=True)
+class Revocation:
+    id: str
+    kind: RevocationKind
+    value: str
+    reason: str
+    created_at: float
+    created_by: str
+    # jti revocations can be purged once the token would have expired anyway
+    expires_at: float | None = None
+    lifted_at: float | None = None
+    lifted_by: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.lifted_at is None
+
+
+@dataclass(frozen=True)
+class RevocationEvent:
+    """An entry of the revocation event log; `seq` is the SSE event id, increasing,
+    so a subscriber that reconnects with Last-Event-ID misses nothing."""
+
+    seq: int
+    action: Literal["revoked", "lifted"]
+    revocation: Revocation
+    time: float
+
+
+class Store(abc.ABC):
+    url: str
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply schema migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers a trivial read."""
+
+    # signing keys
+    @abc.abstractmethod
+    async def list_keys(self) -> list[SigningKey]: ...
+
+    @abc.abstractmethod
+    async def add_key(self, key: SigningKey) -> None: ...
+
+    @abc.abstractmethod
+    async def retire_key(self, kid: str, retired_at: float, publish_until: float) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_key(self, kid: str) -> None: ...
+
+    # audit
+    @abc.abstractmethod
+    async def append_audit(self, record: AuditRecord) -> AuditRecord:
+        """Durably append; returns the record with `seq` set."""
+
+    @abc.abstractmethod
+    async def query_audit(self, *, since: float | None = None, until: float | None = None,
+                          subject: str | None = None, event: str | None = None,
+                          audience: str | None = None, decision_id: str | None = None,
+                          after_seq: int | None = None, limit: int = 100) -> list[AuditRecord]:
+        """Matching records, oldest first."""
+
+    # revocations
+    @abc.abstractmethod
+    async def add_revocation(self, revocation: Revocation) -> RevocationEvent:
+        """Store the revocation and append its `revoked` event, atomically."""
+
+    @abc.abstractmethod
+    async def lift_revocation(self, revocation_id: str, lifted_by: str, when: float) -> RevocationEvent | None:
+        """Mark lifted and append a `lifted` event; None if no such active revocation."""
+
+    @abc.abstractmethod
+    async def get_revocation(self, revocation_id: str) -> Revocation | None: ...
+
+    @abc.abstractmethod
+    async def active_revocations(self) -> list[Revocation]: ...
+
+    @abc.abstractmethod
+    async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:
+        """Events with seq > after_seq, oldest first."""
+
+
+def open_store_from_url(url: str) -> Store:
+    """`sqlite:///path/to/db` or `postgresql://...` -> a Store (not yet opened)."""
+    if url.startswith("sqlite:///"):
+        from pdp.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from pdp.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"--store {url!r}: expected sqlite:///PATH or postgresql://...")
