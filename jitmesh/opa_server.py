@@ -40,7 +40,7 @@ class OPAServer(ManagedProcess):
                 "--log-level", "error", "--disable-telemetry", *[str(p) for p in paths]]
         super().__init__("opa", argv, log_path)
 
-    def start(self, timeout: float = 30.0) -> OPAServer:  # type: ignore[override]
+    def start(self, timeout: float = 30.0) -> OPAServer:
         super().start()
         try:
             wait_http(f"{self.url}/health", timeout=timeout, proc=self.proc)
