@@ -37,7 +37,7 @@ class OPAServer(ManagedProcess):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [find_opa(opa_bin), "run", "--server", "--addr", f"127.0.0.1:{self.port}",
-                "--log-level", "error", "--disable-telemetry", *[str(p) for p in paths]]
+                "--log-level", "error", "--skip-version-check", *[str(p) for p in paths]]
         super().__init__("opa", argv, log_path)
 
     def start(self, timeout: float = 30.0) -> OPAServer:
