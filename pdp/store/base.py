@@ -102,6 +102,14 @@ class Store(abc.ABC):
     async def retire_key(self, kid: str, retired_at: float, publish_until: float) -> None: ...
 
     @abc.abstractmethod
+    async def rotate_key(self, new: SigningKey, rotate_if_older_than: float, publish_until: float) -> SigningKey:
+        """Atomically: if the newest unretired key was created at or after
+        `rotate_if_older_than`, another replica already rotated; return that key and store
+        nothing. Otherwise retire every unretired key (retired_at = new.created_at, published
+        until `publish_until`), insert `new`, and return it. Replicas sharing a store thus
+        agree on one signing key and one JWKS."""
+
+    @abc.abstractmethod
     async def delete_key(self, kid: str) -> None: ...
 
     # audit
@@ -122,7 +130,8 @@ class Store(abc.ABC):
         """Store the revocation and append its `revoked` event, atomically."""
 
     @abc.abstractmethod
-    async def lift_revocation(self, revocation_id: str, lifted_by: str, when: float) -> RevocationEvent | None:
+    async def lift_revocation(self, revocation_id: str, lifted_by: str,
+                              when: float) -> RevocationEvent | None:
         """Mark lifted and append a `lifted` event; None if no such active revocation."""
 
     @abc.abstractmethod
@@ -134,6 +143,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:
         """Events with seq > after_seq, oldest first."""
+
+    @abc.abstractmethod
+    async def wait_revocation_events(self, after_seq: int, timeout: float) -> list[RevocationEvent]:
+        """Like `revocation_events`, but when there are none yet, wait up to `timeout`
+        seconds for one, including one written by another process or replica sharing
+        the store (PostgreSQL: LISTEN/NOTIFY; SQLite: in-process wake-up plus polling)."""
 
 
 def open_store_from_url(url: str) -> Store:
