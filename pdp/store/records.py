@@ -1,0 +1,71 @@
+"""What both stores check and encode the same way: records in, rows out.
+
+Kept apart from the drivers so SQLite and PostgreSQL accept and refuse exactly the
+same input, and a record read back equals the record written.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pdp.store.base import REVOCATION_KINDS, AuditRecord, Revocation, StoreError
+
+
+def encode_details(record: AuditRecord) -> str:
+    """The audit record's `details` as JSON text; StoreError if it cannot be stored."""
+    try:
+        text = json.dumps(record.details, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"audit record {record.decision_id!r}: details must be JSON-serializable "
+                         f"(finite numbers, str keys): {exc}") from None
+    for name in ("decision_id", "event", "subject", "audience", "policy_path", "jti", "pod_uid"):
+        value = getattr(record, name)
+        if value is not None and "\x00" in value:
+            raise StoreError(f"audit record {record.decision_id!r}: {name} contains a NUL character")
+    if "\\u0000" in text:
+        raise StoreError(f"audit record {record.decision_id!r}: details contain a NUL character")
+    if not record.decision_id or not record.event:
+        raise StoreError("audit record needs a decision_id and an event")
+    return text
+
+
+def decode_details(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        return raw
+    decoded = json.loads(raw)
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def check_revocation(revocation: Revocation) -> None:
+    if revocation.kind not in REVOCATION_KINDS:
+        raise StoreError(f"revocation {revocation.id!r}: kind {revocation.kind!r} is not one of "
+                         f"{', '.join(REVOCATION_KINDS)}")
+    if not revocation.id or not revocation.value:
+        raise StoreError(f"revocation {revocation.id!r}: id and value must be non-empty")
+    for name in ("id", "value", "reason", "created_by"):
+        if "\x00" in getattr(revocation, name):
+            raise StoreError(f"revocation {revocation.id!r}: {name} contains a NUL character")
+
+
+def revocation_to_json(revocation: Revocation) -> str:
+    return json.dumps({
+        "id": revocation.id, "kind": revocation.kind, "value": revocation.value,
+        "reason": revocation.reason, "created_at": revocation.created_at,
+        "created_by": revocation.created_by, "expires_at": revocation.expires_at,
+        "lifted_at": revocation.lifted_at, "lifted_by": revocation.lifted_by,
+    }, separators=(",", ":"))
+
+
+def revocation_from_json(raw: Any) -> Revocation:
+    d = raw if isinstance(raw, dict) else json.loads(raw)
+    return Revocation(id=d["id"], kind=d["kind"], value=d["value"], reason=d["reason"],
+                      created_at=d["created_at"], created_by=d["created_by"],
+                      expires_at=d.get("expires_at"), lifted_at=d.get("lifted_at"),
+                      lifted_by=d.get("lifted_by"))
+
+
+def clamp_limit(limit: int, ceiling: int = 10_000) -> int:
+    return max(0, min(int(limit), ceiling))

@@ -1,0 +1,516 @@
+"""SQLite store (`sqlite:///path`): the default, for one broker replica.
+
+Writes go through one writer thread that drains a queue and commits many of them in
+one transaction (group commit): the broker waits for its audit record to be durable on
+every token request, and one fsync per batch instead of per request is what makes
+1,000+ requests/s possible. Each write runs in its own savepoint, so one bad write fails
+alone. Reads use their own connections in worker threads (WAL lets them run beside the
+writer). Revocation waiters are woken by the writer in-process and by a poller that
+sees writes made by other processes sharing the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+from pdp.store.base import AuditRecord, Revocation, RevocationEvent, SigningKey, Store, StoreError
+from pdp.store.records import (
+    check_revocation,
+    clamp_limit,
+    decode_details,
+    encode_details,
+    revocation_from_json,
+    revocation_to_json,
+)
+
+T = TypeVar("T")
+
+# One entry per schema version; PRAGMA user_version records the last one applied.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE signing_keys (
+            kid TEXT PRIMARY KEY,
+            private_pem BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            retired_at REAL,
+            publish_until REAL)""",
+        """CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            decision_id TEXT NOT NULL,
+            time REAL NOT NULL,
+            event TEXT NOT NULL,
+            subject TEXT,
+            audience TEXT,
+            policy_path TEXT,
+            jti TEXT,
+            pod_uid TEXT,
+            details TEXT NOT NULL DEFAULT '{}')""",
+        "CREATE INDEX audit_time ON audit (time)",
+        "CREATE INDEX audit_subject ON audit (subject, seq)",
+        "CREATE INDEX audit_event ON audit (event, seq)",
+        "CREATE INDEX audit_decision ON audit (decision_id)",
+        """CREATE TABLE revocations (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('jti', 'subject', 'pod_uid', 'audience')),
+            value TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            created_by TEXT NOT NULL,
+            expires_at REAL,
+            lifted_at REAL,
+            lifted_by TEXT)""",
+        "CREATE INDEX revocations_active ON revocations (lifted_at)",
+        """CREATE TABLE revocation_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            action TEXT NOT NULL CHECK (action IN ('revoked', 'lifted')),
+            revocation_id TEXT NOT NULL,
+            time REAL NOT NULL,
+            revocation TEXT NOT NULL)""",
+    ),
+)
+
+MAX_BATCH = 512            # writes per transaction
+POLL_INTERVAL = 0.2        # seconds between looks for other processes' revocation events
+BUSY_TIMEOUT_MS = 5000     # how long a write waits for another process holding the file's lock
+
+SELECT_KEYS = "SELECT kid, private_pem, created_at, retired_at, publish_until FROM signing_keys"
+INSERT_KEY = ("INSERT INTO signing_keys (kid, private_pem, created_at, retired_at, publish_until) "
+              "VALUES (?, ?, ?, ?, ?)")
+SELECT_AUDIT = ("SELECT seq, decision_id, time, event, subject, audience, policy_path, jti, pod_uid, details "
+                "FROM audit")
+SELECT_REVOCATIONS = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, lifted_by "
+                      "FROM revocations")
+INSERT_REVOCATION = ("INSERT INTO revocations (id, kind, value, reason, created_at, created_by, expires_at, "
+                     "lifted_at, lifted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def path_from_url(url: str) -> str:
+    """`sqlite:///rel/path` -> `rel/path`; `sqlite:////abs/path` -> `/abs/path`."""
+    if not url.startswith("sqlite:///"):
+        raise StoreError(f"store URL {url!r}: expected sqlite:///PATH")
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    if not path:
+        raise StoreError(f"store URL {url!r}: no file path after sqlite:///")
+    return path
+
+
+def _key(row: sqlite3.Row) -> SigningKey:
+    return SigningKey(kid=row["kid"], private_pem=bytes(row["private_pem"]), created_at=row["created_at"],
+                      retired_at=row["retired_at"], publish_until=row["publish_until"])
+
+
+def _audit(row: sqlite3.Row) -> AuditRecord:
+    return AuditRecord(seq=row["seq"], decision_id=row["decision_id"], time=row["time"], event=row["event"],
+                       subject=row["subject"], audience=row["audience"], policy_path=row["policy_path"],
+                       jti=row["jti"], pod_uid=row["pod_uid"], details=decode_details(row["details"]))
+
+
+def _revocation(row: sqlite3.Row) -> Revocation:
+    return Revocation(id=row["id"], kind=row["kind"], value=row["value"], reason=row["reason"],
+                      created_at=row["created_at"], created_by=row["created_by"], expires_at=row["expires_at"],
+                      lifted_at=row["lifted_at"], lifted_by=row["lifted_by"])
+
+
+def _event(row: sqlite3.Row) -> RevocationEvent:
+    action = cast(Literal["revoked", "lifted"], row["action"])
+    return RevocationEvent(seq=row["seq"], action=action, revocation=revocation_from_json(row["revocation"]),
+                           time=row["time"])
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller gave up (cancelled); the write itself stands
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _Write:
+    __slots__ = ("fn", "future", "loop", "wakes_waiters")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop,
+                 future: asyncio.Future[Any], wakes_waiters: bool) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.future = future
+        self.wakes_waiters = wakes_waiters
+
+
+class SQLiteStore(Store):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = path_from_url(url)
+        self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._open = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._revocations_changed = asyncio.Event()
+        self._waiters = 0
+        self._poller: asyncio.Task[None] | None = None
+
+    # lifecycle
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = FULL")   # a returned commit survives power loss
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _open_writer_connection(self) -> sqlite3.Connection:
+        parent = Path(self.path).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"SQLite store {self.path!r}: cannot switch to WAL journal mode (got {mode!r}); "
+                                 "put the database on a local filesystem")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
+        except StoreError:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # two processes opening a new file at once: one migrates
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise StoreError(f"SQLite store {self.path!r} has schema version {version}, newer than the "
+                                 f"{len(MIGRATIONS)} this jitmesh knows; upgrade jitmesh")
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def open(self) -> None:
+        if self._open:
+            return
+        conn = await asyncio.to_thread(self._open_writer_connection)
+        self._loop = asyncio.get_running_loop()
+        self._revocations_changed = asyncio.Event()
+        self._writer = threading.Thread(target=self._writer_main, args=(conn,), name="sqlite-store-writer",
+                                        daemon=True)
+        self._writer.start()
+        self._poller = asyncio.create_task(self._poll_revocations(), name="sqlite-store-revocation-poller")
+        self._open = True
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        self._writes.put(None)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        with self._readers_lock:
+            readers, self._all_readers = self._all_readers, []
+        for conn in readers:
+            conn.close()
+        self._readers = queue.SimpleQueue()
+        self._wake_waiters()
+
+    # the writer thread
+
+    def _writer_main(self, conn: sqlite3.Connection) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                first = self._writes.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._writes.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True
+                        break
+                    batch.append(item)
+                self._commit_batch(conn, batch)
+            # fail whatever raced with close()
+            while True:
+                try:
+                    item = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    self._deliver(item, None, StoreError(f"SQLite store {self.path!r} is closed"))
+        finally:
+            conn.close()
+
+    def _deliver(self, write: _Write, result: Any, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone
+            write.loop.call_soon_threadsafe(_settle, write.future, result, error)
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = StoreError(f"SQLite store {self.path!r}: cannot start a write transaction: {exc}")
+            for write in batch:
+                self._deliver(write, None, error)
+            return
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            for write in batch:
+                conn.execute("SAVEPOINT one_write")
+                try:
+                    result = write.fn(conn)
+                except (sqlite3.Error, StoreError) as exc:
+                    conn.execute("ROLLBACK TO one_write")
+                    conn.execute("RELEASE one_write")
+                    message = exc if isinstance(exc, StoreError) else StoreError(
+                        f"SQLite store {self.path!r}: write failed: {exc}")
+                    outcomes.append((None, message))
+                else:
+                    conn.execute("RELEASE one_write")
+                    outcomes.append((result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = StoreError(f"SQLite store {self.path!r}: commit failed, nothing of it was written: {exc}")
+            for write in batch:
+                self._deliver(write, None, error)
+            return
+        wake = False
+        for write, (result, failure) in zip(batch, outcomes, strict=True):
+            self._deliver(write, result, failure)
+            wake = wake or (write.wakes_waiters and failure is None)
+        if wake and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._wake_waiters)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], wakes_waiters: bool = False) -> T:
+        if not self._open:
+            raise StoreError(f"SQLite store {self.path!r} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._writes.put(_Write(fn, loop, future, wakes_waiters))
+        return await future
+
+    # reads
+
+    def _with_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            conn = self._readers.get_nowait()
+        except queue.Empty:
+            try:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only = ON")
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self.path!r}: cannot open a reader: {exc}") from None
+            with self._readers_lock:
+                self._all_readers.append(conn)
+        try:
+            return fn(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path!r}: read failed: {exc}") from None
+        finally:
+            if self._open:
+                self._readers.put(conn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._open:
+            raise StoreError(f"SQLite store {self.path!r} is closed")
+        return await asyncio.to_thread(self._with_reader, fn)
+
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # signing keys
+
+    async def list_keys(self) -> list[SigningKey]:
+        rows = await self._read(lambda c: c.execute(
+            SELECT_KEYS + " ORDER BY created_at, kid").fetchall())
+        return [_key(r) for r in rows]
+
+    async def add_key(self, key: SigningKey) -> None:
+        def insert(c: sqlite3.Connection) -> None:
+            try:
+                c.execute(INSERT_KEY,
+                          (key.kid, key.private_pem, key.created_at, key.retired_at, key.publish_until))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"signing key {key.kid!r} already exists; kids must be unique") from None
+        await self._write(insert)
+
+    async def retire_key(self, kid: str, retired_at: float, publish_until: float) -> None:
+        await self._write(lambda c: c.execute(
+            "UPDATE signing_keys SET retired_at = ?, publish_until = ? WHERE kid = ?",
+            (retired_at, publish_until, kid)))
+
+    async def rotate_key(self, new: SigningKey, rotate_if_older_than: float, publish_until: float) -> SigningKey:
+        def rotate(c: sqlite3.Connection) -> SigningKey:
+            # runs inside the writer's BEGIN IMMEDIATE: no other process can rotate meanwhile
+            row = c.execute(SELECT_KEYS + " WHERE retired_at IS NULL "
+                            "ORDER BY created_at DESC, kid DESC LIMIT 1").fetchone()
+            if row is not None and row["created_at"] >= rotate_if_older_than:
+                return _key(row)
+            c.execute("UPDATE signing_keys SET retired_at = ?, publish_until = ? WHERE retired_at IS NULL",
+                      (new.created_at, publish_until))
+            try:
+                c.execute(INSERT_KEY,
+                          (new.kid, new.private_pem, new.created_at, new.retired_at, new.publish_until))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"signing key {new.kid!r} already exists; kids must be unique") from None
+            return new
+        return await self._write(rotate)
+
+    async def delete_key(self, kid: str) -> None:
+        await self._write(lambda c: c.execute("DELETE FROM signing_keys WHERE kid = ?", (kid,)))
+
+    # audit
+
+    async def append_audit(self, record: AuditRecord) -> AuditRecord:
+        details = encode_details(record)
+        values = (record.decision_id, record.time, record.event, record.subject, record.audience,
+                  record.policy_path, record.jti, record.pod_uid, details)
+
+        def insert(c: sqlite3.Connection) -> int:
+            cur = c.execute("INSERT INTO audit (decision_id, time, event, subject, audience, policy_path, jti, "
+                            "pod_uid, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            return int(cast(int, cur.lastrowid))
+        seq = await self._write(insert)
+        return replace(record, seq=seq)
+
+    async def query_audit(self, *, since: float | None = None, until: float | None = None,
+                          subject: str | None = None, event: str | None = None,
+                          audience: str | None = None, decision_id: str | None = None,
+                          after_seq: int | None = None, limit: int = 100) -> list[AuditRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (("time >= ?", since), ("time < ?", until), ("subject = ?", subject),
+                              ("event = ?", event), ("audience = ?", audience),
+                              ("decision_id = ?", decision_id), ("seq > ?", after_seq)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = SELECT_AUDIT
+        if where:
+            sql += " WHERE " + " AND ".join(where)  # fixed fragments; values are bound
+        sql += " ORDER BY seq LIMIT ?"
+        params.append(clamp_limit(limit))
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [_audit(r) for r in rows]
+
+    # revocations
+
+    async def add_revocation(self, revocation: Revocation) -> RevocationEvent:
+        check_revocation(revocation)
+
+        def insert(c: sqlite3.Connection) -> RevocationEvent:
+            try:
+                c.execute(INSERT_REVOCATION,
+                          (revocation.id, revocation.kind, revocation.value, revocation.reason,
+                           revocation.created_at, revocation.created_by, revocation.expires_at,
+                           revocation.lifted_at, revocation.lifted_by))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"revocation {revocation.id!r} already exists; ids must be unique") from None
+            return self._append_event(c, "revoked", revocation, revocation.created_at)
+        return await self._write(insert, wakes_waiters=True)
+
+    @staticmethod
+    def _append_event(c: sqlite3.Connection, action: Literal["revoked", "lifted"], revocation: Revocation,
+                      when: float) -> RevocationEvent:
+        cur = c.execute("INSERT INTO revocation_events (action, revocation_id, time, revocation) VALUES (?, ?, ?, ?)",
+                        (action, revocation.id, when, revocation_to_json(revocation)))
+        return RevocationEvent(seq=int(cast(int, cur.lastrowid)), action=action, revocation=revocation, time=when)
+
+    async def lift_revocation(self, revocation_id: str, lifted_by: str, when: float) -> RevocationEvent | None:
+        def lift(c: sqlite3.Connection) -> RevocationEvent | None:
+            cur = c.execute("UPDATE revocations SET lifted_at = ?, lifted_by = ? WHERE id = ? AND lifted_at IS NULL",
+                            (when, lifted_by, revocation_id))
+            if cur.rowcount == 0:
+                return None
+            row = c.execute(SELECT_REVOCATIONS + " WHERE id = ?",
+                            (revocation_id,)).fetchone()
+            return self._append_event(c, "lifted", _revocation(row), when)
+        return await self._write(lift, wakes_waiters=True)
+
+    async def get_revocation(self, revocation_id: str) -> Revocation | None:
+        row = await self._read(lambda c: c.execute(
+            SELECT_REVOCATIONS + " WHERE id = ?", (revocation_id,)).fetchone())
+        return None if row is None else _revocation(row)
+
+    async def active_revocations(self) -> list[Revocation]:
+        rows = await self._read(lambda c: c.execute(
+            SELECT_REVOCATIONS + " WHERE lifted_at IS NULL ORDER BY created_at, id").fetchall())
+        return [_revocation(r) for r in rows]
+
+    async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT seq, action, time, revocation FROM revocation_events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, clamp_limit(limit))).fetchall())
+        return [_event(r) for r in rows]
+
+    async def wait_revocation_events(self, after_seq: int, timeout: float) -> list[RevocationEvent]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        self._waiters += 1
+        try:
+            while True:
+                changed = self._revocations_changed  # taken before the query: a write after it still wakes us
+                events = await self.revocation_events(after_seq)
+                if events:
+                    return events
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not self._open:
+                    return []
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+        finally:
+            self._waiters -= 1
+
+    def _wake_waiters(self) -> None:
+        changed, self._revocations_changed = self._revocations_changed, asyncio.Event()
+        changed.set()
+
+    async def _poll_revocations(self) -> None:
+        """While anyone waits, look for events written by other processes sharing the file."""
+        last: int | None = None
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            if self._waiters == 0:
+                last = None
+                continue
+            try:
+                row = await self._read(lambda c: c.execute("SELECT max(seq) FROM revocation_events").fetchone())
+            except StoreError:
+                continue
+            newest = int(row[0] or 0)
+            if newest != last:  # also on the first look: a write may have landed before it
+                self._wake_waiters()
+            last = newest
