@@ -1,0 +1,247 @@
+"""The credential agent: for every audience, a fresh token from the broker on disk and in memory.
+
+Each audience runs one loop: read the projected ServiceAccount token (the kubelet rotates it,
+so it is read on every request), exchange it at the broker, write the answer atomically, and
+sleep until the next refresh, retry or poll. Independently of the loop, a timer removes a
+token the moment it stops being valid: a token that expired without renewal is never served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from jitmesh.log import get_logger
+from sidecar import files
+from sidecar.broker import BrokerClient, Failed, Issued, Outcome, Pending, RevokeFailed
+from sidecar.config import AudienceSpec, SidecarConfig
+from sidecar.metrics import SidecarMetrics
+from sidecar.schedule import poll_interval, refresh_delay, retry_delay
+
+log = get_logger("sidecar")
+
+
+@dataclass(frozen=True)
+class HeldToken:
+    access_token: str
+    expires_at: float  # Unix time from which it is no longer served (exp minus the safety margin)
+    scope: str
+    jti: str | None
+
+
+@dataclass
+class _Audience:
+    spec: AudienceSpec
+    token: HeldToken | None = None
+    failures: int = 0
+    access_request_id: str | None = None
+    poll_every: float | None = None
+    generation: int = 0  # bumped by a revocation, so an answer in flight is not trusted
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    expiry_timer: asyncio.TimerHandle | None = None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Agent:
+    def __init__(self, config: SidecarConfig, broker: BrokerClient, metrics: SidecarMetrics | None = None,
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.broker = broker
+        self.metrics = metrics or SidecarMetrics()
+        self._rng = rng or random.Random()  # noqa: S311 -- jitter, not secrets
+        self._clock = clock
+        self._audiences = {a.audience: _Audience(a) for a in config.audiences}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # -- what the local API reads ------------------------------------------------
+
+    def knows(self, audience: str) -> bool:
+        return audience in self._audiences
+
+    def token(self, audience: str) -> HeldToken | None:
+        """The audience's token if it is still valid now, else None."""
+        st = self._audiences.get(audience)
+        if st is None or st.token is None or st.token.expires_at <= self._clock():
+            return None
+        return st.token
+
+    def missing(self) -> list[str]:
+        """Audiences without a valid token."""
+        return [a for a in self._audiences if self.token(a) is None]
+
+    def ready(self) -> bool:
+        return not self.missing()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        files.prepare_token_dir(self.config.token_dir)
+        for name, st in self._audiences.items():
+            self.metrics.declare(name)
+            files.remove_stale_temp_files(self.config.token_dir, name)
+            # A file left by an earlier run may hold a token revoked meanwhile: fail closed, ask again.
+            files.remove_token(self.config.token_dir, name)
+            self._tasks.append(asyncio.create_task(self._run(st), name=f"audience:{name}"))
+        log.info("sidecar.started", audiences=list(self._audiences), broker=self.config.broker_url,
+                 token_dir=str(self.config.token_dir), ttl=self.config.ttl)
+
+    async def shutdown(self) -> None:
+        """Stop asking, remove every file, then revoke the tokens at the broker within the
+        shutdown timeout. Files go first, so no reader picks up a token being revoked."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        held: list[tuple[str, HeldToken]] = []
+        for name, st in self._audiences.items():
+            if st.token is not None:
+                held.append((name, st.token))
+            self._clear(st)
+            files.remove_token(self.config.token_dir, name)
+        if held:
+            results = await asyncio.gather(*(self._revoke(name, tok) for name, tok in held))
+            log.info("sidecar.stopped", revoked=sum(results), not_revoked=len(held) - sum(results))
+        else:
+            log.info("sidecar.stopped", revoked=0, not_revoked=0)
+        await self.broker.aclose()
+
+    async def _revoke(self, audience: str, token: HeldToken) -> bool:
+        try:
+            await asyncio.wait_for(self.broker.revoke(token.access_token), self.config.shutdown_timeout)
+        except (TimeoutError, RevokeFailed) as exc:
+            log.warning("token.revoke_failed", audience=audience, jti=token.jti,
+                        error=str(exc) or "timed out")
+            return False
+        log.info("token.revoked_at_broker", audience=audience, jti=token.jti)
+        return True
+
+    # -- the seam for revocation events (SPEC section 5) -------------------------------
+
+    def on_revoked(self, audience: str, reason: str = "") -> None:
+        """A revocation event named this audience's token, its subject or its pod: the file
+        goes at once and the audience asks the broker again now."""
+        st = self._audiences.get(audience)
+        if st is None or self._stopping:
+            return
+        st.generation += 1
+        had = st.token
+        self._clear(st)
+        files.remove_token(self.config.token_dir, audience)
+        self.metrics.revoked.labels(audience).inc()
+        st.failures = 0
+        log.warning("token.revoked", audience=audience, jti=had.jti if had else None, reason=reason)
+        st.wake.set()
+
+    # -- one audience ----------------------------------------------------------------
+
+    async def _run(self, st: _Audience) -> None:
+        while True:
+            st.wake.clear()
+            delay = await self._attempt(st)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(st.wake.wait(), timeout=delay)
+
+    async def _attempt(self, st: _Audience) -> float:
+        """Ask once; return the seconds until the next request."""
+        name = st.spec.audience
+        generation = st.generation
+        try:
+            subject_token = self.config.sa_token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._failed(st, Failed("subject_token_unreadable",
+                                           f"{self.config.sa_token_file}: {getattr(exc, 'strerror', None) or exc}"))
+        if not subject_token:
+            return self._failed(st, Failed("subject_token_unreadable", f"{self.config.sa_token_file} is empty"))
+        outcome: Outcome = await self.broker.exchange(st.spec, subject_token, st.access_request_id)
+        if generation != st.generation:
+            return 0.0  # revoked while we were asking: this answer may predate the revocation
+        if isinstance(outcome, Issued):
+            return self._issued(st, outcome)
+        if isinstance(outcome, Pending):
+            st.access_request_id = outcome.access_request_id or st.access_request_id
+            st.poll_every = poll_interval(outcome.interval, st.poll_every, outcome.slow_down)
+            self.metrics.pending.labels(name).inc()
+            log.info("token.pending", audience=name, access_request_id=st.access_request_id,
+                     retry_in=round(st.poll_every, 1), detail=outcome.description)
+            return st.poll_every
+        return self._failed(st, outcome)
+
+    def _issued(self, st: _Audience, issued: Issued) -> float:
+        name = st.spec.audience
+        now = self._clock()
+        expires_at = issued.expires_at - self.config.expiry_margin
+        if expires_at <= now:
+            return self._failed(st, Failed("token_too_short", f"token expires within the "
+                                           f"{self.config.expiry_margin:g}s safety margin"))
+        try:
+            files.write_token(self.config.token_dir, name, issued.access_token, self.config.file_mode,
+                              self.config.file_gid)
+        except OSError as exc:
+            return self._failed(st, Failed("write_failed", f"{self.config.token_dir}: {exc.strerror or exc}"))
+        refreshed = self.token(name) is not None
+        self._set(st, HeldToken(issued.access_token, expires_at, issued.scope, issued.jti))
+        st.failures = 0
+        st.access_request_id = None
+        st.poll_every = None
+        self.metrics.refreshes.labels(name).inc()
+        delay = refresh_delay(expires_at - now, self.config.refresh_after, self._rng)
+        log.info("token.refreshed" if refreshed else "token.issued", audience=name, scope=issued.scope,
+                 expires_in=round(expires_at - now, 1), expires_at=_iso(expires_at), jti=issued.jti,
+                 decision_id=issued.decision_id, refresh_in=round(delay, 1))
+        return delay
+
+    def _failed(self, st: _Audience, failure: Failed) -> float:
+        name = st.spec.audience
+        st.failures += 1
+        self.metrics.failures.labels(name, failure.reason).inc()
+        delay = retry_delay(st.failures, self.config.backoff_initial, self.config.backoff_max, self._rng,
+                            failure.retry_after)
+        held = self.token(name)
+        fields = {"audience": name, "reason": failure.reason, "status": failure.status,
+                  "failures": st.failures, "retry_in": round(delay, 2),
+                  "token_valid_for": round(held.expires_at - self._clock(), 1) if held else None}
+        if failure.reason == "access_denied":
+            log.warning("token.denied", reasons=failure.description, decision_id=failure.decision_id, **fields)
+        else:
+            log.warning("token.refresh_failed", detail=failure.description, **fields)
+        return delay
+
+    # -- state and the expiry timer ------------------------------------------------------
+
+    def _set(self, st: _Audience, token: HeldToken) -> None:
+        if st.expiry_timer is not None:
+            st.expiry_timer.cancel()
+        st.token = token
+        loop = asyncio.get_running_loop()
+        st.expiry_timer = loop.call_later(max(0.0, token.expires_at - self._clock()), self._expire, st, token)
+        self.metrics.token_set(st.spec.audience, token.expires_at)
+
+    def _clear(self, st: _Audience) -> None:
+        if st.expiry_timer is not None:
+            st.expiry_timer.cancel()
+            st.expiry_timer = None
+        st.token = None
+        self.metrics.token_cleared(st.spec.audience)
+
+    def _expire(self, st: _Audience, token: HeldToken) -> None:
+        if st.token is not token:
+            return
+        # Timers may fire a little early or late; if early, wait for the real moment.
+        remaining = token.expires_at - self._clock()
+        if remaining > 0:
+            st.expiry_timer = asyncio.get_running_loop().call_later(remaining, self._expire, st, token)
+            return
+        self._clear(st)
+        files.remove_token(self.config.token_dir, st.spec.audience)
+        self.metrics.expired.labels(st.spec.audience).inc()
+        log.warning("token.expired", audience=st.spec.audience, jti=token.jti,
+                    detail="not renewed in time; file removed")

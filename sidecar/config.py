@@ -1,0 +1,280 @@
+"""The sidecar's configuration, read once from the environment (SPEC section 1).
+
+Contract variables: JITMESH_BROKER_URL, JITMESH_AUDIENCES, JITMESH_SCOPES_<AUDIENCE>,
+JITMESH_TTL, JITMESH_SA_TOKEN_FILE, JITMESH_TOKEN_DIR, JITMESH_LISTEN.
+
+Extras of the sidecar's own (all optional):
+
+| variable | default | meaning |
+|---|---|---|
+| JITMESH_FILE_MODE | 0644 | octal mode of each token file |
+| JITMESH_FILE_GROUP | unset | group (name or gid) given to each token file, for an app running as another user |
+| JITMESH_REFRESH_AFTER | 0.5-0.8 | refresh at a random point in this fraction window of the token's lifetime |
+| JITMESH_BACKOFF_INITIAL | 1 | seconds before the first retry after a failure |
+| JITMESH_BACKOFF_MAX | 30 | ceiling of the exponential backoff, seconds |
+| JITMESH_EXPIRY_MARGIN | 1 | a token is removed this many seconds before its `exp` |
+| JITMESH_REQUEST_TIMEOUT | 10 | timeout of one call to the broker, seconds |
+| JITMESH_SHUTDOWN_TIMEOUT | 1.5 | how long SIGTERM waits for the broker to revoke, seconds |
+| JITMESH_BROKER_CA_FILE | unset | PEM bundle to verify an https broker (default: system CAs) |
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from jitmesh.contract import (
+    DEFAULT_TOKEN_DIR,
+    ENV_AUDIENCES,
+    ENV_BROKER_URL,
+    ENV_LISTEN,
+    ENV_SA_TOKEN_FILE,
+    ENV_TOKEN_DIR,
+    ENV_TTL,
+    scopes_env_name,
+)
+
+ENV_FILE_MODE = "JITMESH_FILE_MODE"
+ENV_FILE_GROUP = "JITMESH_FILE_GROUP"
+ENV_REFRESH_AFTER = "JITMESH_REFRESH_AFTER"
+ENV_BACKOFF_INITIAL = "JITMESH_BACKOFF_INITIAL"
+ENV_BACKOFF_MAX = "JITMESH_BACKOFF_MAX"
+ENV_EXPIRY_MARGIN = "JITMESH_EXPIRY_MARGIN"
+ENV_REQUEST_TIMEOUT = "JITMESH_REQUEST_TIMEOUT"
+ENV_SHUTDOWN_TIMEOUT = "JITMESH_SHUTDOWN_TIMEOUT"
+ENV_BROKER_CA_FILE = "JITMESH_BROKER_CA_FILE"
+
+DEFAULT_LISTEN = "127.0.0.1:8099"
+
+# An audience names a file in the token directory and an environment variable:
+# no path separators, no leading dot (temp files start with one).
+_AUDIENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+class ConfigError(ValueError):
+    """Bad sidecar configuration; the message names the variable and what would be right."""
+
+
+@dataclass(frozen=True)
+class AudienceSpec:
+    audience: str
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def scope(self) -> str:
+        return " ".join(self.scopes)
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    broker_url: str
+    audiences: tuple[AudienceSpec, ...]
+    sa_token_file: Path
+    token_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8099
+    ttl: int | None = None
+    file_mode: int = 0o644
+    file_gid: int | None = None
+    refresh_after: tuple[float, float] = (0.5, 0.8)
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    expiry_margin: float = 1.0
+    request_timeout: float = 10.0
+    shutdown_timeout: float = 1.5
+    broker_ca_file: Path | None = None
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.broker_url + "/token"
+
+    @property
+    def revocation_endpoint(self) -> str:
+        return self.broker_url + "/revoke"
+
+    def audience(self, name: str) -> AudienceSpec | None:
+        return next((a for a in self.audiences if a.audience == name), None)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SidecarConfig:
+        audiences = _audiences(environ)
+        host, port = _listen(environ.get(ENV_LISTEN, DEFAULT_LISTEN))
+        backoff_initial = _seconds(environ, ENV_BACKOFF_INITIAL, 1.0)
+        backoff_max = _seconds(environ, ENV_BACKOFF_MAX, 30.0)
+        if backoff_max < backoff_initial:
+            raise ConfigError(f"{ENV_BACKOFF_MAX}={backoff_max:g} is below {ENV_BACKOFF_INITIAL}="
+                              f"{backoff_initial:g}; the ceiling must be at least the first delay")
+        return cls(
+            broker_url=_broker_url(environ.get(ENV_BROKER_URL, "")),
+            audiences=audiences,
+            sa_token_file=_sa_token_file(environ.get(ENV_SA_TOKEN_FILE, "")),
+            token_dir=_token_dir(environ.get(ENV_TOKEN_DIR, DEFAULT_TOKEN_DIR)),
+            listen_host=host,
+            listen_port=port,
+            ttl=_ttl(environ.get(ENV_TTL)),
+            file_mode=_file_mode(environ.get(ENV_FILE_MODE, "0644")),
+            file_gid=_file_group(environ.get(ENV_FILE_GROUP)),
+            refresh_after=_refresh_after(environ.get(ENV_REFRESH_AFTER, "0.5-0.8")),
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            expiry_margin=_seconds(environ, ENV_EXPIRY_MARGIN, 1.0, allow_zero=True),
+            request_timeout=_seconds(environ, ENV_REQUEST_TIMEOUT, 10.0),
+            shutdown_timeout=_seconds(environ, ENV_SHUTDOWN_TIMEOUT, 1.5),
+            broker_ca_file=_ca_file(environ.get(ENV_BROKER_CA_FILE)),
+        )
+
+
+def _broker_url(raw: str) -> str:
+    raw = raw.strip()
+    if not raw:
+        raise ConfigError(f"{ENV_BROKER_URL} is not set; expected the broker's base URL, e.g. "
+                          "https://jitmesh-broker.jitmesh.svc:8443")
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_BROKER_URL}={raw!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{ENV_BROKER_URL}={raw!r} is not an http(s) URL with a host, "
+                          "e.g. https://jitmesh-broker.jitmesh.svc:8443")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{ENV_BROKER_URL}={raw!r} must not carry credentials, a query or a fragment")
+    return raw.rstrip("/")
+
+
+def _audiences(environ: Mapping[str, str]) -> tuple[AudienceSpec, ...]:
+    raw = environ.get(ENV_AUDIENCES, "")
+    names = [a.strip() for a in raw.split(",") if a.strip()]
+    if not names:
+        raise ConfigError(f"{ENV_AUDIENCES} is empty or not set; expected comma-separated audiences, "
+                          "e.g. orders-db,payments-api")
+    specs: list[AudienceSpec] = []
+    seen: dict[str, str] = {}
+    for name in names:
+        if not _AUDIENCE.fullmatch(name):
+            raise ConfigError(f"{ENV_AUDIENCES}: audience {name!r} is not valid; expected letters, digits, "
+                              "'.', '-' or '_', starting with a letter or digit (it names a file)")
+        env = scopes_env_name(name)
+        if env in seen:
+            raise ConfigError(f"{ENV_AUDIENCES}: audiences {seen[env]!r} and {name!r} are duplicates or "
+                              f"share the scope variable {env}")
+        seen[env] = name
+        scopes = tuple(environ.get(env, "").split())
+        for s in scopes:
+            if not _SCOPE_TOKEN.fullmatch(s):
+                raise ConfigError(f"{env}: scope {s!r} has characters RFC 6749 does not allow in a scope")
+        specs.append(AudienceSpec(name, scopes))
+    return tuple(specs)
+
+
+def _sa_token_file(raw: str) -> Path:
+    if not raw.strip():
+        raise ConfigError(f"{ENV_SA_TOKEN_FILE} is not set; expected the path of the projected "
+                          "ServiceAccount token")
+    path = Path(raw.strip())
+    try:
+        content = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{ENV_SA_TOKEN_FILE}={raw!r} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{ENV_SA_TOKEN_FILE}={raw!r} is not a text file holding a JWT") from None
+    if not content:
+        raise ConfigError(f"{ENV_SA_TOKEN_FILE}={raw!r} is empty; expected a ServiceAccount JWT")
+    return path
+
+
+def _token_dir(raw: str) -> Path:
+    if not raw.strip():
+        raise ConfigError(f"{ENV_TOKEN_DIR} is empty; expected a directory for the token files")
+    path = Path(raw.strip())
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{ENV_TOKEN_DIR}={raw!r} exists and is not a directory")
+    return path
+
+
+def _listen(raw: str) -> tuple[str, int]:
+    host, sep, port_s = raw.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ConfigError(f"{ENV_LISTEN}={raw!r} is not HOST:PORT, e.g. 127.0.0.1:8099")
+    return host, int(port_s)
+
+
+def _ttl(raw: str | None) -> int | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        ttl = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{ENV_TTL}={raw!r} is not a whole number of seconds") from None
+    if ttl <= 0:
+        raise ConfigError(f"{ENV_TTL}={raw!r} must be a positive number of seconds")
+    return ttl
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float, allow_zero: bool = False) -> float:
+    raw = environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf") or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name}={raw!r} must be a {'non-negative' if allow_zero else 'positive'} "
+                          "finite number of seconds")
+    return value
+
+
+def _file_mode(raw: str) -> int:
+    try:
+        mode = int(raw.strip(), 8)
+    except ValueError:
+        raise ConfigError(f"{ENV_FILE_MODE}={raw!r} is not an octal file mode, e.g. 0640") from None
+    if mode & ~0o777:
+        raise ConfigError(f"{ENV_FILE_MODE}={raw!r} may only set permission bits (0000-0777)")
+    if not mode & 0o400:
+        raise ConfigError(f"{ENV_FILE_MODE}={raw!r} leaves the file unreadable by its owner")
+    if mode & 0o002 or mode & 0o001:
+        raise ConfigError(f"{ENV_FILE_MODE}={raw!r} gives other users write or execute; use e.g. 0644 or 0640")
+    return mode
+
+
+def _file_group(raw: str | None) -> int | None:
+    if raw is None or not raw.strip():
+        return None
+    raw = raw.strip()
+    if raw.isdigit():
+        return int(raw)
+    try:
+        return grp.getgrnam(raw).gr_gid
+    except KeyError:
+        raise ConfigError(f"{ENV_FILE_GROUP}={raw!r} is neither a numeric gid nor a known group") from None
+
+
+def _refresh_after(raw: str) -> tuple[float, float]:
+    lo_s, sep, hi_s = raw.strip().partition("-")
+    try:
+        lo = float(lo_s)
+        hi = float(hi_s) if sep else lo
+    except ValueError:
+        raise ConfigError(f"{ENV_REFRESH_AFTER}={raw!r} is not a fraction window like 0.5-0.8") from None
+    if not 0.1 <= lo <= hi <= 0.95:
+        raise ConfigError(f"{ENV_REFRESH_AFTER}={raw!r}: fractions must satisfy 0.1 <= low <= high <= 0.95")
+    return lo, hi
+
+
+def _ca_file(raw: str | None) -> Path | None:
+    if raw is None or not raw.strip():
+        return None
+    path = Path(raw.strip())
+    if not os.access(path, os.R_OK) or not path.is_file():
+        raise ConfigError(f"{ENV_BROKER_CA_FILE}={raw!r} is not a readable PEM file")
+    return path

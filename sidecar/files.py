@@ -1,0 +1,82 @@
+"""Token files in the shared token directory (SPEC section 5).
+
+A file is replaced atomically: the new token goes to a temp file in the same directory,
+is flushed to disk with its final mode and group, then renamed over the old one. A reader
+opening `<dir>/<audience>` sees the old token or the new one, never a partial file.
+Temp files start with a dot, which no audience does, so they never shadow a token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def token_path(token_dir: Path, audience: str) -> Path:
+    return token_dir / audience
+
+
+def write_token(token_dir: Path, audience: str, token: str, mode: int, gid: int | None = None) -> Path:
+    target = token_path(token_dir, audience)
+    fd, tmp = tempfile.mkstemp(prefix=f".{audience}.", suffix=".tmp", dir=token_dir)
+    try:
+        # Mode and group are set before the name appears, so the token is never readable by more.
+        os.fchmod(fd, mode)
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        data = token.encode()
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(token_dir)
+    return target
+
+
+def remove_token(token_dir: Path, audience: str) -> bool:
+    """Remove the token file; True when there was one."""
+    try:
+        os.unlink(token_path(token_dir, audience))
+    except FileNotFoundError:
+        return False
+    _fsync_dir(token_dir)
+    return True
+
+
+def read_token(token_dir: Path, audience: str) -> str | None:
+    try:
+        return token_path(token_dir, audience).read_text().strip() or None
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+
+
+def remove_stale_temp_files(token_dir: Path, audience: str) -> None:
+    """Temp files a killed sidecar left behind."""
+    for p in token_dir.glob(f".{audience}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def prepare_token_dir(token_dir: Path) -> None:
+    token_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(token_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"token directory {token_dir} is not writable")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

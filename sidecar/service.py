@@ -1,0 +1,80 @@
+"""The sidecar process: the agent and its local API on one event loop, stopped by SIGTERM.
+
+On SIGTERM (or SIGINT) the agent removes its files and revokes its tokens within the
+shutdown timeout, the API stops, and the process exits 0, so a Job's pod completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from jitmesh.contract import ENV_LISTEN
+from jitmesh.log import get_logger
+from sidecar.agent import Agent
+from sidecar.api import build_app
+from sidecar.broker import BrokerClient
+from sidecar.config import ConfigError, SidecarConfig
+
+log = get_logger("sidecar")
+
+# Bounded so SIGTERM finishes in about two seconds even with a client holding a connection.
+_API_GRACE = 1
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the agent owns SIGTERM (revoke, remove,
+    exit 0), and uvicorn would otherwise re-raise the signal after shutting down."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(config: SidecarConfig) -> socket.socket:
+    """The API's listening socket, bound before anything else starts so a taken port fails fast."""
+    try:
+        infos = socket.getaddrinfo(config.listen_host, config.listen_port, type=socket.SOCK_STREAM)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        raise ConfigError(f"{ENV_LISTEN}={config.listen_host}:{config.listen_port}: cannot listen: "
+                          f"{exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(config: SidecarConfig, sock: socket.socket) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    agent = Agent(config, BrokerClient(config))
+    server = _EmbeddedServer(uvicorn.Config(build_app(agent), log_config=None, access_log=False,
+                                            lifespan="off", server_header=False,
+                                            timeout_graceful_shutdown=_API_GRACE))
+    await agent.start()
+    api = asyncio.create_task(server.serve(sockets=[sock]), name="api")
+    stopped = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait({api, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if api.done():
+        # The API died on its own: still clean up the tokens, but report the failure.
+        log.error("sidecar.api_failed", error=repr(api.exception()) if not api.cancelled() else "cancelled")
+        code = 1
+    log.info("sidecar.stopping", signal="SIGTERM" if stop.is_set() else None)
+    server.should_exit = True  # the API winds down while the agent revokes
+    await agent.shutdown()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(api, timeout=_API_GRACE + 0.5)
+    stopped.cancel()
+    return code
