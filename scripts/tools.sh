@@ -38,10 +38,34 @@ build_etcd() {
   local out; out=$(path_of etcd)
   [ -x "$out" ] && return 0
   log "building etcd $ETCD_VERSION (first time only; a few minutes)"
-  local tmp; tmp=$(mktemp -d)
-  GOBIN="$tmp" CGO_ENABLED=0 go install "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-  # the server module's main package is named server/v3 and installs as "v3"
-  mv "$tmp"/* "$out.part" && mv "$out.part" "$out" && rm -rf "$tmp"
+  # `go install go.etcd.io/etcd/server/v3@VERSION` is refused: the server module has replace
+  # directives for its sibling modules. A wrapper module pins every sibling instead.
+  local mod="$CACHE/src/etcd-$ETCD_VERSION"
+  local minor="${ETCD_VERSION#v3.}"   # 5.21 -> client/v2 is v2.305.21
+  mkdir -p "$mod"
+  {
+    echo "module jitmesh.local/etcd-build"
+    echo
+    echo "go 1.23"
+    echo
+    echo "require ("
+    for m in server/v3 api/v3 client/pkg/v3 client/v3 pkg/v3 raft/v3; do
+      echo "  go.etcd.io/etcd/$m $ETCD_VERSION"
+    done
+    echo "  go.etcd.io/etcd/client/v2 v2.30${minor%%.*}.${minor#*.}"
+    echo ")"
+  } > "$mod/go.mod"
+  # etcd 3.5's server binary is the main package at the root of the server module.
+  cat > "$mod/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+  (cd "$mod" && GOFLAGS=-mod=mod go mod tidy \
+     && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -o "$out.part" go.etcd.io/etcd/server/v3)
+  mv "$out.part" "$out"
   log "etcd ready: $out"
 }
 
