@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from pdp.shadow import ShadowCount, ShadowSample
 
 RevocationKind = Literal["jti", "subject", "pod_uid", "audience"]
 REVOCATION_KINDS: tuple[RevocationKind, ...] = ("jti", "subject", "pod_uid", "audience")
@@ -149,6 +152,27 @@ class Store(abc.ABC):
         """Like `revocation_events`, but when there are none yet, wait up to `timeout`
         seconds for one, including one written by another process or replica sharing
         the store (PostgreSQL: LISTEN/NOTIFY; SQLite: in-process wake-up plus polling)."""
+
+    # shadow mode (pdp/shadow.py, SQL in pdp/shadow_store.py)
+    async def record_shadow(self, counts: list[ShadowCount], samples: list[ShadowSample],
+                            samples_per_class: int) -> None:
+        """Add `counts` to the stored counts (rows with the same key are summed) and keep each
+        sample unless its (minute, class) already holds `samples_per_class`."""
+        raise StoreError(f"{type(self).__name__} does not keep shadow comparisons")
+
+    async def shadow_counts(self, since: float | None, until: float | None) -> list[ShadowCount]:
+        """Counts of the minutes from `since` to `until` (both minutes included), summed over
+        minutes; `bucket` is the earliest minute of each row."""
+        raise StoreError(f"{type(self).__name__} does not keep shadow comparisons")
+
+    async def shadow_samples(self, since: float | None, until: float | None,
+                             per_class: int) -> list[ShadowSample]:
+        """The newest `per_class` samples of each class in the window."""
+        raise StoreError(f"{type(self).__name__} does not keep shadow comparisons")
+
+    async def prune_shadow(self, before: float) -> None:
+        """Drop shadow counts and samples of minutes before `before`."""
+        raise StoreError(f"{type(self).__name__} does not keep shadow comparisons")
 
 
 def open_store_from_url(url: str) -> Store:

@@ -21,6 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from pdp import shadow_store
+from pdp.shadow import ShadowCount, ShadowSample
 from pdp.store.base import AuditRecord, Revocation, RevocationEvent, SigningKey, Store, StoreError
 from pdp.store.records import (
     check_revocation,
@@ -75,6 +77,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             time REAL NOT NULL,
             revocation TEXT NOT NULL)""",
     ),
+    shadow_store.MIGRATION,
 )
 
 MAX_BATCH = 512            # writes per transaction
@@ -493,6 +496,22 @@ class SQLiteStore(Store):
                     await asyncio.wait_for(changed.wait(), remaining)
         finally:
             self._waiters -= 1
+
+    # shadow mode: the SQL lives in pdp/shadow_store.py
+
+    async def record_shadow(self, counts: list[ShadowCount], samples: list[ShadowSample],
+                            samples_per_class: int) -> None:
+        await self._write(lambda c: shadow_store.sqlite_record(c, counts, samples, samples_per_class))
+
+    async def shadow_counts(self, since: float | None, until: float | None) -> list[ShadowCount]:
+        return await self._read(lambda c: shadow_store.sqlite_counts(c, since, until))
+
+    async def shadow_samples(self, since: float | None, until: float | None,
+                             per_class: int) -> list[ShadowSample]:
+        return await self._read(lambda c: shadow_store.sqlite_samples(c, since, until, per_class))
+
+    async def prune_shadow(self, before: float) -> None:
+        await self._write(lambda c: shadow_store.sqlite_prune(c, before))
 
     def _wake_waiters(self) -> None:
         changed, self._revocations_changed = self._revocations_changed, asyncio.Event()
