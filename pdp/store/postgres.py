@@ -1,0 +1,484 @@
+"""PostgreSQL store (`postgresql://...`): several broker replicas share one database.
+
+- Migrations run at open under a session advisory lock, so replicas starting together
+  apply each one exactly once; `schema_migrations` records them.
+- Audit appends from concurrent requests are committed together by one batcher task
+  (group commit). Appends and revocation events take a transaction-scoped advisory lock
+  so `seq` order is commit order across replicas: a follower reading `seq > N` never
+  skips a record that committed late.
+- A revocation's NOTIFY is sent in the transaction that inserts its event; a dedicated
+  LISTEN connection wakes waiters, and waiters always re-query afterwards, polling while
+  the listener is down, so nothing is missed.
+- Connections come from psycopg_pool, checked on checkout: while the server is down
+  every call raises StoreError within `timeout` seconds, and once it is back the pool
+  reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from typing import Any, Literal, cast
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from pdp.store.base import AuditRecord, Revocation, RevocationEvent, SigningKey, Store, StoreError
+from pdp.store.records import (
+    check_revocation,
+    clamp_limit,
+    decode_details,
+    encode_details,
+    revocation_from_json,
+    revocation_to_json,
+)
+
+Row = dict[str, Any]
+Conn = psycopg.AsyncConnection[Row]
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE signing_keys (
+            kid text PRIMARY KEY,
+            private_pem bytea NOT NULL,
+            created_at double precision NOT NULL,
+            retired_at double precision,
+            publish_until double precision)""",
+        """CREATE TABLE audit (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            decision_id text NOT NULL,
+            time double precision NOT NULL,
+            event text NOT NULL,
+            subject text,
+            audience text,
+            policy_path text,
+            jti text,
+            pod_uid text,
+            details jsonb NOT NULL DEFAULT '{}')""",
+        "CREATE INDEX audit_time ON audit (time)",
+        "CREATE INDEX audit_subject ON audit (subject, seq)",
+        "CREATE INDEX audit_event ON audit (event, seq)",
+        "CREATE INDEX audit_decision ON audit (decision_id)",
+        """CREATE TABLE revocations (
+            id text PRIMARY KEY,
+            kind text NOT NULL CHECK (kind IN ('jti', 'subject', 'pod_uid', 'audience')),
+            value text NOT NULL,
+            reason text NOT NULL,
+            created_at double precision NOT NULL,
+            created_by text NOT NULL,
+            expires_at double precision,
+            lifted_at double precision,
+            lifted_by text)""",
+        "CREATE INDEX revocations_active ON revocations (created_at) WHERE lifted_at IS NULL",
+        """CREATE TABLE revocation_events (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            action text NOT NULL CHECK (action IN ('revoked', 'lifted')),
+            revocation_id text NOT NULL,
+            time double precision NOT NULL,
+            revocation jsonb NOT NULL)""",
+    ),
+)
+
+# advisory lock keys (arbitrary, fixed): "jitm" followed by a small number
+MIGRATION_LOCK = 0x6A69746D_00000001
+KEYS_LOCK = 0x6A69746D_00000002
+AUDIT_LOCK = 0x6A69746D_00000003
+EVENTS_LOCK = 0x6A69746D_00000004
+CHANNEL = "jitmesh_revocations"
+
+MAX_BATCH = 512
+POLL_INTERVAL = 0.2          # waiters re-query this often while the LISTEN connection is down
+LISTENING_RECHECK = 5.0      # and this often while it is up, in case a notification was lost
+
+SELECT_KEYS = "SELECT kid, private_pem, created_at, retired_at, publish_until FROM signing_keys"
+INSERT_KEY = ("INSERT INTO signing_keys (kid, private_pem, created_at, retired_at, publish_until) "
+              "VALUES (%s, %s, %s, %s, %s)")
+INSERT_AUDIT = ("INSERT INTO audit (decision_id, time, event, subject, audience, policy_path, jti, pod_uid, "
+                "details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) RETURNING seq")
+SELECT_AUDIT = ("SELECT seq, decision_id, time, event, subject, audience, policy_path, jti, pod_uid, details "
+                "FROM audit")
+SELECT_REVOCATIONS = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, lifted_by "
+                      "FROM revocations")
+INSERT_REVOCATION = ("INSERT INTO revocations (id, kind, value, reason, created_at, created_by, expires_at, "
+                     "lifted_at, lifted_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)")
+INSERT_EVENT = ("INSERT INTO revocation_events (action, revocation_id, time, revocation) "
+                "VALUES (%s, %s, %s, %s::jsonb) RETURNING seq")
+
+
+def describe(url: str) -> str:
+    """host:port/dbname of a URL, without the password, for messages."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "PostgreSQL (unparsable URL)"
+    return f"PostgreSQL {params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+
+
+def _key(row: Row) -> SigningKey:
+    return SigningKey(kid=row["kid"], private_pem=bytes(row["private_pem"]), created_at=row["created_at"],
+                      retired_at=row["retired_at"], publish_until=row["publish_until"])
+
+
+def _audit(row: Row) -> AuditRecord:
+    return AuditRecord(seq=row["seq"], decision_id=row["decision_id"], time=row["time"], event=row["event"],
+                       subject=row["subject"], audience=row["audience"], policy_path=row["policy_path"],
+                       jti=row["jti"], pod_uid=row["pod_uid"], details=decode_details(row["details"]))
+
+
+def _revocation(row: Row) -> Revocation:
+    return Revocation(id=row["id"], kind=row["kind"], value=row["value"], reason=row["reason"],
+                      created_at=row["created_at"], created_by=row["created_by"], expires_at=row["expires_at"],
+                      lifted_at=row["lifted_at"], lifted_by=row["lifted_by"])
+
+
+def _event(row: Row) -> RevocationEvent:
+    action = cast(Literal["revoked", "lifted"], row["action"])
+    return RevocationEvent(seq=row["seq"], action=action, revocation=revocation_from_json(row["revocation"]),
+                           time=row["time"])
+
+
+AuditValues = tuple[Any, ...]
+
+
+class Unreachable(StoreError):
+    """The server or a connection to it is not there (as opposed to a refused statement)."""
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 5.0,
+                 statement_timeout: float = 10.0) -> None:
+        self.url = url
+        self.where = describe(url)
+        self.min_size = min_size
+        self.max_size = max_size
+        self.timeout = timeout          # longest a call waits for a connection before StoreError
+        self.statement_timeout = statement_timeout
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._audit_queue: asyncio.Queue[tuple[AuditValues, asyncio.Future[int]]] = asyncio.Queue()
+        self._batcher: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = False
+        self._revocations_changed = asyncio.Event()
+
+    # lifecycle
+
+    def _error(self, exc: BaseException, doing: str) -> StoreError:
+        if isinstance(exc, PoolTimeout):
+            return Unreachable(f"{self.where}: no working connection within {self.timeout:g}s while {doing} "
+                              "(is the server up?)")
+        if isinstance(exc, PoolClosed):
+            return StoreError(f"{self.where}: store is closed")
+        if isinstance(exc, psycopg.OperationalError | OSError):
+            return Unreachable(f"{self.where}: connection failed while {doing}: {str(exc).strip()}")
+        return StoreError(f"{self.where}: {doing} failed: {type(exc).__name__}: {str(exc).strip()}")
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, doing: str) -> AsyncIterator[Conn]:
+        """A pooled autocommit connection; driver and pool errors become StoreError."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"{self.where}: store is closed")
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except StoreError:
+            raise
+        except (psycopg.Error, PoolTimeout, PoolClosed, OSError) as exc:
+            raise self._error(exc, doing) from None
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        await self._migrate()
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self.url, open=False, min_size=self.min_size, max_size=self.max_size, timeout=self.timeout,
+            check=AsyncConnectionPool.check_connection, reconnect_timeout=max(self.timeout, 5.0),
+            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(self.timeout)),
+                    "options": f"-c statement_timeout={int(self.statement_timeout * 1000)}",
+                    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3},
+            name="jitmesh-store")
+        try:
+            await pool.open(wait=True, timeout=self.timeout)
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
+            await pool.close()
+            raise self._error(exc, "opening the connection pool") from None
+        self._pool = pool
+        self._audit_queue = asyncio.Queue()
+        self._revocations_changed = asyncio.Event()
+        self._batcher = asyncio.create_task(self._audit_batcher(), name="postgres-store-audit-batcher")
+        self._listener = asyncio.create_task(self._listen(), name="postgres-store-listener")
+
+    async def _migrate(self) -> None:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True,
+                                                         connect_timeout=max(1, int(self.timeout)))
+        except (psycopg.Error, OSError) as exc:
+            raise self._error(exc, "connecting to apply migrations") from None
+        try:
+            async with conn:
+                # replicas starting together: one migrates, the others wait and then find nothing to do
+                await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+                await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                                   "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+                cur = await conn.execute("SELECT version FROM schema_migrations")
+                applied = {int(r[0]) for r in await cur.fetchall()}
+                if applied and max(applied) > len(MIGRATIONS):
+                    raise StoreError(f"{self.where} has schema version {max(applied)}, newer than the "
+                                     f"{len(MIGRATIONS)} this jitmesh knows; upgrade jitmesh")
+                for version, statements in enumerate(MIGRATIONS, start=1):
+                    if version in applied:
+                        continue
+                    async with conn.transaction():
+                        for statement in statements:
+                            await conn.execute(statement)
+                        await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        except StoreError:
+            raise
+        except (psycopg.Error, OSError) as exc:
+            raise self._error(exc, "applying migrations") from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for task in (self._batcher, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._batcher = self._listener = None
+        self._fail_queued(StoreError(f"{self.where}: store is closed"))
+        await pool.close()
+        self._wake_waiters()
+
+    async def ping(self) -> None:
+        async with self._conn("answering a ping") as conn:
+            await conn.execute("SELECT 1")
+
+    # signing keys
+
+    async def list_keys(self) -> list[SigningKey]:
+        async with self._conn("listing signing keys") as conn:
+            cur = await conn.execute(SELECT_KEYS + " ORDER BY created_at, kid")
+            return [_key(r) for r in await cur.fetchall()]
+
+    async def add_key(self, key: SigningKey) -> None:
+        async with self._conn(f"adding signing key {key.kid!r}") as conn:
+            try:
+                await conn.execute(INSERT_KEY, (key.kid, key.private_pem, key.created_at, key.retired_at,
+                                                key.publish_until))
+            except pg_errors.UniqueViolation:
+                raise StoreError(f"signing key {key.kid!r} already exists; kids must be unique") from None
+
+    async def retire_key(self, kid: str, retired_at: float, publish_until: float) -> None:
+        async with self._conn(f"retiring signing key {kid!r}") as conn:
+            await conn.execute("UPDATE signing_keys SET retired_at = %s, publish_until = %s WHERE kid = %s",
+                               (retired_at, publish_until, kid))
+
+    async def rotate_key(self, new: SigningKey, rotate_if_older_than: float, publish_until: float) -> SigningKey:
+        async with self._conn("rotating the signing key") as conn, conn.transaction():
+            # replicas rotating at once queue here; the second then sees the first's key and keeps it
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (KEYS_LOCK,))
+            cur = await conn.execute(SELECT_KEYS + " WHERE retired_at IS NULL "
+                                     "ORDER BY created_at DESC, kid DESC LIMIT 1")
+            row = await cur.fetchone()
+            if row is not None and row["created_at"] >= rotate_if_older_than:
+                return _key(row)
+            await conn.execute("UPDATE signing_keys SET retired_at = %s, publish_until = %s "
+                               "WHERE retired_at IS NULL", (new.created_at, publish_until))
+            try:
+                await conn.execute(INSERT_KEY, (new.kid, new.private_pem, new.created_at, new.retired_at,
+                                                new.publish_until))
+            except pg_errors.UniqueViolation:
+                raise StoreError(f"signing key {new.kid!r} already exists; kids must be unique") from None
+            return new
+
+    async def delete_key(self, kid: str) -> None:
+        async with self._conn(f"deleting signing key {kid!r}") as conn:
+            await conn.execute("DELETE FROM signing_keys WHERE kid = %s", (kid,))
+
+    # audit
+
+    async def append_audit(self, record: AuditRecord) -> AuditRecord:
+        details = encode_details(record)
+        if self._pool is None:
+            raise StoreError(f"{self.where}: store is closed")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        values = (record.decision_id, record.time, record.event, record.subject, record.audience,
+                  record.policy_path, record.jti, record.pod_uid, details)
+        self._audit_queue.put_nowait((values, future))
+        seq = await future
+        return replace(record, seq=seq)
+
+    def _fail_queued(self, error: StoreError) -> None:
+        while not self._audit_queue.empty():
+            _, future = self._audit_queue.get_nowait()
+            if not future.done():
+                future.set_exception(error)
+
+    async def _audit_batcher(self) -> None:
+        """Commit whatever appends are waiting in one transaction, then the next lot."""
+        while True:
+            batch = [await self._audit_queue.get()]
+            while len(batch) < MAX_BATCH and not self._audit_queue.empty():
+                batch.append(self._audit_queue.get_nowait())
+            try:
+                seqs = await self._insert_audit([values for values, _ in batch])
+            except StoreError as exc:
+                if len(batch) > 1 and not isinstance(exc, Unreachable):
+                    await self._insert_audit_one_by_one(batch)  # one bad record must not fail the others
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                # the server is unreachable: fail what queued meanwhile now rather than after another timeout
+                self._fail_queued(exc)
+                continue
+            for (_, future), seq in zip(batch, seqs, strict=True):
+                if not future.done():
+                    future.set_result(seq)
+
+    async def _insert_audit_one_by_one(self, batch: list[tuple[AuditValues, asyncio.Future[int]]]) -> None:
+        for values, future in batch:
+            try:
+                seqs = await self._insert_audit([values])
+            except StoreError as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(seqs[0])
+
+    async def _insert_audit(self, rows: Sequence[AuditValues]) -> list[int]:
+        async with self._conn("appending audit records") as conn, conn.transaction():
+            # seq order = commit order, across replicas too
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+            async with conn.cursor() as cur:
+                await cur.executemany(INSERT_AUDIT, rows, returning=True)
+                seqs: list[int] = []
+                while True:
+                    row = await cur.fetchone()
+                    assert row is not None
+                    seqs.append(int(row["seq"]))
+                    if not cur.nextset():
+                        break
+        return seqs
+
+    async def query_audit(self, *, since: float | None = None, until: float | None = None,
+                          subject: str | None = None, event: str | None = None,
+                          audience: str | None = None, decision_id: str | None = None,
+                          after_seq: int | None = None, limit: int = 100) -> list[AuditRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (("time >= %s", since), ("time < %s", until), ("subject = %s", subject),
+                              ("event = %s", event), ("audience = %s", audience),
+                              ("decision_id = %s", decision_id), ("seq > %s", after_seq)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = SELECT_AUDIT
+        if where:
+            sql += " WHERE " + " AND ".join(where)  # fixed fragments; values are bound
+        sql += " ORDER BY seq LIMIT %s"
+        params.append(clamp_limit(limit))
+        async with self._conn("querying the audit trail") as conn:
+            cur = await conn.execute(sql, params)
+            return [_audit(r) for r in await cur.fetchall()]
+
+    # revocations
+
+    async def _append_event(self, conn: Conn, action: Literal["revoked", "lifted"], revocation: Revocation,
+                            when: float) -> RevocationEvent:
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))  # seq order = commit order
+        cur = await conn.execute(INSERT_EVENT, (action, revocation.id, when, revocation_to_json(revocation)))
+        row = await cur.fetchone()
+        assert row is not None
+        seq = int(row["seq"])
+        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq)))  # delivered at commit
+        return RevocationEvent(seq=seq, action=action, revocation=revocation, time=when)
+
+    async def add_revocation(self, revocation: Revocation) -> RevocationEvent:
+        check_revocation(revocation)
+        async with self._conn(f"adding revocation {revocation.id!r}") as conn, conn.transaction():
+            try:
+                await conn.execute(INSERT_REVOCATION, (
+                    revocation.id, revocation.kind, revocation.value, revocation.reason, revocation.created_at,
+                    revocation.created_by, revocation.expires_at, revocation.lifted_at, revocation.lifted_by))
+            except pg_errors.UniqueViolation:
+                raise StoreError(f"revocation {revocation.id!r} already exists; ids must be unique") from None
+            return await self._append_event(conn, "revoked", revocation, revocation.created_at)
+
+    async def lift_revocation(self, revocation_id: str, lifted_by: str, when: float) -> RevocationEvent | None:
+        async with self._conn(f"lifting revocation {revocation_id!r}") as conn, conn.transaction():
+            cur = await conn.execute("UPDATE revocations SET lifted_at = %s, lifted_by = %s "
+                                     "WHERE id = %s AND lifted_at IS NULL RETURNING id, kind, value, reason, "
+                                     "created_at, created_by, expires_at, lifted_at, lifted_by",
+                                     (when, lifted_by, revocation_id))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            return await self._append_event(conn, "lifted", _revocation(row), when)
+
+    async def get_revocation(self, revocation_id: str) -> Revocation | None:
+        async with self._conn(f"reading revocation {revocation_id!r}") as conn:
+            cur = await conn.execute(SELECT_REVOCATIONS + " WHERE id = %s", (revocation_id,))
+            row = await cur.fetchone()
+            return None if row is None else _revocation(row)
+
+    async def active_revocations(self) -> list[Revocation]:
+        async with self._conn("listing active revocations") as conn:
+            cur = await conn.execute(SELECT_REVOCATIONS + " WHERE lifted_at IS NULL ORDER BY created_at, id")
+            return [_revocation(r) for r in await cur.fetchall()]
+
+    async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:
+        async with self._conn("reading revocation events") as conn:
+            cur = await conn.execute("SELECT seq, action, time, revocation FROM revocation_events "
+                                     "WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, clamp_limit(limit)))
+            return [_event(r) for r in await cur.fetchall()]
+
+    async def wait_revocation_events(self, after_seq: int, timeout: float) -> list[RevocationEvent]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while True:
+            changed = self._revocations_changed  # taken before the query: a NOTIFY after it still wakes us
+            events = await self.revocation_events(after_seq)
+            if events:
+                return events
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._pool is None:
+                return []
+            step = LISTENING_RECHECK if self._listening else POLL_INTERVAL
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, step))
+
+    def _wake_waiters(self) -> None:
+        changed, self._revocations_changed = self._revocations_changed, asyncio.Event()
+        changed.set()
+
+    async def _listen(self) -> None:
+        """Keep one LISTEN connection; reconnect after the server comes back."""
+        delay = 0.2
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=max(1, int(self.timeout)),
+                    keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._listening = True
+                    delay = 0.2
+                    self._wake_waiters()  # anything written while we were not listening
+                    async for _ in conn.notifies():
+                        self._wake_waiters()
+            except (psycopg.Error, OSError):
+                pass
+            finally:
+                self._listening = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
