@@ -1,0 +1,138 @@
+"""What an opted-in pod asks for, read from its `jitmesh.io/*` annotations (SPEC section 4)."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from jitmesh.contract import (
+    ANNOTATION_AUDIENCES,
+    ANNOTATION_SCOPES_PREFIX,
+    ANNOTATION_STATUS,
+    ANNOTATION_TOKEN_DIR,
+    ANNOTATION_TTL,
+    DEFAULT_TOKEN_DIR,
+    scopes_env_name,
+)
+
+ANNOTATION_DOMAIN = "jitmesh.io/"
+MAX_TTL_SECONDS = 86400
+
+# An audience names a token file and, through `jitmesh.io/scopes.<audience>`, part of an
+# annotation key: letters, digits, '.', '-', '_', starting and ending with a letter or digit.
+_AUDIENCE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+_MAX_AUDIENCE = 63 - len("scopes.")  # the name part of an annotation key is at most 63 characters
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# Paths the kubelet or the runtime already own inside a container.
+_RESERVED_DIRS = ("/var/run/secrets/kubernetes.io", "/dev", "/proc", "/sys", "/etc", "/bin", "/sbin",
+                  "/usr", "/lib", "/lib64")
+
+
+class AnnotationError(ValueError):
+    """A bad annotation: names it, says what is wrong and what would be right."""
+
+    def __init__(self, annotation: str, problem: str) -> None:
+        super().__init__(f"{annotation}: {problem}")
+        self.annotation = annotation
+
+
+@dataclass(frozen=True)
+class AudienceRequest:
+    audience: str
+    scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InjectionRequest:
+    """The parsed annotations of a pod to inject."""
+
+    audiences: tuple[AudienceRequest, ...]
+    ttl: int | None = None
+    token_dir: str = DEFAULT_TOKEN_DIR
+
+
+def parse_audience_list(raw: str, where: str) -> tuple[str, ...]:
+    names = [a.strip() for a in raw.split(",")]
+    if not any(names):
+        raise AnnotationError(where, "is empty; expected comma-separated audiences, e.g. orders-db,payments-api")
+    seen: dict[str, str] = {}
+    for name in names:
+        if not name:
+            raise AnnotationError(where, f"{raw!r} has an empty entry; expected comma-separated audiences")
+        if len(name) > _MAX_AUDIENCE or not _AUDIENCE.fullmatch(name):
+            raise AnnotationError(where, f"audience {name!r} is not valid; expected at most {_MAX_AUDIENCE} "
+                                  "letters, digits, '.', '-' or '_', starting and ending with a letter or "
+                                  "digit (it names a token file)")
+        env = scopes_env_name(name)
+        if env in seen:
+            raise AnnotationError(where, f"audiences {seen[env]!r} and {name!r} are the same or share the "
+                                  f"sidecar variable {env}; list each audience once")
+        seen[env] = name
+    return tuple(names)
+
+
+def parse(annotations: Mapping[str, str], default_audiences: tuple[str, ...] = ()) -> InjectionRequest:
+    """The injection a pod asks for, or AnnotationError naming the first bad annotation."""
+    known = {ANNOTATION_AUDIENCES, ANNOTATION_TTL, ANNOTATION_TOKEN_DIR, ANNOTATION_STATUS}
+    for key in sorted(annotations):
+        if key.startswith(ANNOTATION_DOMAIN) and key not in known and not key.startswith(ANNOTATION_SCOPES_PREFIX):
+            raise AnnotationError(key, "is not a jitmesh annotation; expected one of "
+                                  f"{ANNOTATION_AUDIENCES}, {ANNOTATION_SCOPES_PREFIX}<audience>, "
+                                  f"{ANNOTATION_TTL}, {ANNOTATION_TOKEN_DIR}")
+
+    if ANNOTATION_AUDIENCES in annotations:
+        names = parse_audience_list(annotations[ANNOTATION_AUDIENCES], ANNOTATION_AUDIENCES)
+    elif default_audiences:
+        names = default_audiences
+    else:
+        raise AnnotationError(ANNOTATION_AUDIENCES, "is required for an injected pod: the comma-separated "
+                              "audiences to fetch tokens for, e.g. orders-db")
+
+    scopes: dict[str, tuple[str, ...]] = {}
+    for key in sorted(annotations):
+        if not key.startswith(ANNOTATION_SCOPES_PREFIX):
+            continue
+        audience = key[len(ANNOTATION_SCOPES_PREFIX):]
+        if audience not in names:
+            raise AnnotationError(key, f"names audience {audience!r}, which is not among the pod's audiences "
+                                  f"({', '.join(names)}); add it to {ANNOTATION_AUDIENCES} or remove this")
+        tokens = tuple(annotations[key].split())
+        for scope in tokens:
+            if not _SCOPE_TOKEN.fullmatch(scope):
+                raise AnnotationError(key, f"scope {scope!r} has characters RFC 6749 does not allow; expected "
+                                      "space-separated scopes of printable ASCII without '\"' or '\\'")
+        scopes[audience] = tokens
+
+    return InjectionRequest(
+        audiences=tuple(AudienceRequest(n, scopes.get(n, ())) for n in names),
+        ttl=_ttl(annotations.get(ANNOTATION_TTL)),
+        token_dir=_token_dir(annotations.get(ANNOTATION_TOKEN_DIR)),
+    )
+
+
+def _ttl(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.isdigit() or not 0 < int(text) <= MAX_TTL_SECONDS:
+        raise AnnotationError(ANNOTATION_TTL, f"{raw!r} is not a whole number of seconds between 1 and "
+                              f"{MAX_TTL_SECONDS}, e.g. \"300\"")
+    return int(text)
+
+
+def _token_dir(raw: str | None) -> str:
+    if raw is None:
+        return DEFAULT_TOKEN_DIR
+    path = raw.strip()
+    if not path.startswith("/") or posixpath.normpath(path) != path.rstrip("/") or path == "/" or ":" in path:
+        raise AnnotationError(ANNOTATION_TOKEN_DIR, f"{raw!r} is not a normalised absolute directory, e.g. "
+                              f"{DEFAULT_TOKEN_DIR}")
+    path = path.rstrip("/")
+    for reserved in _RESERVED_DIRS:
+        if path == reserved or path.startswith(reserved + "/"):
+            raise AnnotationError(ANNOTATION_TOKEN_DIR, f"{raw!r} is inside {reserved}, which the container "
+                                  f"runtime or kubelet owns; choose another directory, e.g. {DEFAULT_TOKEN_DIR}")
+    return path

@@ -1,0 +1,106 @@
+"""The credential sidecar container: its env (SPEC section 1), mounts, probe and confinement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from injector.annotations import InjectionRequest
+from injector.config import InjectorConfig
+from injector.volumes import ATTESTATION_MOUNT_PATH, attestation_token_file
+from jitmesh.contract import (
+    ATTESTATION_VOLUME,
+    ENV_AUDIENCES,
+    ENV_BROKER_URL,
+    ENV_LISTEN,
+    ENV_SA_TOKEN_FILE,
+    ENV_TOKEN_DIR,
+    ENV_TTL,
+    SIDECAR_CONTAINER_NAME,
+    TOKENS_VOLUME,
+    scopes_env_name,
+)
+
+SIDECAR_UID = 65532  # "nonroot" in distroless images
+STARTUP_PROBE_SECONDS = 120
+POST_START_WAIT_SECONDS = 60
+
+
+def sidecar_env(request: InjectionRequest, config: InjectorConfig) -> list[dict[str, str]]:
+    env = [
+        {"name": ENV_BROKER_URL, "value": config.broker_url},
+        {"name": ENV_AUDIENCES, "value": ",".join(a.audience for a in request.audiences)},
+    ]
+    env += [{"name": scopes_env_name(a.audience), "value": " ".join(a.scopes)}
+            for a in request.audiences if a.scopes]
+    if request.ttl is not None:
+        env.append({"name": ENV_TTL, "value": str(request.ttl)})
+    env += [
+        {"name": ENV_SA_TOKEN_FILE, "value": attestation_token_file()},
+        {"name": ENV_TOKEN_DIR, "value": request.token_dir},
+        {"name": ENV_LISTEN, "value": config.agent_listen},
+    ]
+    return env
+
+
+def _readyz_once(config: InjectorConfig) -> list[str]:
+    # The agent listens on the pod's loopback only, which an httpGet probe (sent by the kubelet
+    # to the pod IP) cannot reach; so the probe runs inside the container.
+    code = f"import urllib.request as u; u.urlopen('{config.agent_url}/readyz', timeout=2)"
+    return ["python3", "-c", code]
+
+
+def _readyz_wait(config: InjectorConfig) -> list[str]:
+    code = (
+        "import time, urllib.request as u\n"
+        f"for _ in range({POST_START_WAIT_SECONDS * 2}):\n"
+        "    try:\n"
+        f"        u.urlopen('{config.agent_url}/readyz', timeout=1); break\n"
+        "    except Exception:\n"
+        "        time.sleep(0.5)\n"
+    )
+    return ["python3", "-c", code]
+
+
+def sidecar_container(request: InjectionRequest, config: InjectorConfig) -> dict[str, Any]:
+    res = config.resources
+    container: dict[str, Any] = {
+        "name": SIDECAR_CONTAINER_NAME,
+        "image": config.sidecar_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["jitmesh", "sidecar"],
+        "env": sidecar_env(request, config),
+        "volumeMounts": [
+            {"name": TOKENS_VOLUME, "mountPath": request.token_dir},
+            {"name": ATTESTATION_VOLUME, "mountPath": ATTESTATION_MOUNT_PATH, "readOnly": True},
+        ],
+        # Passes once every audience has a token: later containers start with tokens present.
+        "startupProbe": {
+            "exec": {"command": _readyz_once(config)},
+            "periodSeconds": 1,
+            "timeoutSeconds": 3,
+            "failureThreshold": STARTUP_PROBE_SECONDS,
+        },
+        "resources": {
+            "requests": {"cpu": res.cpu_request, "memory": res.memory_request},
+            "limits": {"cpu": res.cpu_limit, "memory": res.memory_limit},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": SIDECAR_UID,
+            "runAsGroup": SIDECAR_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if config.native_sidecars:
+        # A native sidecar (KEP-753): started before, and stopped after, the app containers.
+        container["restartPolicy"] = "Always"
+    else:
+        # Without native sidecars the kubelet starts containers in order and waits for each
+        # postStart hook, so a hook that waits for the first tokens holds the app containers back.
+        container["lifecycle"] = {"postStart": {"exec": {"command": _readyz_wait(config)}}}
+    return container
