@@ -53,7 +53,10 @@ test: setup tools policy-test lint
 	 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	@JITMESH_OPA_BIN=$(OPA) $(PY) -m bench
+	@command -v wrk >/dev/null || { echo "[bench] installing wrk (the load client)"; \
+	  apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; } \
+	  || echo "[bench] could not install wrk: the load sections will say so"; }
+	@JITMESH_OPA_BIN=$(OPA) $(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .jitmesh .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,261 @@
+"""Sections 1-3: `POST /token` under 32 concurrent clients (issue 2), the same against a bare
+OPA query of the same policy and input, on PostgreSQL beside SQLite (issue 5), and with
+shadow mode on beside off (issue 6)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import pg, procstat, wrk
+from bench.report import Aim, Figure, SectionResult, unavailable
+from bench.runner import Context
+from bench.stack import (
+    Broker,
+    Cluster,
+    Workload,
+    bench_pod,
+    fresh_dir,
+    missing_flags,
+    policy_input,
+    sqlite_url,
+    start_opa,
+    token_request_body,
+)
+from jitmesh.opa_server import OPAServer
+
+TITLE = "1. Issuance: POST /token on SQLite, beside a bare OPA query (issue 2)"
+PG_TITLE = "2. Issuance on PostgreSQL beside SQLite (issue 5)"
+SHADOW_TITLE = "3. Shadow mode on beside off (issue 6)"
+
+POLICY_PATH = "jitmesh/authz/decision"
+CANDIDATE_PATH = "jitmesh/candidate/authz/decision"
+FORM = "application/x-www-form-urlencoded"
+AIM_RATE = Aim(">=", 1000)
+AIM_P99_MS = Aim("<", 20)
+AIM_SHADOW_COST_PCT = Aim("<", 10)
+
+
+@dataclass
+class LoadRun:
+    """One measured wrk run and the CPU the processes under test spent during it."""
+
+    result: wrk.WrkResult
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    def cpu_ms_per_request(self, name: str) -> float | None:
+        ok = self.result.ok_requests
+        return None if name not in self.cpu_s or ok == 0 else self.cpu_s[name] * 1000 / ok
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.result.as_dict(), "server_cpu_s": self.cpu_s}
+
+
+def drive(ctx: Context, label: str, url: str, body: str, content_type: str,
+          watch: dict[str, int]) -> LoadRun:
+    """Warm up, then measure `url` for the configured time; `watch` names process groups
+    whose CPU seconds are counted over the measured part."""
+    opts = ctx.options
+    scratch = ctx.workdir
+    if opts.warmup > 0:
+        ctx.say(f"   {label}: warm-up {opts.warmup:.0f} s")
+        wrk.run(url, body, content_type, connections=opts.connections, duration_s=opts.warmup, workdir=scratch)
+    ctx.say(f"   {label}: {opts.connections} clients for {opts.duration:.0f} s")
+    before = {name: procstat.group_cpu_seconds(pgid) for name, pgid in watch.items()}
+    result = wrk.run(url, body, content_type, connections=opts.connections, duration_s=opts.duration,
+                     workdir=scratch, tick=ctx.ticker(label, opts.duration))
+    cpu = {name: procstat.group_cpu_seconds(pgid) - before[name] for name, pgid in watch.items()}
+    ctx.say(f"   {label}: {result.ok_per_second:,.0f}/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
+            f"{result.errors} errors")
+    return LoadRun(result, cpu)
+
+
+def opa_query(opa: OPAServer, path: str, input_doc: dict[str, Any]) -> Any:
+    r = httpx.post(f"{opa.url}/v1/data/{path}", json={"input": input_doc}, timeout=10)
+    r.raise_for_status()
+    return r.json().get("result")
+
+
+def request_token(broker: Broker, body: str) -> dict[str, Any]:
+    r = httpx.post(f"{broker.url}/token", content=body, headers={"Content-Type": FORM}, timeout=10)
+    if r.status_code != 200:
+        raise RuntimeError(f"POST /token answered {r.status_code} before the run: {r.text[:300]}")
+    doc: dict[str, Any] = r.json()
+    return doc
+
+
+@dataclass
+class Setup:
+    """OPA on policies/, the dev cluster issuer and a subject token for the bench workload."""
+
+    dir: Path
+    cluster: Cluster
+    opa: OPAServer
+    workload: Workload
+    body: str
+    opa_input: dict[str, Any]
+
+
+@contextlib.contextmanager
+def opa_and_cluster(ctx: Context, name: str) -> Iterator[Setup]:
+    directory = fresh_dir(ctx.workdir, name)
+    workload = Workload()
+    cluster = Cluster(directory)
+    pod = bench_pod(workload)
+    token = cluster.subject_token(workload, pod)
+    opa = start_opa(directory)
+    try:
+        setup = Setup(directory, cluster, opa, workload, token_request_body(token, workload),
+                      policy_input(workload, pod))
+        decision = opa_query(opa, POLICY_PATH, setup.opa_input)
+        if not isinstance(decision, dict) or decision.get("allow") is not True:
+            raise RuntimeError(f"the shipped policy does not allow the bench workload {workload}: "
+                               f"{json.dumps(decision)[:300]}")
+        yield setup
+    finally:
+        opa.stop()
+
+
+@contextlib.contextmanager
+def broker(ctx: Context, setup: Setup, name: str, store_url: str, extra: Sequence[str] = ()) -> Iterator[Broker]:
+    reason = missing_flags("broker", ["--opa-url", "--jwks-file", "--store", *[f for f in extra if f[:2] == "--"]])
+    if reason:
+        raise RuntimeError(reason)
+    ctx.say(f"   starting broker ({name})")
+    proc = Broker(setup.dir, name, opa_url=setup.opa.url, cluster=setup.cluster, store_url=store_url,
+                  extra=extra).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def drive_broker(ctx: Context, setup: Setup, proc: Broker, label: str) -> tuple[LoadRun, dict[str, Any]]:
+    issued = request_token(proc, setup.body)
+    run = drive(ctx, label, f"{proc.url}/token", setup.body, FORM, {"broker": proc.pid, "opa": setup.opa.pid})
+    if run.result.errors_status:
+        # wrk counts but does not show failed answers: show one
+        with contextlib.suppress(httpx.HTTPError):
+            r = httpx.post(f"{proc.url}/token", content=setup.body, headers={"Content-Type": FORM}, timeout=10)
+            ctx.say(f"   a request after the run answered {r.status_code}: {r.text[:200]}")
+    return run, issued
+
+
+def sqlite_baseline(ctx: Context) -> LoadRun:
+    """The SQLite broker figures, measured once per `python -m bench` and shared."""
+    cached = ctx.shared.get("sqlite_run")
+    if isinstance(cached, LoadRun):
+        return cached
+    with opa_and_cluster(ctx, "issuance-sqlite-baseline") as setup, \
+            broker(ctx, setup, "broker-sqlite", sqlite_url(setup.dir)) as proc:
+        run, issued = drive_broker(ctx, setup, proc, "broker on SQLite")
+    remember_sqlite(ctx, run, issued)
+    return run
+
+
+def remember_sqlite(ctx: Context, run: LoadRun, issued: dict[str, Any]) -> None:
+    ctx.shared["sqlite_run"] = run
+    ctx.shared["issuance_rate"] = run.result.ok_per_second
+    ctx.shared["issued_expires_in"] = issued.get("expires_in")
+    ctx.shared["issuance_missed_aim"] = not (AIM_RATE.met(run.result.ok_per_second)
+                                             and AIM_P99_MS.met(run.result.p99_ms))
+
+
+def load_figures(run: LoadRun, base: LoadRun | None, base_label: str, rate_name: str,
+                 rate_aim: Aim | None = AIM_RATE) -> list[Figure]:
+    r, b = run.result, (base.result if base else None)
+    return [
+        Figure(rate_name, r.ok_per_second, "/s", b.ok_per_second if b else None, base_label, rate_aim),
+        Figure("p50 latency", r.p50_ms, "ms", b.p50_ms if b else None, base_label),
+        Figure("p99 latency", r.p99_ms, "ms", b.p99_ms if b else None, base_label, AIM_P99_MS),
+        Figure("errors", r.errors, "", b.errors if b else None, base_label,
+               note=f"of {r.requests:,} requests" if r.errors else ""),
+    ]
+
+
+def cpu_figures(run: LoadRun) -> list[Figure]:
+    out = []
+    for name, label in (("broker", "broker CPU per issuance"), ("opa", "OPA CPU per issuance")):
+        value = run.cpu_ms_per_request(name)
+        if value is not None:
+            out.append(Figure(label, value, "ms", note=f"{run.cpu_s[name] / run.result.duration_s:.2f} cores busy"))
+    return out
+
+
+def client_note(run: LoadRun) -> str:
+    share = run.result.client_cpu_s / run.result.duration_s if run.result.duration_s else 0
+    return (f"client: wrk, 1 thread pinned to one CPU, {share:.0%} of a core "
+            f"(a Python client would take a core from the broker)")
+
+
+def run_sqlite(ctx: Context) -> SectionResult:
+    with opa_and_cluster(ctx, "issuance") as setup:
+        with broker(ctx, setup, "broker-sqlite", sqlite_url(setup.dir)) as proc:
+            broker_run, issued = drive_broker(ctx, setup, proc, "broker on SQLite")
+        remember_sqlite(ctx, broker_run, issued)
+        opa_url = f"{setup.opa.url}/v1/data/{POLICY_PATH}?strict-builtin-errors=true"  # as the broker asks
+        opa_run = drive(ctx, "bare OPA query", opa_url, json.dumps({"input": setup.opa_input}),
+                        "application/json", {"opa": setup.opa.pid})
+    figures = load_figures(broker_run, opa_run, "bare OPA", "issuances/s")
+    ratio = (opa_run.result.ok_per_second / broker_run.result.ok_per_second
+             if broker_run.result.ok_per_second else None)
+    figures.append(Figure("bare OPA ÷ broker throughput", ratio, "x",
+                          note="how much the broker adds beyond the policy query"))
+    figures += cpu_figures(broker_run)
+    opa_cpu = opa_run.cpu_ms_per_request("opa")
+    if opa_cpu is not None:
+        figures.append(Figure("OPA CPU per bare query", opa_cpu, "ms"))
+    notes = [f"{ctx.options.connections} clients, {ctx.options.duration:.0f} s after {ctx.options.warmup:.0f} s "
+             f"warm-up; {setup.workload.subject} asks audience {setup.workload.audience} "
+             f"scopes '{' '.join(setup.workload.scopes)}', granted expires_in={issued.get('expires_in')}",
+             client_note(broker_run)]
+    return SectionResult("issuance", TITLE, figures, notes,
+                         raw={"broker": broker_run.as_dict(), "bare_opa": opa_run.as_dict(), "issued": {
+                             k: issued.get(k) for k in ("expires_in", "scope", "token_type")}})
+
+
+def run_postgres(ctx: Context) -> SectionResult:
+    reason = pg.unavailable_reason()
+    if reason:
+        return unavailable("postgres", PG_TITLE, reason)
+    base = sqlite_baseline(ctx)
+    with opa_and_cluster(ctx, "issuance-postgres") as setup, pg.server(setup.dir) as dsn, \
+            broker(ctx, setup, "broker-postgres", dsn) as proc:
+        run, _ = drive_broker(ctx, setup, proc, "broker on PostgreSQL")
+    figures = load_figures(run, base, "SQLite", "issuances/s") + cpu_figures(run)
+    return SectionResult("postgres", PG_TITLE, figures, [client_note(run)],
+                         raw={"postgres": run.as_dict(), "sqlite": base.as_dict()})
+
+
+def run_shadow(ctx: Context) -> SectionResult:
+    reason = missing_flags("broker", ["--shadow-policy-path"])
+    if reason:
+        return unavailable("shadow", SHADOW_TITLE, reason)
+    base = sqlite_baseline(ctx)
+    with opa_and_cluster(ctx, "issuance-shadow") as setup:
+        candidate = opa_query(setup.opa, CANDIDATE_PATH, setup.opa_input)
+        if not isinstance(candidate, dict):
+            return unavailable("shadow", SHADOW_TITLE, f"policies/ has no candidate at {CANDIDATE_PATH} "
+                               f"(OPA answers {json.dumps(candidate)[:100]})")
+        with broker(ctx, setup, "broker-shadow", sqlite_url(setup.dir),
+                    ["--shadow-policy-path", CANDIDATE_PATH]) as proc:
+            run, _ = drive_broker(ctx, setup, proc, "broker with shadow on")
+    figures = load_figures(run, base, "shadow off", "issuances/s")
+    off = base.result.ok_per_second
+    cost = (1 - run.result.ok_per_second / off) * 100 if off else None
+    figures.append(Figure("throughput cost of shadow", cost, "%", aim=AIM_SHADOW_COST_PCT,
+                          note="1 - on/off; negative means within noise"))
+    figures.append(Figure("p99 added by shadow", run.result.p99_ms - base.result.p99_ms, "ms"))
+    figures += cpu_figures(run)
+    verdict = "agrees" if candidate.get("allow") is True else "denies"
+    notes = [f"candidate {CANDIDATE_PATH} {verdict} the bench request; shadow-off figures are the SQLite "
+             "run of this invocation", client_note(run)]
+    return SectionResult("shadow", SHADOW_TITLE, figures, notes, raw={"shadow_on": run.as_dict(),
+                                                                      "shadow_off": base.as_dict()})
+
