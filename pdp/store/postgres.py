@@ -25,9 +25,11 @@ from typing import Any, Literal, cast
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from pdp import shadow_store
+from pdp.shadow import ShadowCount, ShadowSample
 from pdp.store.base import AuditRecord, Revocation, RevocationEvent, SigningKey, Store, StoreError
 from pdp.store.records import (
     check_revocation,
@@ -82,6 +84,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             time double precision NOT NULL,
             revocation jsonb NOT NULL)""",
     ),
+    shadow_store.MIGRATION,
 )
 
 # advisory lock keys (arbitrary, fixed): "jitm" followed by a small number
@@ -456,6 +459,38 @@ class PostgresStore(Store):
             step = LISTENING_RECHECK if self._listening else POLL_INTERVAL
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(remaining, step))
+
+    # shadow mode: the SQL lives in pdp/shadow_store.py
+
+    async def record_shadow(self, counts: list[ShadowCount], samples: list[ShadowSample],
+                            samples_per_class: int) -> None:
+        async with self._conn("recording shadow comparisons") as conn, conn.transaction():
+            async with conn.cursor() as cur:
+                if counts:
+                    await cur.executemany(shadow_store.sql(shadow_store._UPSERT_COUNT, "%s"),
+                                          shadow_store.count_rows(counts))
+                if samples:
+                    await cur.executemany(shadow_store.sql(shadow_store._INSERT_SAMPLE, "%s"),
+                                          shadow_store.sample_rows(samples, samples_per_class))
+
+    async def shadow_counts(self, since: float | None, until: float | None) -> list[ShadowCount]:
+        async with self._conn("reading shadow counts") as conn, conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(shadow_store.sql(shadow_store._SELECT_COUNTS, "%s"),
+                              shadow_store.counts_params(since, until))
+            return [shadow_store.count_of(r) for r in await cur.fetchall()]
+
+    async def shadow_samples(self, since: float | None, until: float | None,
+                             per_class: int) -> list[ShadowSample]:
+        async with self._conn("reading shadow samples") as conn, conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(shadow_store.sql(shadow_store._SELECT_SAMPLES, "%s"),
+                              shadow_store.samples_params(since, until, per_class))
+            return [shadow_store.sample_of(r) for r in await cur.fetchall()]
+
+    async def prune_shadow(self, before: float) -> None:
+        bucket = shadow_store.bucket_of(before)
+        async with self._conn("pruning shadow comparisons") as conn, conn.transaction():
+            for statement in shadow_store._PRUNE:
+                await conn.execute(shadow_store.sql(statement, "%s"), (bucket,))
 
     def _wake_waiters(self) -> None:
         changed, self._revocations_changed = self._revocations_changed, asyncio.Event()
