@@ -106,7 +106,8 @@ def test_host_network_pod_is_allowed_with_a_warning() -> None:
 @pytest.mark.parametrize(("body", "problem"), [
     (b"not json", "not JSON"),
     (b"[]", "JSON object"),
-    (json.dumps({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}).encode(), "admissionReviewVersions"),
+    (json.dumps({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}).encode(),
+     "admissionReviewVersions"),
     (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}).encode(), "uid"),
     (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                  "request": {"uid": "u", "kind": "Pod"}}).encode(), "request.kind"),
