@@ -146,7 +146,11 @@ class Agent:
     async def _run(self, st: _Audience) -> None:
         while True:
             st.wake.clear()
-            delay = await self._attempt(st)
+            try:
+                delay = await self._attempt(st)
+            except Exception as exc:  # a bug must not end the audience's loop
+                log.error("sidecar.internal_error", exc_info=True, audience=st.spec.audience)
+                delay = self._failed(st, Failed("internal_error", f"{type(exc).__name__}: {exc}"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(st.wake.wait(), timeout=delay)
 
