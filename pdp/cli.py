@@ -1,9 +1,173 @@
-"""Subcommands served by the broker package: broker, token, revoke, audit, shadow."""
+"""Subcommands served by the broker package: `broker` (the server), and the clients
+`token` (an operator asks for a token by hand) and `audit` (query or follow the trail)."""
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
+import httpx
+
+from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from jitmesh.log import configure, get_logger
+from pdp.admin import parse_admin_tokens
+from pdp.config import BrokerConfig, ConfigError, add_broker_flags
+
+log = get_logger("pdp")
+
+
+# --- jitmesh broker -------------------------------------------------------------------------
+
+def run_broker(args: argparse.Namespace) -> int:
+    configure(args.log_level)
+    try:
+        config = BrokerConfig.from_args(args)
+    except ConfigError as exc:
+        print(f"jitmesh broker: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from pdp.app import create_app
+
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.listen_host, port=config.listen_port, loop="uvloop", http="httptools",
+        lifespan="on", access_log=False, log_config=None, server_header=False, timeout_graceful_shutdown=5,
+    ))
+    server.run()
+    # uvicorn leaves `started` False when the lifespan (store, keys) failed
+    return 0 if server.started else 1
+
+
+# --- client helpers ---------------------------------------------------------------------
+
+def _admin_token(path: str | None) -> str | None:
+    if not path:
+        return None
+    tokens = parse_admin_tokens(Path(path).read_text())
+    if not tokens:
+        raise ValueError(f"--admin-token-file {path!r} holds no token")
+    return tokens[0]
+
+
+def _error_text(r: httpx.Response) -> str:
+    try:
+        doc = r.json()
+    except ValueError:
+        return f"HTTP {r.status_code}"
+    if isinstance(doc, dict) and "error" in doc:
+        text = f"{doc['error']}: {doc.get('error_description', '')}".rstrip(": ")
+        if doc.get("decision_id"):
+            text += f" (decision {doc['decision_id']})"
+        return f"HTTP {r.status_code} {text}"
+    return f"HTTP {r.status_code}"
+
+
+# --- jitmesh token ----------------------------------------------------------------------
+
+def run_token(args: argparse.Namespace) -> int:
+    try:
+        subject_token = Path(args.subject_token_file).read_text().strip()
+    except OSError as exc:
+        print(f"jitmesh token: cannot read --subject-token-file: {exc}", file=sys.stderr)
+        return 2
+    form = {"grant_type": GRANT_TYPE_TOKEN_EXCHANGE, "subject_token": subject_token,
+            "subject_token_type": TOKEN_TYPE_JWT, "audience": args.audience}
+    if args.scope:
+        form["scope"] = " ".join(s for part in args.scope for s in part.split())
+    if args.ttl is not None:
+        form["requested_ttl"] = str(args.ttl)
+    try:
+        r = httpx.post(f"{args.broker_url.rstrip('/')}/token", data=form, timeout=10.0)
+    except httpx.HTTPError as exc:
+        print(f"jitmesh token: cannot reach the broker at {args.broker_url}: {exc}", file=sys.stderr)
+        return 1
+    if r.status_code != 200:
+        print(f"jitmesh token: refused: {_error_text(r)}", file=sys.stderr)
+        return 1
+    doc = r.json()
+    print(json.dumps(doc, indent=2) if args.json else doc["access_token"])
+    return 0
+
+
+# --- jitmesh audit ----------------------------------------------------------------------
+
+def _format_record(rec: dict[str, Any]) -> str:
+    ts = datetime.datetime.fromtimestamp(rec["time"], datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    d = rec.get("details") or {}
+    scopes = d.get("granted_scopes") if rec["event"] == "issued" else d.get("requested_scopes")
+    why = "; ".join(d.get("reasons") or []) or d.get("error_description") or ""
+    return (f"{rec.get('seq', ''):>6} {ts} {rec['event']:<8} {rec.get('subject') or '-'} -> "
+            f"{rec.get('audience') or '-'} [{' '.join(scopes or [])}] ttl={d.get('ttl')} "
+            f"decision={rec['decision_id']} {why}").rstrip()
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    try:
+        token = _admin_token(args.admin_token_file)
+    except (OSError, ValueError) as exc:
+        print(f"jitmesh audit: {exc}", file=sys.stderr)
+        return 2
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    params: dict[str, Any] = {"limit": args.limit}
+    for name in ("since", "subject", "event", "audience"):
+        if getattr(args, name):
+            params[name] = getattr(args, name)
+    url = f"{args.broker_url.rstrip('/')}/v1/admin/audit"
+    deadline = None if args.follow_seconds is None else time.monotonic() + args.follow_seconds
+    with httpx.Client(timeout=10.0, headers=headers) as client:
+        while True:
+            try:
+                r = client.get(url, params=params)
+            except httpx.HTTPError as exc:
+                print(f"jitmesh audit: cannot reach the broker at {args.broker_url}: {exc}", file=sys.stderr)
+                return 1
+            if r.status_code != 200:
+                print(f"jitmesh audit: {_error_text(r)}", file=sys.stderr)
+                return 1
+            doc = r.json()
+            for rec in doc["records"]:
+                print(json.dumps(rec) if args.json else _format_record(rec), flush=True)
+            if not args.follow or (deadline is not None and time.monotonic() >= deadline):
+                return 0
+            if doc.get("next_seq") is not None:
+                params["after_seq"] = doc["next_seq"]
+            if len(doc["records"]) < args.limit:
+                time.sleep(args.interval)
+
+
+# --- registration -----------------------------------------------------------------------
 
 def register(sub: Any) -> None:
-    """Filled in by the broker work (issue 2)."""
+    b = sub.add_parser("broker", help="run the broker (PDP + token service)")
+    add_broker_flags(b)
+    b.set_defaults(func=run_broker)
+
+    t = sub.add_parser("token", help="ask the broker for a token by hand")
+    t.add_argument("--broker-url", default="http://127.0.0.1:8080", help="broker base URL (default %(default)s)")
+    t.add_argument("--audience", required=True, help="the one audience of the token")
+    t.add_argument("--scope", action="append", default=[], help="scope(s) to ask for; repeatable")
+    t.add_argument("--subject-token-file", required=True,
+                   help="a ServiceAccount token, e.g. from `kubectl create token SA --audience jitmesh`")
+    t.add_argument("--ttl", type=int, default=None, help="requested lifetime in seconds")
+    t.add_argument("--json", action="store_true", help="print the whole token response as JSON")
+    t.set_defaults(func=run_token)
+
+    a = sub.add_parser("audit", help="query or follow the broker's audit trail")
+    a.add_argument("--broker-url", default="http://127.0.0.1:8080", help="broker base URL (default %(default)s)")
+    a.add_argument("--admin-token-file", default=None, help="admin bearer token file")
+    a.add_argument("--since", default=None, help="unix seconds or RFC 3339")
+    a.add_argument("--subject", default=None, help="e.g. system:serviceaccount:demo:demo-app")
+    a.add_argument("--event", default=None, help="issued, denied, error, pending, revoked")
+    a.add_argument("--audience", default=None)
+    a.add_argument("--limit", type=int, default=100, help="records per query (1-1000)")
+    a.add_argument("--json", action="store_true", help="one JSON record a line")
+    a.add_argument("--follow", action="store_true", help="keep polling for new records")
+    a.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
+    a.add_argument("--follow-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    a.set_defaults(func=run_audit)

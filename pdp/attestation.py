@@ -1,0 +1,430 @@
+"""Who is asking: verify a projected ServiceAccount token and read its Kubernetes identity.
+
+Two ways, as `--attestation` picks:
+- `jwks`: offline, against the cluster's service-account JWKS (`--jwks-file`, reloaded when
+  the file changes, or `--jwks-url`, cached and refetched on an unknown `kid`).
+- `tokenreview`: online, the API server's TokenReview.
+Optionally (`--pod-lookup`) the bound pod is read from the API server for its labels and
+images, and a token whose pod is gone, or whose pod uid differs, is refused.
+
+`AttestationError` means the token is not acceptable (`invalid_grant`);
+`AttestationUnavailable` means the broker could not find out (`503`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import jwt
+
+from jitmesh.contract import KUBERNETES_CLAIM, SERVICEACCOUNT_SUB_PREFIX, serviceaccount_subject
+from jitmesh.log import get_logger
+
+log = get_logger("pdp.attestation")
+
+# Asymmetric algorithms only, each with the key type it must be used with: `none` and
+# HS* are refused, and an RS256 header over an EC key (or HS256 over an RSA key) is too.
+ALGORITHM_KEY_TYPES: Mapping[str, tuple[str, str | None]] = {
+    "RS256": ("RSA", None), "RS384": ("RSA", None), "RS512": ("RSA", None),
+    "PS256": ("RSA", None), "PS384": ("RSA", None), "PS512": ("RSA", None),
+    "ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"), "ES512": ("EC", "P-521"),
+    "EdDSA": ("OKP", None),
+}
+LEEWAY_SECONDS = 5
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """One public key of the cluster's JWKS."""
+
+    kid: str
+    kty: str
+    key: Any
+    crv: str | None = None
+    alg: str | None = None
+
+
+class AttestationError(Exception):
+    """The subject token is not acceptable: `invalid_grant`."""
+
+
+class AttestationUnavailable(Exception):
+    """The broker cannot verify right now (API server or JWKS unreachable): `503`."""
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    uid: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Subject:
+    sub: str
+    issuer: str
+    namespace: str
+    service_account: str
+    pod: PodInfo | None = None
+
+
+class Attestor(Protocol):
+    async def attest(self, token: str) -> Subject: ...
+
+    async def close(self) -> None: ...
+
+
+class PodReader(Protocol):
+    async def read_pod(self, namespace: str, name: str) -> PodInfo | None:
+        """The pod, or None when it does not exist; AttestationUnavailable when unknown."""
+
+
+# --- pure pieces -----------------------------------------------------------------------
+
+def subject_from_claims(claims: Mapping[str, Any]) -> Subject:
+    """The Kubernetes identity of a verified projected ServiceAccount token."""
+    k8s = claims.get(KUBERNETES_CLAIM)
+    if not isinstance(k8s, dict):
+        raise AttestationError(f"subject token has no {KUBERNETES_CLAIM!r} claim: not a projected ServiceAccount token")
+    namespace = k8s.get("namespace")
+    sa = k8s.get("serviceaccount")
+    sa_name = sa.get("name") if isinstance(sa, dict) else None
+    if not isinstance(namespace, str) or not namespace or not isinstance(sa_name, str) or not sa_name:
+        raise AttestationError(f"subject token's {KUBERNETES_CLAIM!r} claim lacks namespace or serviceaccount.name")
+    sub = claims.get("sub")
+    if sub != serviceaccount_subject(namespace, sa_name):
+        raise AttestationError(f"subject token's sub {sub!r:.100} does not match its {KUBERNETES_CLAIM!r} claim")
+    pod: PodInfo | None = None
+    raw_pod = k8s.get("pod")
+    if raw_pod is not None:
+        if not isinstance(raw_pod, dict) or not isinstance(raw_pod.get("name"), str) \
+                or not isinstance(raw_pod.get("uid"), str):
+            raise AttestationError("subject token's pod binding must have a name and a uid")
+        pod = PodInfo(name=raw_pod["name"], uid=raw_pod["uid"])
+    return Subject(sub=sub, issuer=str(claims.get("iss", "")), namespace=namespace,
+                   service_account=sa_name, pod=pod)
+
+
+def parse_jwks(doc: Any) -> dict[str, VerificationKey]:
+    """kid -> key of a JWKS document. Keys without a kid, or of a kind no accepted
+    algorithm uses, are skipped."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise ValueError("not a JWKS document: expected {\"keys\": [...]}")
+    keys: dict[str, VerificationKey] = {}
+    for raw in doc["keys"]:
+        if not isinstance(raw, dict) or not isinstance(raw.get("kid"), str):
+            continue
+        if raw.get("kty") not in ("RSA", "EC", "OKP") or raw.get("use", "sig") != "sig":
+            continue
+        try:
+            key = jwt.PyJWK(raw).key
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+            log.warning("jwks.key_skipped", kid=raw.get("kid"))
+            continue
+        keys[raw["kid"]] = VerificationKey(kid=raw["kid"], kty=raw["kty"], key=key, crv=raw.get("crv"),
+                                           alg=raw.get("alg"))
+    return keys
+
+
+
+def check_algorithm(alg: Any, key: VerificationKey) -> str:
+    """The header's `alg`, if it is asymmetric and fits the key it names."""
+    if not isinstance(alg, str) or alg not in ALGORITHM_KEY_TYPES:
+        raise AttestationError(f"subject token alg {alg!r:.40} is not accepted; expected one of "
+                               + ", ".join(ALGORITHM_KEY_TYPES))
+    kty, crv = ALGORITHM_KEY_TYPES[alg]
+    if key.kty != kty or (crv is not None and key.crv != crv):
+        raise AttestationError(f"subject token alg {alg} does not fit its key (kty {key.kty})")
+    if key.alg is not None and key.alg != alg:
+        raise AttestationError(f"subject token alg {alg} differs from its key's alg {key.alg}")
+    return alg
+
+
+def verify_jwt(token: str, keys: Mapping[str, VerificationKey], issuer: str, audience: str) -> dict[str, Any]:
+    """Signature, alg, kid, iss, aud, exp, nbf of a subject token; its claims if all hold."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise AttestationError(f"subject token is not a JWT: {exc}") from None
+    kid = header.get("kid")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALGORITHM_KEY_TYPES:
+        raise AttestationError(f"subject token alg {alg!r:.40} is not accepted; expected one of "
+                               + ", ".join(ALGORITHM_KEY_TYPES))
+    if not isinstance(kid, str) or kid not in keys:
+        raise AttestationError(f"subject token kid {kid!r:.80} is not a key of the cluster's JWKS")
+    key = keys[kid]
+    check_algorithm(alg, key)
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, key.key, algorithms=[alg], audience=audience, issuer=issuer, leeway=LEEWAY_SECONDS,
+            options={"require": ["exp", "iss", "aud", "sub"], "verify_signature": True},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AttestationError("subject token has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise AttestationError("subject token is not yet valid (nbf/iat in the future)") from None
+    except jwt.InvalidIssuerError:
+        raise AttestationError(f"subject token issuer is not {issuer!r}") from None
+    except jwt.InvalidAudienceError:
+        raise AttestationError(f"subject token audience does not include {audience!r}") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AttestationError(f"subject token lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidSignatureError:
+        raise AttestationError("subject token signature does not verify") from None
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise AttestationError(f"subject token is invalid: {exc}") from None
+    return claims
+
+
+# --- JWKS sources ----------------------------------------------------------------------
+
+class KeySource(Protocol):
+    async def keys(self, kid: str | None) -> Mapping[str, VerificationKey]: ...
+
+    async def close(self) -> None: ...
+
+
+class JWKSFile:
+    """The JWKS in a file, reloaded when its mtime or size changes (checked at most once a second)."""
+
+    def __init__(self, path: Path, check_interval: float = 1.0) -> None:
+        self.path = path
+        self.check_interval = check_interval
+        self._keys: dict[str, VerificationKey] = {}
+        self._stamp: tuple[float, int] | None = None
+        self._checked = 0.0
+
+    def _reload_if_changed(self) -> None:
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            if self._stamp is None:
+                raise AttestationUnavailable(f"cannot read --jwks-file {str(self.path)!r}: {exc}") from None
+            return  # keep the last good keys while the file is being replaced
+        stamp = (st.st_mtime, st.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            keys = parse_jwks(json.loads(self.path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            if self._stamp is None:
+                raise AttestationUnavailable(f"--jwks-file {str(self.path)!r} is not a JWKS: {exc}") from None
+            log.warning("jwks.reload_failed", path=str(self.path), error=str(exc))
+            return
+        self._keys, self._stamp = keys, stamp
+        log.info("jwks.loaded", path=str(self.path), kids=sorted(keys))
+
+    async def keys(self, kid: str | None) -> Mapping[str, VerificationKey]:
+        now = time.monotonic()
+        if self._stamp is None or now - self._checked >= self.check_interval or kid not in self._keys:
+            self._checked = now
+            self._reload_if_changed()
+        return self._keys
+
+    async def close(self) -> None:
+        return None
+
+
+class JWKSURL:
+    """The JWKS at a URL (kube-apiserver's `/openid/v1/jwks`), cached for `max_age` and
+    refetched when a token names an unknown `kid`, at most once per `min_refetch`."""
+
+    def __init__(self, url: str, client: httpx.AsyncClient | None = None, max_age: float = 300.0,
+                 min_refetch: float = 10.0, timeout: float = 3.0) -> None:
+        self.url = url
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self.max_age = max_age
+        self.min_refetch = min_refetch
+        self._keys: dict[str, VerificationKey] = {}
+        self._fetched: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def _fetch(self) -> None:
+        try:
+            r = await self._client.get(self.url, headers={"Accept": "application/json"})
+            r.raise_for_status()
+            keys = parse_jwks(r.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            self._fetched = time.monotonic()  # rate-limit retries too
+            if not self._keys:
+                raise AttestationUnavailable(f"cannot fetch --jwks-url {self.url}: {exc}") from None
+            log.warning("jwks.fetch_failed", url=self.url, error=str(exc))
+            return
+        self._keys, self._fetched = keys, time.monotonic()
+        log.info("jwks.loaded", url=self.url, kids=sorted(keys))
+
+    def _needs_fetch(self, kid: str | None, now: float) -> bool:
+        if self._fetched is None:
+            return True
+        age = now - self._fetched
+        return age >= self.max_age or (kid not in self._keys and age >= self.min_refetch)
+
+    async def keys(self, kid: str | None) -> Mapping[str, VerificationKey]:
+        if self._needs_fetch(kid, time.monotonic()):
+            async with self._lock:
+                if self._needs_fetch(kid, time.monotonic()):
+                    await self._fetch()
+        if not self._keys:
+            raise AttestationUnavailable(f"no keys from --jwks-url {self.url}")
+        return self._keys
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class JWKSAttestor:
+    def __init__(self, source: KeySource, issuer: str, audience: str, pods: PodReader | None = None) -> None:
+        self.source = source
+        self.issuer = issuer
+        self.audience = audience
+        self.pods = pods
+
+    async def attest(self, token: str) -> Subject:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise AttestationError(f"subject token is not a JWT: {exc}") from None
+        keys = await self.source.keys(kid if isinstance(kid, str) else None)
+        subject = subject_from_claims(verify_jwt(token, keys, self.issuer, self.audience))
+        return await bind_pod(subject, self.pods)
+
+    async def close(self) -> None:
+        await self.source.close()
+
+
+async def bind_pod(subject: Subject, pods: PodReader | None) -> Subject:
+    """With a pod reader, fill in the bound pod's labels and images; refuse when it is gone
+    or is another pod of the same name."""
+    if pods is None or subject.pod is None:
+        return subject
+    live = await pods.read_pod(subject.namespace, subject.pod.name)
+    if live is None:
+        raise AttestationError(f"the bound pod {subject.namespace}/{subject.pod.name} no longer exists")
+    if live.uid != subject.pod.uid:
+        raise AttestationError(f"the bound pod {subject.namespace}/{subject.pod.name} has uid {live.uid}, "
+                               f"the token was bound to {subject.pod.uid}")
+    return Subject(sub=subject.sub, issuer=subject.issuer, namespace=subject.namespace,
+                   service_account=subject.service_account, pod=live)
+
+
+# --- Kubernetes API ----------------------------------------------------------------------
+
+def load_kube_api_client(kubeconfig: Path | None) -> Any:
+    """A kubernetes ApiClient from a kubeconfig, or the in-cluster configuration."""
+    from kubernetes import client, config
+
+    if kubeconfig is not None:
+        return config.new_client_from_config(config_file=str(kubeconfig))
+    config.load_incluster_config()
+    return client.ApiClient()
+
+
+def _api_unavailable(exc: BaseException) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    return not isinstance(exc, ApiException) or exc.status is None or exc.status >= 500 or exc.status == 429
+
+
+class KubePodReader:
+    """Reads pods through the API server; answers are cached for `ttl` seconds."""
+
+    def __init__(self, api_client: Any, ttl: float = 5.0) -> None:
+        from kubernetes import client
+
+        self._core = client.CoreV1Api(api_client)
+        self.ttl = ttl
+        self._cache: dict[tuple[str, str], tuple[float, PodInfo | None]] = {}
+
+    def _read(self, namespace: str, name: str) -> PodInfo | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            pod: Any = self._core.read_namespaced_pod(name, namespace, _request_timeout=3)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        spec = pod.spec
+        images = [c.image for c in (spec.init_containers or []) + (spec.containers or []) if c.image]
+        return PodInfo(name=pod.metadata.name, uid=pod.metadata.uid,
+                       labels=dict(pod.metadata.labels or {}), images=tuple(images))
+
+    async def read_pod(self, namespace: str, name: str) -> PodInfo | None:
+        key = (namespace, name)
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        try:
+            info = await asyncio.to_thread(self._read, namespace, name)
+        except Exception as exc:
+            if _api_unavailable(exc):
+                raise AttestationUnavailable(f"cannot read pod {namespace}/{name}: {exc}") from None
+            raise AttestationError(f"cannot read pod {namespace}/{name}: {exc}") from None
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[key] = (now, info)
+        return info
+
+
+def subject_from_token_review(status: Any, token: str, audience: str) -> Subject:
+    """The identity of an authenticated TokenReview status (user, extra, audiences)."""
+    if not getattr(status, "authenticated", False):
+        raise AttestationError(f"TokenReview did not authenticate the subject token: "
+                               f"{getattr(status, 'error', None) or 'not authenticated'}")
+    audiences = getattr(status, "audiences", None) or []
+    if audience not in audiences:
+        raise AttestationError(f"TokenReview audiences {audiences} do not include {audience!r}")
+    user = status.user
+    username = getattr(user, "username", None) or ""
+    if not username.startswith(SERVICEACCOUNT_SUB_PREFIX) or username.count(":") != 3:
+        raise AttestationError(f"subject {username!r:.100} is not a ServiceAccount")
+    namespace, sa_name = username[len(SERVICEACCOUNT_SUB_PREFIX):].split(":")
+    extra = getattr(user, "extra", None) or {}
+    pod_names, pod_uids = extra.get(POD_NAME_EXTRA) or [], extra.get(POD_UID_EXTRA) or []
+    pod = PodInfo(name=pod_names[0], uid=pod_uids[0]) if pod_names and pod_uids else None
+    try:
+        issuer = str(jwt.decode(token, options={"verify_signature": False}).get("iss", ""))
+    except jwt.PyJWTError:
+        issuer = ""
+    return Subject(sub=username, issuer=issuer, namespace=namespace, service_account=sa_name, pod=pod)
+
+
+class TokenReviewAttestor:
+    """Asks the API server (TokenReview, with the broker's subject audience)."""
+
+    def __init__(self, api_client: Any, audience: str, pods: PodReader | None = None) -> None:
+        from kubernetes import client
+
+        self._auth = client.AuthenticationV1Api(api_client)
+        self.audience = audience
+        self.pods = pods
+
+    def _review(self, token: str) -> Any:
+        from kubernetes import client
+
+        body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=[self.audience]))
+        return self._auth.create_token_review(body, _request_timeout=3).status
+
+    async def attest(self, token: str) -> Subject:
+        try:
+            status = await asyncio.to_thread(self._review, token)
+        except Exception as exc:
+            if _api_unavailable(exc):
+                raise AttestationUnavailable(f"TokenReview failed: {type(exc).__name__}") from None
+            raise AttestationError(f"TokenReview refused: {exc}") from None
+        return await bind_pod(subject_from_token_review(status, token, self.audience), self.pods)
+
+    async def close(self) -> None:
+        return None

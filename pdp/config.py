@@ -1,0 +1,146 @@
+"""The broker's configuration: every `jitmesh broker` flag (SPEC section 1), validated once
+at start into a frozen dataclass that is passed down. No other broker module reads flags
+or the environment."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from jitmesh.contract import DEFAULT_SUBJECT_AUDIENCE
+
+DEFAULT_POLICY_PATH = "jitmesh/authz/decision"
+DEFAULT_STORE_URL = "sqlite:///.jitmesh/broker.db"
+DEFAULT_SUBJECT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+Attestation = Literal["jwks", "tokenreview"]
+
+
+class ConfigError(ValueError):
+    """A flag has a value the broker cannot run with; the message names the flag."""
+
+
+def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{flag} {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
+def _http_url(value: str, flag: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{flag} {value!r}: expected an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _positive(value: int, flag: str) -> int:
+    if value <= 0:
+        raise ConfigError(f"{flag} {value}: must be a positive number of seconds")
+    return value
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    issuer: str = "http://127.0.0.1:8080"
+    opa_url: str = "http://127.0.0.1:8181"
+    policy_path: str = DEFAULT_POLICY_PATH
+    shadow_policy_path: str | None = None
+    subject_audience: str = DEFAULT_SUBJECT_AUDIENCE
+    attestation: Attestation = "jwks"
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    subject_issuer: str = DEFAULT_SUBJECT_ISSUER
+    store_url: str = DEFAULT_STORE_URL
+    admin_token_file: Path | None = None
+    max_ttl: int = 3600
+    default_ttl: int = 300
+    key_rotation: int = 86400
+    kubeconfig: Path | None = None
+    pod_lookup: bool = False
+    opa_timeout: float = 1.0
+    revocation_max_staleness: float = 30.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BrokerConfig:
+        host, port = parse_listen(args.listen)
+        issuer = _http_url(args.issuer or f"http://{args.listen}", "--issuer")
+        opa_url = _http_url(args.opa_url, "--opa-url")
+        policy_path = _policy_path(args.policy_path, "--policy-path")
+        shadow = _policy_path(args.shadow_policy_path, "--shadow-policy-path") if args.shadow_policy_path else None
+        if not args.subject_audience.strip():
+            raise ConfigError("--subject-audience: must not be empty")
+        attestation = args.attestation
+        jwks_file = Path(args.jwks_file) if args.jwks_file else None
+        jwks_url = _http_url(args.jwks_url, "--jwks-url") if args.jwks_url else None
+        if attestation == "jwks":
+            if (jwks_file is None) == (jwks_url is None):
+                raise ConfigError("--attestation jwks needs exactly one of --jwks-file or --jwks-url")
+            if jwks_file is not None and not jwks_file.is_file():
+                raise ConfigError(f"--jwks-file {str(jwks_file)!r}: no such file")
+        kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
+        if kubeconfig is not None and not kubeconfig.is_file():
+            raise ConfigError(f"--kubeconfig {str(kubeconfig)!r}: no such file")
+        if not args.store.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ConfigError(f"--store {args.store!r}: expected sqlite:///PATH or postgresql://...")
+        admin = Path(args.admin_token_file) if args.admin_token_file else None
+        if admin is not None and not admin.is_file():
+            raise ConfigError(f"--admin-token-file {str(admin)!r}: no such file")
+        max_ttl = _positive(args.max_ttl, "--max-ttl")
+        # unset: 300 seconds, or --max-ttl when that is shorter
+        default_ttl = min(300, max_ttl) if args.default_ttl is None else _positive(args.default_ttl, "--default-ttl")
+        if default_ttl > max_ttl:
+            raise ConfigError(f"--default-ttl {default_ttl} is longer than --max-ttl {max_ttl}")
+        key_rotation = _positive(args.key_rotation, "--key-rotation")
+        if not 0 < args.opa_timeout <= 30:
+            raise ConfigError(f"--opa-timeout {args.opa_timeout}: expected seconds in (0, 30]")
+        return cls(
+            listen_host=host, listen_port=port, issuer=issuer, opa_url=opa_url, policy_path=policy_path,
+            shadow_policy_path=shadow, subject_audience=args.subject_audience, attestation=attestation,
+            jwks_file=jwks_file, jwks_url=jwks_url, subject_issuer=args.subject_issuer, store_url=args.store,
+            admin_token_file=admin, max_ttl=max_ttl, default_ttl=default_ttl, key_rotation=key_rotation,
+            kubeconfig=kubeconfig, pod_lookup=bool(args.pod_lookup), opa_timeout=float(args.opa_timeout),
+        )
+
+
+def _policy_path(value: str, flag: str) -> str:
+    path = value.strip("/")
+    if not path or any(not seg or not seg.replace("_", "").isalnum() for seg in path.split("/")):
+        raise ConfigError(f"{flag} {value!r}: expected a slash-separated OPA data path like {DEFAULT_POLICY_PATH}")
+    return path
+
+
+def add_broker_flags(p: Any) -> None:
+    """The `jitmesh broker` flags; each is also `JITMESH_<FLAG>`."""
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT to serve on (default %(default)s)")
+    p.add_argument("--issuer", default=None, help="the `iss` of issued tokens (default http://LISTEN)")
+    p.add_argument("--opa-url", default="http://127.0.0.1:8181", help="OPA base URL (default %(default)s)")
+    p.add_argument("--opa-timeout", type=float, default=1.0, help="seconds to wait for OPA (default %(default)s)")
+    p.add_argument("--policy-path", default=DEFAULT_POLICY_PATH, help="OPA data path of the decision")
+    p.add_argument("--shadow-policy-path", default=None, help="data path of a candidate policy (unset: shadow off)")
+    p.add_argument("--subject-audience", default=DEFAULT_SUBJECT_AUDIENCE,
+                   help="audience a ServiceAccount token must carry (default %(default)s)")
+    p.add_argument("--attestation", choices=["jwks", "tokenreview"], default="jwks",
+                   help="verify subject tokens offline against a JWKS, or online with TokenReview")
+    p.add_argument("--jwks-file", default=None, help="the cluster's service-account JWKS (reloaded on change)")
+    p.add_argument("--jwks-url", default=None, help="URL of the cluster's service-account JWKS")
+    p.add_argument("--subject-issuer", default=DEFAULT_SUBJECT_ISSUER,
+                   help="expected `iss` of ServiceAccount tokens (default %(default)s)")
+    p.add_argument("--kubeconfig", default=None,
+                   help="kubeconfig for TokenReview and pod lookups (default: in-cluster config)")
+    p.add_argument("--pod-lookup", action="store_true",
+                   help="read the bound pod from the API server (labels, images; refuse when gone)")
+    p.add_argument("--store", default=DEFAULT_STORE_URL,
+                   help="sqlite:///PATH or postgresql://... (default %(default)s)")
+    p.add_argument("--admin-token-file", default=None, help="admin bearer tokens, one a line")
+    p.add_argument("--max-ttl", type=int, default=3600, help="longest token lifetime in seconds (default %(default)s)")
+    p.add_argument("--default-ttl", type=int, default=None,
+                   help="lifetime when none is asked (default 300, at most --max-ttl)")
+    p.add_argument("--key-rotation", type=int, default=86400,
+                   help="rotate the signing key every SECONDS (default %(default)s)")

@@ -1,0 +1,317 @@
+"""RFC 8693 token exchange (SPEC section 2): read the request, attest the subject, refuse
+revoked ones, ask OPA, grant no more than was both allowed and asked, audit, sign.
+
+`parse_form` and `parse_token_request` are pure; `TokenExchange.exchange` runs one request
+through the steps and returns either an `Issued` or an `OAuthError`, never raising for
+anything a client sent. Every path past attestation is audited before it answers, and no
+token is returned unless its audit record was written.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from jitmesh.log import get_logger
+from pdp.attestation import AttestationError, AttestationUnavailable, Attestor, Subject
+from pdp.audit import Auditor, decision_record
+from pdp.config import BrokerConfig
+from pdp.decision import Decision, MalformedDecision, grant, parse_decision, policy_input
+from pdp.metrics import BrokerMetrics
+from pdp.opa import OPAClient, OPAUnavailable
+from pdp.revocation import RevocationIndex, RevocationIndexStale
+from pdp.store.base import AuditRecord, StoreError
+from pdp.tokens import KeyRing, access_token_claims
+
+log = get_logger("pdp.exchange")
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_SUBJECT_TOKEN_BYTES = 16 * 1024
+MAX_AUDIENCE_CHARS = 256
+MAX_SCOPES = 64
+RETRY_AFTER_SECONDS = 2
+PENDING_INTERVAL_SECONDS = 5
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_AUDIENCE = re.compile(r"[\x21-\x7e]+")
+_SINGLE = ("grant_type", "subject_token", "subject_token_type", "scope", "requested_ttl",
+           "requested_token_type")
+
+
+@dataclass(frozen=True)
+class OAuthError(Exception):
+    status: int
+    error: str
+    description: str
+    decision_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    retry_after: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"error": self.error, "error_description": self.description}
+        if self.decision_id is not None:
+            doc["decision_id"] = self.decision_id
+        doc.update(self.extra)
+        return doc
+
+
+def invalid_request(description: str) -> OAuthError:
+    return OAuthError(400, "invalid_request", description)
+
+
+def unavailable(description: str, decision_id: str | None = None) -> OAuthError:
+    return OAuthError(503, "temporarily_unavailable", description, decision_id, retry_after=RETRY_AFTER_SECONDS)
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    subject_token: str
+    audience: str
+    scopes: tuple[str, ...]
+    requested_ttl: int | None
+
+
+@dataclass(frozen=True)
+class Issued:
+    access_token: str
+    expires_in: int
+    scope: str
+    decision_id: str
+
+    def body(self) -> dict[str, Any]:
+        return {"access_token": self.access_token, "issued_token_type": TOKEN_TYPE_JWT, "token_type": "Bearer",
+                "expires_in": self.expires_in, "scope": self.scope, "decision_id": self.decision_id}
+
+
+def parse_form(body: bytes, content_type: str | None) -> dict[str, list[str]]:
+    """An `application/x-www-form-urlencoded` body as name -> values; `invalid_request`
+    for anything else (other content types, non-UTF-8, oversized)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise invalid_request(f"the body must be application/x-www-form-urlencoded, not {media or 'absent'!r:.80}")
+    if len(body) > MAX_BODY_BYTES:
+        raise invalid_request(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        text = body.decode("ascii")  # a form body is percent-encoded ASCII
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, encoding="utf-8", errors="strict",
+                          max_num_fields=100)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise invalid_request(f"the form body cannot be decoded as UTF-8 form fields: {type(exc).__name__}") from None
+    params: dict[str, list[str]] = {}
+    for name, value in pairs:
+        params.setdefault(name, []).append(value)
+    return params
+
+
+def parse_token_request(params: Mapping[str, list[str]]) -> TokenRequest:
+    """The exchange parameters of SPEC section 2, strictly."""
+    for name in (*_SINGLE, "audience"):
+        values = params.get(name, [])
+        if len(values) > 1:
+            if name == "audience":
+                raise invalid_request("exactly one audience is allowed; the request has more than one")
+            raise invalid_request(f"parameter {name!r} is given more than once")
+
+    def one(name: str) -> str | None:
+        values = params.get(name)
+        return values[0] if values else None
+
+    grant_type = one("grant_type")
+    if not grant_type:
+        raise invalid_request(f"missing grant_type; expected {GRANT_TYPE_TOKEN_EXCHANGE}")
+    if grant_type != GRANT_TYPE_TOKEN_EXCHANGE:
+        raise OAuthError(400, "unsupported_grant_type",
+                         f"grant_type {grant_type!r:.100} is not supported; expected {GRANT_TYPE_TOKEN_EXCHANGE}")
+    token_type = one("subject_token_type")
+    if not token_type:
+        raise invalid_request(f"missing subject_token_type; expected {TOKEN_TYPE_JWT}")
+    if token_type != TOKEN_TYPE_JWT:
+        raise invalid_request(f"subject_token_type {token_type!r:.100} is not supported; expected {TOKEN_TYPE_JWT}")
+    requested_type = one("requested_token_type")
+    if requested_type is not None and requested_type not in (TOKEN_TYPE_JWT, ACCESS_TOKEN_TYPE):
+        raise invalid_request(f"requested_token_type {requested_type!r:.100} is not supported; "
+                              f"expected {TOKEN_TYPE_JWT}")
+    subject_token = one("subject_token")
+    if not subject_token:
+        raise invalid_request("missing subject_token: the pod's projected ServiceAccount token")
+    if len(subject_token) > MAX_SUBJECT_TOKEN_BYTES:
+        raise invalid_request(f"subject_token is longer than {MAX_SUBJECT_TOKEN_BYTES} bytes")
+    if not subject_token.isascii():
+        raise invalid_request("subject_token must be a compact JWS (ASCII)")
+    audience = one("audience")
+    if not audience:
+        raise invalid_request("missing audience: exactly one audience is required")
+    if len(audience) > MAX_AUDIENCE_CHARS or not _AUDIENCE.fullmatch(audience):
+        raise invalid_request(f"audience {audience!r:.100} is malformed: one name of printable ASCII "
+                              f"without spaces, at most {MAX_AUDIENCE_CHARS} characters")
+    scopes: tuple[str, ...] = ()
+    scope = one("scope")
+    if scope:
+        parts = scope.split(" ")
+        if not all(_SCOPE_TOKEN.fullmatch(p) for p in parts):
+            raise OAuthError(400, "invalid_scope", f"scope {scope!r:.100} is malformed: expected scope tokens "
+                             "separated by single spaces (RFC 6749 section 3.3)")
+        if len(parts) > MAX_SCOPES:
+            raise OAuthError(400, "invalid_scope", f"at most {MAX_SCOPES} scopes may be asked for")
+        scopes = tuple(dict.fromkeys(parts))
+    ttl: int | None = None
+    raw_ttl = one("requested_ttl")
+    if raw_ttl is not None and raw_ttl != "":
+        if not raw_ttl.isascii() or not raw_ttl.isdigit() or len(raw_ttl) > 9 or int(raw_ttl) <= 0:
+            raise invalid_request(f"requested_ttl {raw_ttl!r:.40} must be a positive whole number of seconds")
+        ttl = int(raw_ttl)
+    return TokenRequest(subject_token=subject_token, audience=audience, scopes=scopes, requested_ttl=ttl)
+
+
+class TokenExchange:
+    """One broker's issuance path; its collaborators are built by the app."""
+
+    def __init__(self, config: BrokerConfig, attestor: Attestor, opa: OPAClient, keys: KeyRing,
+                 revocations: RevocationIndex, auditor: Auditor, metrics: BrokerMetrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.attestor = attestor
+        self.opa = opa
+        self.keys = keys
+        self.revocations = revocations
+        self.auditor = auditor
+        self.metrics = metrics
+        self.clock = clock
+
+    async def _audit_refusal(self, record: AuditRecord, error: OAuthError) -> OAuthError:
+        """Write the record of a refusal; the refusal stands either way, but a store that
+        cannot write turns it into a 503."""
+        try:
+            await self.auditor.write(record)
+        except StoreError as exc:
+            Auditor.log(record, persisted=False)
+            self.metrics.errors.labels("store_unavailable").inc()
+            log.error("audit.write_failed", decision_id=record.decision_id, error=str(exc))
+            if error.status != 503:
+                return unavailable("the audit store cannot be written; nothing was issued", record.decision_id)
+        return error
+
+    async def exchange(self, params: Mapping[str, list[str]], client_ip: str | None) -> Issued | OAuthError:
+        try:
+            req = parse_token_request(params)
+        except OAuthError as bad:
+            self.metrics.denied.labels(bad.error).inc()
+            return bad
+        decision_id = str(uuid.uuid4())
+        now = self.clock()
+        policy_path = self.config.policy_path
+
+        def record(event: str, **kw: Any) -> AuditRecord:
+            return decision_record(decision_id=decision_id, time=now, event=event, policy_path=policy_path,
+                                   audience=req.audience, requested_scopes=req.scopes,
+                                   requested_ttl=req.requested_ttl, client_ip=client_ip, **kw)
+
+        # who is asking
+        try:
+            subject = await self.attestor.attest(req.subject_token)
+        except AttestationError as exc:
+            err = OAuthError(400, "invalid_grant", str(exc), decision_id)
+            self.metrics.denied.labels("invalid_grant").inc()
+            return await self._audit_refusal(record("denied", error=err.error, error_description=err.description),
+                                             err)
+        except AttestationUnavailable as exc:
+            err = unavailable(f"the subject token cannot be verified right now: {exc}", decision_id)
+            self.metrics.errors.labels("attestation_unavailable").inc()
+            return await self._audit_refusal(record("error", error=err.error, error_description=str(exc)), err)
+        pod_uid = subject.pod.uid if subject.pod else None
+
+        def subject_record(event: str, **kw: Any) -> AuditRecord:
+            return record(event, subject=subject.sub, pod_uid=pod_uid, **kw)
+
+        # revoked?
+        try:
+            self.revocations.check_fresh()
+        except RevocationIndexStale as exc:
+            err = unavailable(str(exc), decision_id)
+            self.metrics.errors.labels("store_unavailable").inc()
+            return await self._audit_refusal(subject_record("error", error=err.error, error_description=str(exc)),
+                                             err)
+        revoked = self.revocations.refusal(subject.sub, pod_uid, req.audience)
+        if revoked is not None:
+            what = {"subject": "revoked subject", "pod_uid": "revoked pod", "audience": "revoked audience"}
+            err = OAuthError(400, "invalid_grant", f"{what.get(revoked.kind, 'revoked')} {revoked.value!r}: "
+                             f"{revoked.reason} (revocation {revoked.id})", decision_id)
+            self.metrics.denied.labels("invalid_grant").inc()
+            return await self._audit_refusal(
+                subject_record("denied", error=err.error, error_description=err.description,
+                               extra={"revocation_id": revoked.id}), err)
+
+        # what does the policy say
+        doc = policy_input(subject, req.audience, req.scopes, req.requested_ttl, now, client_ip)
+        started = time.perf_counter()
+        try:
+            raw = await self.opa.query(policy_path, doc)
+        except OPAUnavailable as exc:
+            self.metrics.opa_seconds.observe(time.perf_counter() - started)
+            err = unavailable(f"the policy engine cannot be reached: {exc}", decision_id)
+            self.metrics.errors.labels("opa_unavailable").inc()
+            return await self._audit_refusal(
+                subject_record("error", error=err.error, error_description=str(exc), policy_input=doc), err)
+        self.metrics.opa_seconds.observe(time.perf_counter() - started)
+        try:
+            decision = parse_decision(raw)
+        except MalformedDecision as exc:
+            err = OAuthError(403, "access_denied", f"policy error: {exc}", decision_id)
+            self.metrics.errors.labels("policy_error").inc()
+            self.metrics.denied.labels("access_denied").inc()
+            return await self._audit_refusal(
+                subject_record("error", error="policy_error", error_description=str(exc), policy_input=doc,
+                               raw_decision=raw.get("result")), err)
+        raw_decision = raw["result"]
+        if decision.approval_required:
+            return await self._pending(decision, decision_id, subject_record, doc, raw_decision)
+        if not decision.allow:
+            reasons = "; ".join(decision.reasons) or "the policy did not allow this request"
+            err = OAuthError(403, "access_denied", reasons, decision_id)
+            self.metrics.denied.labels("access_denied").inc()
+            return await self._audit_refusal(
+                subject_record("denied", error=err.error, error_description=reasons, reasons=decision.reasons,
+                               policy_input=doc, raw_decision=raw_decision), err)
+        return await self._issue(req, subject, decision, decision_id, now, subject_record, doc, raw_decision)
+
+    async def _pending(self, decision: Decision, decision_id: str, subject_record: Callable[..., AuditRecord],
+                       doc: dict[str, Any], raw_decision: Any) -> OAuthError:
+        # The approval workflow itself is not built yet: the request is recorded and stays pending.
+        request_id = str(uuid.uuid4())
+        err = OAuthError(400, "authorization_pending",
+                         "; ".join(decision.reasons) or "a human approval is required before a token is issued",
+                         decision_id, extra={"access_request_id": request_id, "interval": PENDING_INTERVAL_SECONDS})
+        self.metrics.denied.labels("authorization_pending").inc()
+        return await self._audit_refusal(
+            subject_record("pending", reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision,
+                           extra={"access_request_id": request_id}), err)
+
+    async def _issue(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
+                     subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
+                     raw_decision: Any) -> Issued | OAuthError:
+        granted = grant(decision, req.scopes, req.requested_ttl, self.config.default_ttl, self.config.max_ttl)
+        claims = access_token_claims(issuer=self.config.issuer, subject=subject, audience=req.audience,
+                                     scopes=granted.scopes, ttl=granted.ttl, now=now, decision_id=decision_id)
+        token = self.keys.sign(claims)
+        rec = subject_record("issued", jti=claims["jti"], granted_scopes=granted.scopes, ttl=granted.ttl,
+                             reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision,
+                             extra={"kid": self.keys.current.record.kid, "exp": claims["exp"]})
+        try:
+            await self.auditor.write(rec)
+        except StoreError as exc:
+            Auditor.log(decision_record(decision_id=decision_id, time=now, event="error",
+                                        policy_path=self.config.policy_path,
+                                        subject=subject.sub, audience=req.audience, error="store_unavailable",
+                                        error_description=str(exc)), persisted=False)
+            self.metrics.errors.labels("store_unavailable").inc()
+            return unavailable("the audit store cannot be written; no token was issued", decision_id)
+        self.metrics.issued.inc()
+        return Issued(access_token=token, expires_in=granted.ttl, scope=" ".join(granted.scopes),
+                      decision_id=decision_id)
