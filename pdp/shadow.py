@@ -33,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from pdp.decision import MalformedDecision, parse_decision
+
 ShadowClass = Literal["agree", "allow_to_deny", "deny_to_allow", "narrower", "wider", "candidate_error"]
 SHADOW_CLASSES: Final[tuple[ShadowClass, ...]] = (
     "agree", "allow_to_deny", "deny_to_allow", "narrower", "wider", "candidate_error",
@@ -41,10 +43,6 @@ EnforcedVerdict = Literal["allow", "deny"]
 CandidateVerdict = Literal["allow", "deny", "error"]
 ENFORCED_VERDICTS: Final[tuple[EnforcedVerdict, ...]] = ("allow", "deny")
 CANDIDATE_VERDICTS: Final[tuple[CandidateVerdict, ...]] = ("allow", "deny", "error")
-
-
-class MalformedDecision(ValueError):
-    """A policy answered something that is not a SPEC section 3 decision document."""
 
 
 @dataclass(frozen=True)
@@ -63,38 +61,19 @@ class Grant:
 DENY: Final = Grant(allow=False)
 
 
-def _string_list(doc: Mapping[str, Any], key: str) -> list[str]:
-    value = doc.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise MalformedDecision(f"decision field {key!r} must be a list of strings, got {value!r}")
-    return value
-
-
 def grant_of(decision: object, requested_scopes: Sequence[str], requested_ttl: int | None) -> Grant:
     """The grant a decision document (the `result` of OPA's Data API) makes for a request.
 
-    Raises MalformedDecision when `decision` is undefined (None) or not shaped as in
-    SPEC section 3. Anything but `allow == true` denies.
+    The document is read exactly as the broker reads it (`pdp.decision.parse_decision`);
+    MalformedDecision when it is undefined (None) or not shaped as in SPEC section 3.
     """
     if decision is None:
         raise MalformedDecision("decision is undefined")
-    if not isinstance(decision, Mapping):
-        raise MalformedDecision(f"decision must be an object, got {type(decision).__name__}")
-    allow = decision.get("allow", False)
-    if not isinstance(allow, bool):
-        raise MalformedDecision(f"decision field 'allow' must be a boolean, got {allow!r}")
-    scopes = _string_list(decision, "scopes")
-    _string_list(decision, "reasons")
-    ttl = decision.get("ttl_seconds")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0):
-        raise MalformedDecision(f"decision field 'ttl_seconds' must be a non-negative integer, got {ttl!r}")
-    approval = decision.get("approval_required", False)
-    if not isinstance(approval, bool):
-        raise MalformedDecision(f"decision field 'approval_required' must be a boolean, got {approval!r}")
-    if not allow:
+    parsed = parse_decision({"result": decision})
+    if not parsed.allow:
         return DENY
-    granted = frozenset(scopes) & frozenset(requested_scopes)
-    limits = [t for t in (ttl, requested_ttl) if t is not None]
+    granted = frozenset(parsed.scopes) & frozenset(requested_scopes)
+    limits = [t for t in (parsed.ttl_seconds, requested_ttl) if t is not None]
     return Grant(allow=True, scopes=granted, ttl_seconds=min(limits) if limits else None)
 
 
@@ -254,6 +233,16 @@ class ShadowTally:
 
     def samples(self) -> list[ShadowSample]:
         return [s for kept in self._samples.values() for s in kept]
+
+    def restore(self, counts: list[ShadowCount], samples: list[ShadowSample]) -> None:
+        """Put back what `drain` returned (its write failed), merged with what came since."""
+        for c in counts:
+            key = (c.bucket, c.shadow_class, c.enforced, c.candidate, c.subject, c.audience)
+            self._counts[key] = self._counts.get(key, 0) + c.count
+        for s in samples:
+            kept = self._samples.setdefault((s.bucket, s.shadow_class), [])
+            if len(kept) < self.samples_per_class:
+                kept.append(s)
 
     def drain(self) -> tuple[list[ShadowCount], list[ShadowSample]]:
         out = self.counts(), self.samples()

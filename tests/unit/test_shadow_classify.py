@@ -37,6 +37,7 @@ def test_grant_of_limits_ttl_to_the_requested_one() -> None:
 
 def test_grant_of_without_any_ttl_has_none() -> None:
     assert grant_of({"allow": True}, [], None).ttl_seconds is None
+    assert grant_of({"allow": True, "scopes": ["read"]}, [], None).scopes == frozenset()
 
 
 def test_grant_of_a_denial_is_deny_whatever_the_scopes() -> None:
@@ -67,8 +68,11 @@ def test_grant_of_rejects_undefined_or_malformed_decisions(decision: object) -> 
         grant_of(decision, ["read"], None)
 
 
-def test_grant_of_missing_allow_is_deny() -> None:
-    assert grant_of({"scopes": ["read"]}, ["read"], None) == DENY
+def test_grant_of_reads_decisions_as_strictly_as_the_broker() -> None:
+    # the broker refuses a decision without `allow` or with a zero TTL as a policy error; so does shadow
+    for decision in ({"scopes": ["read"]}, {"allow": True, "ttl_seconds": 0}):
+        with pytest.raises(MalformedDecision):
+            grant_of(decision, ["read"], None)
 
 
 # --- classify -------------------------------------------------------------------------
