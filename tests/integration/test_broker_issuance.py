@@ -18,9 +18,9 @@ POLICIES = Path(__file__).parent / "policies"
 POD = PodRef("api-7d9c", "5d1e0000-0000-4000-8000-000000000001")
 
 
-@pytest.fixture
-def broker(make_opa: Callable[..., Any], broker_factory: Callable[..., BrokerHandle]) -> BrokerHandle:
-    return broker_factory(make_opa(POLICIES / "grant").url, max_ttl=100)
+@pytest.fixture(scope="module")
+def broker(module_make_opa: Callable[..., Any], module_broker_factory: Callable[..., BrokerHandle]) -> BrokerHandle:
+    return module_broker_factory(module_make_opa(POLICIES / "grant").url, max_ttl=100)
 
 
 def verify(broker: BrokerHandle, token: str, audience: str = "orders-db") -> dict[str, Any]:
