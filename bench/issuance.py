@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from bench import pg, procstat, wrk
+from bench import pg, procstat, prom, wrk
 from bench.report import Aim, Figure, SectionResult, unavailable
 from bench.runner import Context
 from bench.stack import (
@@ -48,32 +48,42 @@ class LoadRun:
 
     result: wrk.WrkResult
     cpu_s: dict[str, float] = field(default_factory=dict)
+    mean_inside_ms: dict[str, float] = field(default_factory=dict)  # broker histograms: handler, opa_call
 
     def cpu_ms_per_request(self, name: str) -> float | None:
         ok = self.result.ok_requests
         return None if name not in self.cpu_s or ok == 0 else self.cpu_s[name] * 1000 / ok
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.result.as_dict(), "server_cpu_s": self.cpu_s}
+        return {**self.result.as_dict(), "server_cpu_s": self.cpu_s, "broker_mean_ms": self.mean_inside_ms}
 
 
 def drive(ctx: Context, label: str, url: str, body: str, content_type: str,
-          watch: dict[str, int]) -> LoadRun:
+          watch: dict[str, int], metrics_url: str | None = None) -> LoadRun:
     """Warm up, then measure `url` for the configured time; `watch` names process groups
-    whose CPU seconds are counted over the measured part."""
+    whose CPU seconds are counted over the measured part, and the broker at `metrics_url`
+    tells how long its handler and its OPA calls took over the same part."""
     opts = ctx.options
     scratch = ctx.workdir
     if opts.warmup > 0:
         ctx.say(f"   {label}: warm-up {opts.warmup:.0f} s")
         wrk.run(url, body, content_type, connections=opts.connections, duration_s=opts.warmup, workdir=scratch)
     ctx.say(f"   {label}: {opts.connections} clients for {opts.duration:.0f} s")
+    metrics_before = prom.scrape(metrics_url) if metrics_url else {}
     before = {name: procstat.group_cpu_seconds(pgid) for name, pgid in watch.items()}
     result = wrk.run(url, body, content_type, connections=opts.connections, duration_s=opts.duration,
                      workdir=scratch, tick=ctx.ticker(label, opts.duration))
     cpu = {name: procstat.group_cpu_seconds(pgid) - before[name] for name, pgid in watch.items()}
+    inside: dict[str, float] = {}
+    if metrics_url:
+        metrics_after = prom.scrape(metrics_url)
+        for key, histogram in (("handler", prom.REQUEST), ("opa_call", prom.OPA_CALL)):
+            value = prom.mean_ms(metrics_before, metrics_after, histogram)
+            if value is not None:
+                inside[key] = value
     ctx.say(f"   {label}: {result.ok_per_second:,.0f}/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
             f"{result.errors} errors")
-    return LoadRun(result, cpu)
+    return LoadRun(result, cpu, inside)
 
 
 def opa_query(opa: OPAServer, path: str, input_doc: dict[str, Any]) -> Any:
@@ -138,7 +148,8 @@ def broker(ctx: Context, setup: Setup, name: str, store_url: str, extra: Sequenc
 
 def drive_broker(ctx: Context, setup: Setup, proc: Broker, label: str) -> tuple[LoadRun, dict[str, Any]]:
     issued = request_token(proc, setup.body)
-    run = drive(ctx, label, f"{proc.url}/token", setup.body, FORM, {"broker": proc.pid, "opa": setup.opa.pid})
+    run = drive(ctx, label, f"{proc.url}/token", setup.body, FORM, {"broker": proc.pid, "opa": setup.opa.pid},
+                metrics_url=proc.url)
     if run.result.errors_status:
         # wrk counts but does not show failed answers: show one
         with contextlib.suppress(httpx.HTTPError):
@@ -180,7 +191,17 @@ def load_figures(run: LoadRun, base: LoadRun | None, base_label: str, rate_name:
 
 
 def cpu_figures(run: LoadRun) -> list[Figure]:
+    """CPU per issuance, and where a request's time goes: the client's mean latency split into
+    waiting before the broker's handler runs, the handler, and the OPA call inside it."""
     out = []
+    handler, opa_call = run.mean_inside_ms.get("handler"), run.mean_inside_ms.get("opa_call")
+    if handler is not None:
+        out.append(Figure("mean latency seen by clients", run.result.mean_ms, "ms"))
+        out.append(Figure("  of which queued before handler", max(0.0, run.result.mean_ms - handler), "ms",
+                          note="accept, parse, event-loop wait"))
+        out.append(Figure("  of which in handler", handler, "ms", note="broker's jitmesh_token_request_seconds"))
+    if opa_call is not None:
+        out.append(Figure("    of which OPA call", opa_call, "ms", note="broker's jitmesh_opa_request_seconds"))
     for name, label in (("broker", "broker CPU per issuance"), ("opa", "OPA CPU per issuance")):
         value = run.cpu_ms_per_request(name)
         if value is not None:

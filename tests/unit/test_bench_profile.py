@@ -1,0 +1,36 @@
+"""Summing py-spy's collapsed stacks into where the broker's time goes."""
+
+from bench.profile import Frame, inclusive_project_functions, parse_collapsed, parse_frame, self_time_by_area
+
+RAW = (
+    'process 17:"python -m jitmesh.cli broker";main (jitmesh/cli.py:90);token (pdp/app.py:40);'
+    "sign (pdp/tokens.py:12);encode (jwt/api_jwt.py:80) 30\n"
+    'process 17:"python -m jitmesh.cli broker";main (jitmesh/cli.py:90);token (pdp/app.py:40);'
+    "query (pdp/opa.py:30);send (httpx/_client.py:900);setup (httpcore/_synchronization.py:20) 50\n"
+    'process 17:"python -m jitmesh.cli broker";main (jitmesh/cli.py:90);token (pdp/app.py:41) 20\n'
+    "garbage line\n"
+)
+
+
+def test_frames_are_read_without_line_numbers():
+    assert parse_frame("encode (jwt/api_jwt.py:80)") == Frame("encode", "jwt/api_jwt.py")
+    assert parse_frame("<module> (<frozen importlib._bootstrap>:1176)") == Frame(
+        "<module>", "<frozen importlib._bootstrap>")
+
+
+def test_process_root_and_garbage_lines_are_skipped():
+    stacks = parse_collapsed(RAW)
+    assert [count for _, count in stacks] == [30, 50, 20]
+    assert stacks[0][0][0] == Frame("main", "jitmesh/cli.py")
+
+
+def test_self_time_goes_to_the_library_or_project_module_of_the_leaf():
+    assert self_time_by_area(parse_collapsed(RAW)) == {"jwt": 30, "httpcore": 50, "pdp/app.py": 20}
+
+
+def test_inclusive_time_counts_each_project_function_once_per_stack():
+    steps = inclusive_project_functions(parse_collapsed(RAW))
+    assert steps["pdp.app:token"] == 100
+    assert steps["pdp.opa:query"] == 50
+    assert steps["pdp.tokens:sign"] == 30
+    assert "httpx._client:send" not in steps
