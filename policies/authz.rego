@@ -213,13 +213,15 @@ within_window(window, weekday, clock) if {
 
 request_time_ns := time.parse_rfc3339_ns(input.context.time) if parseable_rfc3339(input.context.time)
 
-# What Go's time.Parse(time.RFC3339) accepts, checked first so it can never fail.
+# What time.parse_rfc3339_ns accepts, checked first so that it never fails.
 parseable_rfc3339(t) if {
 	is_string(t)
 	[[_, year, month, day, hour, minute, second, _, _, offset_hour, offset_minute]] := regex.find_all_string_submatch_n(
 		`^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?(Z|[+-]([0-9]{2}):([0-9]{2}))$`,
 		t, 1,
 	)
+	year >= "1900" # time.parse_rfc3339_ns needs int64 nanoseconds since 1970
+	year <= "2199"
 	month >= "01"
 	month <= "12"
 	day >= "01"

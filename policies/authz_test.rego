@@ -274,7 +274,7 @@ test_time_window_without_a_time_denies if {
 }
 
 test_time_window_with_a_malformed_time_denies if {
-	every t in ["yesterday", "2026-11-23 10:00:00Z", "2026-02-29T10:00:00Z", "2026-13-01T10:00:00Z", "2026-11-23T24:00:00Z", "2026-11-23T10:00:00+24:00", 1732356000] {
+	every t in ["yesterday", "2026-11-23 10:00:00Z", "2026-02-29T10:00:00Z", "2026-13-01T10:00:00Z", "2026-11-23T24:00:00Z", "2026-11-23T10:00:00+24:00", "2100-02-29T10:00:00Z", "9999-12-31T23:59:59Z", 1732356000] {
 		denied_because(payroll_at(t), `audience "payroll-api" is time-restricted and input.context.time is missing or not an RFC 3339 time`)
 	}
 }
