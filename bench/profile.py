@@ -77,12 +77,30 @@ def self_time_by_area(stacks: Iterable[tuple[list[Frame], int]]) -> Counter[str]
     return out
 
 
+# the process's entry frames: every sample is under them, so they say nothing
+ENTRY_MODULES = ("jitmesh.cli:", "jitmesh:", "pdp.cli:")
+
+
 def inclusive_project_functions(stacks: Iterable[tuple[list[Frame], int]]) -> Counter[str]:
     """Samples spent in or under each project function, each stack counted once per function."""
     out: Counter[str] = Counter()
     for frames, count in stacks:
         for name in {f.qualified for f in frames if f.file.split("/", 1)[0] in PROJECT_PACKAGES}:
-            out[name] += count
+            if not name.startswith(ENTRY_MODULES):
+                out[name] += count
+    return out
+
+
+def hot_spots(stacks: Iterable[tuple[list[Frame], int]]) -> Counter[str]:
+    """Self time keyed by who called into the leaf's library: `caller -> library`, which
+    names the call site to change (e.g. `httpcore...has_expired -> anyio`)."""
+    out: Counter[str] = Counter()
+    for frames, count in stacks:
+        area = frames[-1].area
+        i = len(frames) - 1
+        while i > 0 and frames[i - 1].area == area:
+            i -= 1
+        out[f"{frames[i - 1].qualified} -> {area}" if i > 0 else area] += count
     return out
 
 
@@ -130,8 +148,11 @@ def run(ctx: Context) -> SectionResult:
     steps = inclusive_project_functions(stacks)
     notes = ["self time by module or library: " + ", ".join(share_lines(by_area, total)),
              "inclusive time of broker functions: " + ", ".join(share_lines(steps, total, TOP + 4)),
+             "hot spots (caller -> library where the time is spent): "
+             + ", ".join(share_lines(hot_spots(stacks), total, TOP)),
              f"{total} samples of the busy broker (idle waits excluded); stacks kept in the JSON results"]
     top_stacks = sorted(stacks, key=lambda s: -s[1])[:15]
     return SectionResult("profile", TITLE, [Figure("samples", total)], notes, raw={
         "self_by_area": dict(by_area.most_common(30)), "inclusive_project": dict(steps.most_common(40)),
+        "hot_spots": dict(hot_spots(stacks).most_common(30)),
         "top_stacks": [{"count": c, "stack": [f"{f.qualified}" for f in fr]} for fr, c in top_stacks]})

@@ -1,6 +1,13 @@
 """Summing py-spy's collapsed stacks into where the broker's time goes."""
 
-from bench.profile import Frame, inclusive_project_functions, parse_collapsed, parse_frame, self_time_by_area
+from bench.profile import (
+    Frame,
+    hot_spots,
+    inclusive_project_functions,
+    parse_collapsed,
+    parse_frame,
+    self_time_by_area,
+)
 
 RAW = (
     'process 17:"python -m jitmesh.cli broker";main (jitmesh/cli.py:90);token (pdp/app.py:40);'
@@ -34,3 +41,14 @@ def test_inclusive_time_counts_each_project_function_once_per_stack():
     assert steps["pdp.opa:query"] == 50
     assert steps["pdp.tokens:sign"] == 30
     assert "httpx._client:send" not in steps
+
+
+def test_entry_frames_are_not_reported_as_broker_steps():
+    assert "jitmesh.cli:main" not in inclusive_project_functions(parse_collapsed(RAW))
+
+
+def test_hot_spots_name_the_caller_into_the_leaf_library():
+    spots = hot_spots(parse_collapsed(RAW))
+    assert spots["pdp.tokens:sign -> jwt"] == 30
+    assert spots["httpx._client:send -> httpcore"] == 50
+    assert spots["jitmesh.cli:main -> pdp/app.py"] == 20
