@@ -250,7 +250,9 @@ def run_postgres(ctx: Context) -> SectionResult:
             broker(ctx, setup, "broker-postgres", dsn) as proc:
         run, _ = drive_broker(ctx, setup, proc, "broker on PostgreSQL")
     figures = load_figures(run, base, "SQLite", "issuances/s") + cpu_figures(run)
-    return SectionResult("postgres", PG_TITLE, figures, [client_note(run)],
+    notes = ["PostgreSQL started by the bench from the system binaries (tests/fixtures/postgres.py), "
+             "fsync on as in production, on the same 2 CPUs as broker and OPA", client_note(run)]
+    return SectionResult("postgres", PG_TITLE, figures, notes,
                          raw={"postgres": run.as_dict(), "sqlite": base.as_dict()})
 
 
