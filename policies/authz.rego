@@ -161,6 +161,13 @@ namespace_config := data.jitmesh.namespaces[namespace]
 
 deny_reasons contains reason if some reason in input_errors
 
+# The conditions on a grant (time window, pod posture, approval) are only judged for a
+# request that has a grant, so that a subject without one is told just that.
+deny_reasons contains reason if {
+	grant
+	some reason in condition_reasons
+}
+
 deny_reasons contains sprintf("%s has no grant for audience %q", [subject, audience]) if not grant
 
 deny_reasons contains sprintf("data error: the grant of audience %q to %s needs max_ttl_seconds, a positive integer", [audience, subject]) if {
@@ -182,12 +189,12 @@ scope_list(scopes) := "none" if count(scopes) == 0
 
 # --- time window: data.jitmesh.audiences[audience].time_window, in UTC, [start, end)
 
-deny_reasons contains sprintf("audience %q is time-restricted and input.context.time is missing or not an RFC 3339 time", [audience]) if {
+condition_reasons contains sprintf("audience %q is time-restricted and input.context.time is missing or not an RFC 3339 time", [audience]) if {
 	audience_config.time_window
 	not request_time_ns
 }
 
-deny_reasons contains sprintf("audience %q is only available %s UTC; it is %s %s UTC", [audience, window_text(window), weekday, clock]) if {
+condition_reasons contains sprintf("audience %q is only available %s UTC; it is %s %s UTC", [audience, window_text(window), weekday, clock]) if {
 	window := audience_config.time_window
 	weekday := time.weekday(request_time_ns)
 	[hour, minute, _] := time.clock(request_time_ns)
@@ -261,7 +268,7 @@ deny_reasons contains sprintf("audience %q requires a pod-bound ServiceAccount t
 	not pod_bound
 }
 
-deny_reasons contains sprintf("namespace %q requires digest-pinned images, but the pod's images are unknown (%s)", [namespace, why]) if {
+condition_reasons contains sprintf("namespace %q requires digest-pinned images, but the pod's images are unknown (%s)", [namespace, why]) if {
 	namespace_config.require_image_digest == true
 	some why in unknown_images
 }
@@ -278,7 +285,7 @@ known_images if {
 	count(pod.images) > 0
 }
 
-deny_reasons contains sprintf("image %v is not pinned by digest; namespace %q requires <image>@sha256:<digest>", [image, namespace]) if {
+condition_reasons contains sprintf("image %v is not pinned by digest; namespace %q requires <image>@sha256:<digest>", [image, namespace]) if {
 	namespace_config.require_image_digest == true
 	known_images
 	some image in pod.images
@@ -297,4 +304,4 @@ approval_refused if {
 	input.approval.approved == false
 }
 
-deny_reasons contains sprintf("the approval for %s to reach audience %q was refused", [subject, audience]) if approval_refused
+condition_reasons contains sprintf("the approval for %s to reach audience %q was refused", [subject, audience]) if approval_refused

@@ -114,6 +114,12 @@ test_demo_app_is_denied_ledger_which_it_was_never_granted if {
 	count(d.reasons) == 1
 }
 
+test_a_subject_without_a_grant_is_told_only_that if {
+	d := authz.decision with input as with_pod(object.union(demo_input, {"request": {"audience": "ledger", "scopes": ["read"]}}), null)
+	d.reasons == [`system:serviceaccount:demo:demo-app has no grant for audience "ledger"`]
+	denied(d)
+}
+
 test_unknown_subject_is_denied if {
 	d := authz.decision with input as json.patch(demo_input, [
 		{"op": "replace", "path": "/subject/namespace", "value": "default"},
