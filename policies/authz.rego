@@ -263,7 +263,7 @@ year_number(year) := to_number(trim_left(year, "0")) if trim_left(year, "0") != 
 
 # --- pod posture
 
-deny_reasons contains sprintf("audience %q requires a pod-bound ServiceAccount token; this one is not bound to a pod", [audience]) if {
+condition_reasons contains sprintf("audience %q requires a pod-bound ServiceAccount token; this one is not bound to a pod", [audience]) if {
 	audience_config.pod_bound_required == true
 	not pod_bound
 }
