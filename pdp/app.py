@@ -47,6 +47,7 @@ from pdp.exchange import (
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient
 from pdp.revocation import RevocationIndex
+from pdp.shadow_live import LiveShadow, live_report
 from pdp.store.base import Revocation, Store, StoreError, open_store_from_url
 from pdp.tokens import KeyRing
 
@@ -76,6 +77,7 @@ class Broker:
     exchange: TokenExchange
     clock: Callable[[], float] = time.time
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    shadow: LiveShadow | None = None
 
 
 def oauth_response(status: int, doc: dict[str, Any], retry_after: int | None = None) -> JSONResponse:
@@ -303,6 +305,19 @@ async def audit_endpoint(request: Request) -> Response:
     return JSONResponse({"records": [record_json(r) for r in records], "next_seq": next_seq})
 
 
+@guarded
+async def shadow_report_endpoint(request: Request) -> Response:
+    """SPEC section 6; the document is pdp/shadow_report.py's, `since`/`until` as for the audit."""
+    broker = broker_of(request)
+    require_admin(request)
+    q = request.query_params
+    since = parse_time(q["since"], "since") if q.get("since") else None
+    until = parse_time(q["until"], "until") if q.get("until") else None
+    return JSONResponse(await live_report(broker.store, broker.shadow, since=since, until=until, now=broker.clock(),
+                                          enforced_policy=broker.config.policy_path,
+                                          candidate_policy=broker.config.shadow_policy_path))
+
+
 # --- assembly -----------------------------------------------------------------------------
 
 def build_attestor(config: BrokerConfig) -> Attestor:
@@ -353,14 +368,17 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         except BaseException:
             await the_store.close()
             raise
-        exchange = TokenExchange(config, the_attestor, the_opa, keys, revocations, auditor, metrics, clock)
+        shadow = (LiveShadow(config.shadow_policy_path, config.opa_url, the_store, metrics.registry)
+                  if config.shadow_policy_path else None)
+        exchange = TokenExchange(config, the_attestor, the_opa, keys, revocations, auditor, metrics, clock, shadow)
         broker = Broker(config=config, store=the_store, keys=keys, revocations=revocations, auditor=auditor,
                         metrics=metrics, opa=the_opa, attestor=the_attestor, admin=AdminTokens(config.admin_token_file),
-                        exchange=exchange, clock=clock)
+                        exchange=exchange, clock=clock, shadow=shadow)
         key_interval = max(0.25, min(30.0, config.key_rotation / 4))
         broker.tasks = [
             asyncio.create_task(_every(key_interval, lambda: keys.refresh(clock()), "keys.refresh")),
             asyncio.create_task(revocations.run()),
+            *([asyncio.create_task(shadow.run())] if shadow else []),
         ]
         app.state.broker = broker
         log.info("broker.started", issuer=config.issuer, opa_url=config.opa_url, policy_path=config.policy_path,
@@ -371,6 +389,8 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
             for task in broker.tasks:
                 task.cancel()
             await asyncio.gather(*broker.tasks, return_exceptions=True)
+            if shadow is not None:
+                await shadow.close()
             await the_opa.close()
             await the_attestor.close()
             await the_store.close()
@@ -387,5 +407,6 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         Route("/v1/admin/audit", audit_endpoint),
+        Route("/v1/admin/shadow/report", shadow_report_endpoint),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

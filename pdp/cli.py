@@ -15,6 +15,7 @@ import httpx
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from jitmesh.log import configure, get_logger
+from pdp import shadow_cli
 from pdp.admin import parse_admin_tokens
 from pdp.config import BrokerConfig, ConfigError, add_broker_flags
 
@@ -171,3 +172,5 @@ def register(sub: Any) -> None:
     a.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
     a.add_argument("--follow-seconds", type=float, default=None, help=argparse.SUPPRESS)
     a.set_defaults(func=run_audit)
+
+    shadow_cli.register(sub)  # `shadow report`, `shadow replay` (pdp/shadow_cli.py)

@@ -26,6 +26,7 @@ from pdp.decision import Decision, MalformedDecision, grant, parse_decision, pol
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient, OPAUnavailable
 from pdp.revocation import RevocationIndex, RevocationIndexStale
+from pdp.shadow_live import LiveShadow
 from pdp.store.base import AuditRecord, StoreError
 from pdp.tokens import KeyRing, access_token_claims
 
@@ -175,7 +176,7 @@ class TokenExchange:
 
     def __init__(self, config: BrokerConfig, attestor: Attestor, opa: OPAClient, keys: KeyRing,
                  revocations: RevocationIndex, auditor: Auditor, metrics: BrokerMetrics,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, shadow: LiveShadow | None = None) -> None:
         self.config = config
         self.attestor = attestor
         self.opa = opa
@@ -184,6 +185,7 @@ class TokenExchange:
         self.auditor = auditor
         self.metrics = metrics
         self.clock = clock
+        self.shadow = shadow  # candidate policy asked beside the enforced one (pdp/shadow_live.py)
 
     async def _audit_refusal(self, record: AuditRecord, error: OAuthError) -> OAuthError:
         """Write the record of a refusal; the refusal stands either way, but a store that
@@ -252,7 +254,8 @@ class TokenExchange:
         doc = policy_input(subject, req.audience, req.scopes, req.requested_ttl, now, client_ip)
         started = time.perf_counter()
         try:
-            raw = await self.opa.query(policy_path, doc)
+            raw = await (self.opa.query(policy_path, doc) if self.shadow is None
+                         else self.shadow.query(self.opa, policy_path, doc, decision_id, now))
         except OPAUnavailable as exc:
             self.metrics.opa_seconds.observe(time.perf_counter() - started)
             err = unavailable(f"the policy engine cannot be reached: {exc}", decision_id)
