@@ -65,7 +65,7 @@ def _string_list(doc: dict[str, Any], key: str) -> tuple[str, ...]:
 
 def parse_decision(response: Any) -> Decision:
     """Read OPA's Data API answer (`{"result": {...}}`) strictly: `allow` a JSON bool,
-    `scopes` and `reasons` lists of strings, `ttl_seconds` a positive integer,
+    `scopes` and `reasons` lists of strings, `ttl_seconds` a positive integer (0 on a deny),
     `approval_required` a bool. Absent optional fields take their empty value."""
     if not isinstance(response, dict) or "result" not in response:
         raise MalformedDecision("the decision is undefined (no policy at the policy path, or no rule matched)")
@@ -76,7 +76,8 @@ def parse_decision(response: Any) -> Decision:
     if not isinstance(allow, bool):
         raise MalformedDecision(f"decision.allow must be true or false, got {allow!r:.200}")
     ttl = doc.get("ttl_seconds")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+    # A deny carries ttl_seconds 0 (the shipped policy always returns an int, SPEC section 3).
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < (1 if allow else 0)):
         raise MalformedDecision(f"decision.ttl_seconds must be a positive integer, got {ttl!r:.200}")
     approval = doc.get("approval_required", False)
     if not isinstance(approval, bool):
