@@ -9,7 +9,7 @@ TOOLS := scripts/tools.sh
 OPA = $(shell $(TOOLS) path opa)
 PYTEST_ARGS ?=
 
-.PHONY: all setup tools opa kube-tools run test lint policy-test bench clean
+.PHONY: all setup tools opa kube-tools postgres run test lint policy-test bench clean
 
 all: test
 
@@ -31,6 +31,14 @@ kube-tools:
 
 tools: opa kube-tools
 
+# PostgreSQL server binaries: the store tests start their own server from them
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! test -x "$$(pg_config --bindir 2>/dev/null)/initdb"; then \
+	  echo "[setup] installing PostgreSQL server binaries (apt-get install postgresql)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
 run: setup
 	@JITMESH_OPA_BIN=$(OPA) $(VENV)/bin/jitmesh up
 
@@ -45,7 +53,7 @@ lint: setup
 	@$(VENV)/bin/ruff check jitmesh pdp injector sidecar tests bench
 	@$(VENV)/bin/mypy
 
-test: setup tools policy-test lint
+test: setup tools postgres policy-test lint
 	@echo "[test] pytest"
 	@JITMESH_OPA_BIN=$(OPA) \
 	 JITMESH_ETCD_BIN=$(shell $(TOOLS) path etcd) \

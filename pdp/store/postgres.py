@@ -333,15 +333,17 @@ class PostgresStore(Store):
                 batch.append(self._audit_queue.get_nowait())
             try:
                 seqs = await self._insert_audit([values for values, _ in batch])
-            except StoreError as exc:
+            except Exception as exc:  # the batcher must outlive any one batch, or appends would hang
+                if not isinstance(exc, StoreError):
+                    exc = StoreError(f"{self.where}: appending audit records failed: {type(exc).__name__}: {exc}")
                 if len(batch) > 1 and not isinstance(exc, Unreachable):
                     await self._insert_audit_one_by_one(batch)  # one bad record must not fail the others
                     continue
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
-                # the server is unreachable: fail what queued meanwhile now rather than after another timeout
-                self._fail_queued(exc)
+                if isinstance(exc, Unreachable):
+                    self._fail_queued(exc)  # fail what queued meanwhile now, not after another timeout each
                 continue
             for (_, future), seq in zip(batch, seqs, strict=True):
                 if not future.done():
@@ -351,9 +353,10 @@ class PostgresStore(Store):
         for values, future in batch:
             try:
                 seqs = await self._insert_audit([values])
-            except StoreError as exc:
+            except Exception as exc:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(exc if isinstance(exc, StoreError) else StoreError(
+                        f"{self.where}: appending an audit record failed: {type(exc).__name__}: {exc}"))
             else:
                 if not future.done():
                     future.set_result(seqs[0])

@@ -292,11 +292,11 @@ class SQLiteStore(Store):
                 conn.execute("SAVEPOINT one_write")
                 try:
                     result = write.fn(conn)
-                except (sqlite3.Error, StoreError) as exc:
+                except Exception as exc:  # whatever it was, it fails this write alone and as a StoreError
                     conn.execute("ROLLBACK TO one_write")
                     conn.execute("RELEASE one_write")
                     message = exc if isinstance(exc, StoreError) else StoreError(
-                        f"SQLite store {self.path!r}: write failed: {exc}")
+                        f"SQLite store {self.path!r}: write failed: {type(exc).__name__}: {exc}")
                     outcomes.append((None, message))
                 else:
                     conn.execute("RELEASE one_write")
