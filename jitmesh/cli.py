@@ -66,10 +66,7 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, st
         action.required = False
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from injector import cli as injector_cli
-    from jitmesh import policy_cli, up
-    from pdp import cli as pdp_cli
+def build_parser(sidecar_only: bool = False) -> argparse.ArgumentParser:
     from sidecar import cli as sidecar_cli
 
     parser = argparse.ArgumentParser(
@@ -80,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jitmesh {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    if sidecar_only:
+        # `jitmesh sidecar` runs in every pod: the broker's and injector's imports (jwt,
+        # cryptography, ...) would add ~10 MB to each one (bench/sidecar_bench.py).
+        sidecar_cli.register(sub)
+        return parser
+    from injector import cli as injector_cli
+    from jitmesh import policy_cli, up
+    from pdp import cli as pdp_cli
+
     up.register(sub)
     pdp_cli.register(sub)
     injector_cli.register(sub)
@@ -90,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(sidecar_only=argv[:1] == ["sidecar"])
     try:
         apply_env_defaults(parser, environ)
     except FlagEnvError as exc:

@@ -60,7 +60,7 @@ async def serve(config: SidecarConfig, sock: socket.socket) -> int:
 
     agent = Agent(config, BrokerClient(config))
     server = _EmbeddedServer(uvicorn.Config(build_app(agent), log_config=None, access_log=False,
-                                            lifespan="off", server_header=False,
+                                            lifespan="off", ws="none", server_header=False,
                                             timeout_graceful_shutdown=_API_GRACE))
     await agent.start()
     api = asyncio.create_task(server.serve(sockets=[sock]), name="api")
