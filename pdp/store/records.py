@@ -18,7 +18,7 @@ def encode_details(record: AuditRecord) -> str:
         text = json.dumps(record.details, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"audit record {record.decision_id!r}: details must be JSON-serializable "
-                         f"(finite numbers, str keys): {exc}") from None
+                         f"(finite numbers, string keys): {exc}") from None
     for name in ("decision_id", "event", "subject", "audience", "policy_path", "jti", "pod_uid"):
         value = getattr(record, name)
         if value is not None and "\x00" in value:
