@@ -13,7 +13,7 @@ from bench.report import Aim, Figure
 # name suffix -> (unit, factor applied to the value)
 UNITS: tuple[tuple[str, str, float], ...] = (
     ("_ms", "ms", 1.0), ("_s", "s", 1.0), ("_seconds", "s", 1.0), ("_mb", "MB", 1.0), ("_mib", "MB", 1.0),
-    ("_bytes", "MB", 1 / 1e6), ("_kb", "MB", 1 / 1e3), ("_pct", "%", 1.0), ("_percent", "%", 1.0),
+    ("_bytes", "MB", 1 / 1e6), ("_kb", "kB", 1.0), ("_pct", "%", 1.0), ("_percent", "%", 1.0),
     ("_per_s", "/s", 1.0), ("_per_second", "/s", 1.0),
 )
 

@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 
-from bench import pg, procstat, prom, wrk
+from bench import external, pg, procstat, prom, wrk
 from bench.report import Aim, Figure, SectionResult, unavailable
 from bench.runner import Context
 from bench.stack import (
-    Broker,
     Cluster,
     Workload,
     bench_pod,
@@ -25,10 +24,12 @@ from bench.stack import (
     missing_flags,
     policy_input,
     sqlite_url,
+    start_broker,
     start_opa,
     token_request_body,
 )
 from jitmesh.opa_server import OPAServer
+from pdp.process import BrokerProcess
 
 TITLE = "1. Issuance: POST /token on SQLite, beside a bare OPA query (issue 2)"
 PG_TITLE = "2. Issuance on PostgreSQL beside SQLite (issue 5)"
@@ -92,7 +93,7 @@ def opa_query(opa: OPAServer, path: str, input_doc: dict[str, Any]) -> Any:
     return r.json().get("result")
 
 
-def request_token(broker: Broker, body: str) -> dict[str, Any]:
+def request_token(broker: BrokerProcess, body: str) -> dict[str, Any]:
     r = httpx.post(f"{broker.url}/token", content=body, headers={"Content-Type": FORM}, timeout=10)
     if r.status_code != 200:
         raise RuntimeError(f"POST /token answered {r.status_code} before the run: {r.text[:300]}")
@@ -133,20 +134,20 @@ def opa_and_cluster(ctx: Context, name: str) -> Iterator[Setup]:
 
 
 @contextlib.contextmanager
-def broker(ctx: Context, setup: Setup, name: str, store_url: str, extra: Sequence[str] = ()) -> Iterator[Broker]:
+def broker(ctx: Context, setup: Setup, name: str, store_url: str, extra: Sequence[str] = ()) -> Iterator[BrokerProcess]:
     reason = missing_flags("broker", ["--opa-url", "--jwks-file", "--store", *[f for f in extra if f[:2] == "--"]])
     if reason:
         raise RuntimeError(reason)
     ctx.say(f"   starting broker ({name})")
-    proc = Broker(setup.dir, name, opa_url=setup.opa.url, cluster=setup.cluster, store_url=store_url,
-                  extra=extra).start()
+    proc = start_broker(setup.dir, name, opa_url=setup.opa.url, cluster=setup.cluster, store_url=store_url,
+                        extra=extra)
     try:
         yield proc
     finally:
         proc.stop()
 
 
-def drive_broker(ctx: Context, setup: Setup, proc: Broker, label: str) -> tuple[LoadRun, dict[str, Any]]:
+def drive_broker(ctx: Context, setup: Setup, proc: BrokerProcess, label: str) -> tuple[LoadRun, dict[str, Any]]:
     issued = request_token(proc, setup.body)
     run = drive(ctx, label, f"{proc.url}/token", setup.body, FORM, {"broker": proc.pid, "opa": setup.opa.pid},
                 metrics_url=proc.url)
@@ -252,8 +253,30 @@ def run_postgres(ctx: Context) -> SectionResult:
     figures = load_figures(run, base, "SQLite", "issuances/s") + cpu_figures(run)
     notes = ["PostgreSQL started by the bench from the system binaries (tests/fixtures/postgres.py), "
              "fsync on as in production, on the same 2 CPUs as broker and OPA", client_note(run)]
+    store_figures, store_doc = store_alone(ctx)
+    figures += store_figures
+    if "postgres_unavailable" in store_doc:
+        notes.append(f"store alone on PostgreSQL not measured: {store_doc['postgres_unavailable']}")
+    elif store_doc:
+        notes.append(f"store alone: bench/store_bench.py, {store_doc.get('writers')} concurrent durable audit "
+                     "appends, the ceiling the store puts on issuance")
     return SectionResult("postgres", PG_TITLE, figures, notes,
-                         raw={"postgres": run.as_dict(), "sqlite": base.as_dict()})
+                         raw={"postgres": run.as_dict(), "sqlite": base.as_dict(), "store_bench": store_doc})
+
+
+def store_alone(ctx: Context) -> tuple[list[Figure], dict[str, Any]]:
+    """Audit appends with no broker in front (bench/store_bench.py's run()), PostgreSQL beside SQLite."""
+    fn = external.load_run("bench.store_bench")
+    if isinstance(fn, str):
+        return [], {"postgres_unavailable": fn}
+    ctx.say("   store alone: bench/store_bench.py")
+    doc = external.call_with(fn, {"seconds": min(ctx.options.duration, 5.0)})
+    figures = []
+    for key, name, unit in (("appends_per_s", "store alone: audit appends/s", "/s"),
+                            ("p50_ms", "store alone: append p50", "ms"), ("p99_ms", "store alone: append p99", "ms")):
+        if f"postgres_{key}" in doc:
+            figures.append(Figure(name, doc[f"postgres_{key}"], unit, doc.get(f"sqlite_{key}"), "SQLite"))
+    return figures, doc
 
 
 def run_shadow(ctx: Context) -> SectionResult:

@@ -16,12 +16,13 @@ from pathlib import Path
 import httpx
 
 from bench import pg
-from bench.issuance import opa_and_cluster
+from bench.issuance import Setup, opa_and_cluster
 from bench.report import Aim, Figure, SectionResult, unavailable
 from bench.runner import Context
-from bench.stack import ADMIN_TOKEN, Broker, bench_pod, missing_flags
+from bench.stack import ADMIN_TOKEN, bench_pod, missing_flags, start_broker
 from bench.stats import summarize
 from jitmesh.procs import ManagedProcess, wait_http
+from pdp.process import BrokerProcess
 
 TITLE = "6. Revocation propagation: admin call to token file removal (issue 5)"
 EVENTS_PATH = "/v1/revocations/events"
@@ -100,7 +101,7 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def events_endpoint_reason(broker: Broker) -> str | None:
+def events_endpoint_reason(broker: BrokerProcess) -> str | None:
     """None when the broker streams revocation events as SSE."""
     try:
         with httpx.stream("GET", f"{broker.url}{EVENTS_PATH}", timeout=5,
@@ -114,14 +115,12 @@ def events_endpoint_reason(broker: Broker) -> str | None:
 
 
 @contextlib.contextmanager
-def replicas(ctx: Context, setup: object, dsn: str) -> Iterator[tuple[Broker, Broker]]:
-    from bench.issuance import Setup
-    assert isinstance(setup, Setup)
-    started: list[Broker] = []
+def replicas(setup: Setup, dsn: str) -> Iterator[tuple[BrokerProcess, BrokerProcess]]:
+    started: list[BrokerProcess] = []
     try:
         for name in ("broker-a", "broker-b"):
-            started.append(Broker(setup.dir, name, opa_url=setup.opa.url, cluster=setup.cluster,
-                                  store_url=dsn).start())
+            started.append(start_broker(setup.dir, name, opa_url=setup.opa.url, cluster=setup.cluster,
+                                        store_url=dsn))
         yield started[0], started[1]
     finally:
         for b in started:
@@ -136,7 +135,7 @@ def run(ctx: Context) -> SectionResult:
 
     n = ctx.options.sidecars
     with opa_and_cluster(ctx, "revocation") as setup, pg.server(setup.dir) as dsn, \
-            replicas(ctx, setup, dsn) as (a, b):
+            replicas(setup, dsn) as (a, b):
         reason = events_endpoint_reason(a)
         if reason:
             return unavailable("revocation", TITLE, f"the broker has no revocation events yet: {reason}")

@@ -76,6 +76,9 @@ def run(ctx: Context) -> SectionResult:
         doc = external.call_with(fn, {"workdir": fresh_dir(ctx.workdir, "sidecar"), "audiences": AUDIENCES,
                                       "duration": ctx.options.duration, "say": ctx.say})
         raw["sidecar_bench"] = doc
-        figures += external.figures_from(doc, AIMS)
+        figures += external.figures_from({k: v for k, v in doc.items() if k != "audiences"}, AIMS)
+        notes.append(f"one sidecar with {doc.get('audiences', AUDIENCES)} audiences, measured by "
+                     "bench/sidecar_bench.py; modules it loads that it does not need: "
+                     f"{', '.join(doc.get('heavy_imports') or []) or 'none'}")
     cap_figures, cap_notes = capacity_figures(ctx)
     return SectionResult("sidecar", TITLE, figures + cap_figures, notes + cap_notes, raw=raw)

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT, serviceaccount_subject
 from jitmesh.devissuer import DEV_ISSUER_URL, DevIssuer, PodRef
 from jitmesh.opa_server import OPAServer
-from jitmesh.procs import ManagedProcess, free_port, wait_http
+from pdp.process import BrokerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = REPO / "policies"
@@ -115,31 +115,18 @@ def start_opa(workdir: Path) -> OPAServer:
     return OPAServer([POLICIES], workdir / "opa.log", opa_bin=os.environ.get("JITMESH_OPA_BIN")).start()
 
 
-class Broker(ManagedProcess):
-    """One `jitmesh broker` replica on a free loopback port."""
-
-    def __init__(self, workdir: Path, name: str, *, opa_url: str, cluster: Cluster, store_url: str,
-                 extra: Sequence[str] = ()) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        admin_file = workdir / "admin-tokens"
-        if not admin_file.exists():
-            admin_file.write_text(f"# bench admin\n{ADMIN_TOKEN}\n")
-        argv = [*jitmesh_argv(), "broker", "--listen", f"127.0.0.1:{self.port}",
-                "--issuer", self.url, "--opa-url", opa_url, "--jwks-file", str(cluster.jwks_file),
-                "--subject-issuer", cluster.issuer.issuer, "--store", store_url,
-                "--admin-token-file", str(admin_file), *extra]
-        super().__init__(name, argv, workdir / f"{name}.log", env=child_env(), cwd=workdir)
-
-    def start(self, timeout: float = 60.0) -> Broker:
-        super().start()
-        try:
-            wait_http(f"{self.url}/readyz", timeout=timeout, proc=self.proc)
-        except Exception as exc:
-            self.stop()
-            raise RuntimeError(f"broker did not become ready ({exc}); its log ends:\n{self.output()[-1500:]}") \
-                from None
-        return self
+def start_broker(workdir: Path, name: str, *, opa_url: str, cluster: Cluster, store_url: str,
+                 extra: Sequence[str] = (), timeout: float = 60.0) -> BrokerProcess:
+    """One `jitmesh broker` replica on a free loopback port, ready when this returns."""
+    admin_file = workdir / "admin-tokens"
+    if not admin_file.exists():
+        admin_file.write_text(f"# bench admin\n{ADMIN_TOKEN}\n")
+    proc = BrokerProcess(flags={"opa_url": opa_url, "jwks_file": cluster.jwks_file,
+                                "subject_issuer": cluster.issuer.issuer, "store": store_url,
+                                "admin_token_file": admin_file},
+                         log_path=workdir / f"{name}.log", extra_args=extra)
+    proc.name = name
+    return proc.start(timeout=timeout)
 
 
 def sqlite_url(workdir: Path, name: str = "broker") -> str:
