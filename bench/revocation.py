@@ -27,7 +27,7 @@ from pdp.process import BrokerProcess
 TITLE = "6. Revocation propagation: admin call to token file removal (issue 5)"
 EVENTS_PATH = "/v1/revocations/events"
 AIM_P99_MS = Aim("<", 500)
-READY_TIMEOUT_S = 180.0
+READY_TIMEOUT_S = 120.0
 PROPAGATION_TIMEOUT_S = 10.0
 START_BATCH = 10  # sidecars started at once, so 100 Python start-ups do not starve the brokers
 
