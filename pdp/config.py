@@ -18,6 +18,7 @@ DEFAULT_SUBJECT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
 Attestation = Literal["jwks", "tokenreview"]
+Enforcement = Literal["enforce", "dry-run"]
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,7 @@ class BrokerConfig:
     pod_lookup: bool = False
     opa_timeout: float = 1.0
     revocation_max_staleness: float = 30.0
+    enforcement: Enforcement = "enforce"  # dry-run: policy denials are issued anyway (pdp/shadow.py)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BrokerConfig:
@@ -106,6 +108,7 @@ class BrokerConfig:
             jwks_file=jwks_file, jwks_url=jwks_url, subject_issuer=args.subject_issuer, store_url=args.store,
             admin_token_file=admin, max_ttl=max_ttl, default_ttl=default_ttl, key_rotation=key_rotation,
             kubeconfig=kubeconfig, pod_lookup=bool(args.pod_lookup), opa_timeout=float(args.opa_timeout),
+            enforcement=args.enforcement,
         )
 
 
@@ -124,6 +127,9 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--opa-timeout", type=float, default=1.0, help="seconds to wait for OPA (default %(default)s)")
     p.add_argument("--policy-path", default=DEFAULT_POLICY_PATH, help="OPA data path of the decision")
     p.add_argument("--shadow-policy-path", default=None, help="data path of a candidate policy (unset: shadow off)")
+    p.add_argument("--enforcement", choices=["enforce", "dry-run"], default="enforce",
+                   help="dry-run: issue what the policy denies anyway, audited as dry_run_allowed "
+                        "(default %(default)s)")
     p.add_argument("--subject-audience", default=DEFAULT_SUBJECT_AUDIENCE,
                    help="audience a ServiceAccount token must carry (default %(default)s)")
     p.add_argument("--attestation", choices=["jwks", "tokenreview"], default="jwks",

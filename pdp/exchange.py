@@ -26,6 +26,7 @@ from pdp.decision import Decision, MalformedDecision, grant, parse_decision, pol
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient, OPAUnavailable
 from pdp.revocation import RevocationIndex, RevocationIndexStale
+from pdp.shadow import DRY_RUN_EVENT, dry_run_decision
 from pdp.shadow_live import LiveShadow
 from pdp.store.base import AuditRecord, StoreError
 from pdp.tokens import KeyRing, access_token_claims
@@ -275,6 +276,8 @@ class TokenExchange:
         raw_decision = raw["result"]
         if decision.approval_required:
             return await self._pending(decision, decision_id, subject_record, doc, raw_decision)
+        if not decision.allow and self.config.enforcement == "dry-run":
+            return await self._dry_run(req, subject, decision, decision_id, now, subject_record, doc, raw_decision)
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or "the policy did not allow this request"
             err = OAuthError(403, "access_denied", reasons, decision_id)
@@ -296,14 +299,24 @@ class TokenExchange:
             subject_record("pending", reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision,
                            extra={"access_request_id": request_id}), err)
 
+    async def _dry_run(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
+                       subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
+                       raw_decision: Any) -> Issued | OAuthError:
+        """--enforcement dry-run: what the policy denied is issued as requested, audited as such."""
+        outcome = await self._issue(req, subject, dry_run_decision(decision, req.scopes), decision_id, now,
+                                    subject_record, doc, raw_decision, event=DRY_RUN_EVENT)
+        if isinstance(outcome, Issued):
+            self.metrics.dry_run_allowed.inc()
+        return outcome
+
     async def _issue(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
                      subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
-                     raw_decision: Any) -> Issued | OAuthError:
+                     raw_decision: Any, event: str = "issued") -> Issued | OAuthError:
         granted = grant(decision, req.scopes, req.requested_ttl, self.config.default_ttl, self.config.max_ttl)
         claims = access_token_claims(issuer=self.config.issuer, subject=subject, audience=req.audience,
                                      scopes=granted.scopes, ttl=granted.ttl, now=now, decision_id=decision_id)
         token = self.keys.sign(claims)
-        rec = subject_record("issued", jti=claims["jti"], granted_scopes=granted.scopes, ttl=granted.ttl,
+        rec = subject_record(event, jti=claims["jti"], granted_scopes=granted.scopes, ttl=granted.ttl,
                              reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision,
                              extra={"kid": self.keys.current.record.kid, "exp": claims["exp"]})
         try:

@@ -18,6 +18,8 @@ class BrokerMetrics:
                               ["reason"], registry=self.registry)
         self.request_seconds = Histogram("jitmesh_token_request_seconds", "Whole /token request latency",
                                          buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.dry_run_allowed = Counter("jitmesh_dry_run_allowed", "Denials issued anyway (--enforcement dry-run)",
+                                       registry=self.registry)
         self.opa_seconds = Histogram("jitmesh_opa_request_seconds", "Latency of the OPA decision call",
                                      buckets=LATENCY_BUCKETS, registry=self.registry)
 

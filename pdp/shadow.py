@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from pdp.decision import MalformedDecision, parse_decision
+from pdp.decision import Decision, MalformedDecision, parse_decision
 
 ShadowClass = Literal["agree", "allow_to_deny", "deny_to_allow", "narrower", "wider", "candidate_error"]
 SHADOW_CLASSES: Final[tuple[ShadowClass, ...]] = (
@@ -249,3 +249,20 @@ class ShadowTally:
         self._counts.clear()
         self._samples.clear()
         return out
+
+
+# --- dry-run enforcement (`jitmesh broker --enforcement dry-run`) ---------------------------
+
+DRY_RUN_EVENT: Final = "dry_run_allowed"
+
+
+def dry_run_decision(denied: Decision, requested_scopes: Sequence[str]) -> Decision:
+    """What dry-run issues for a request the policy denied: the requested scopes, the
+    broker's default and maximum TTL, and the policy's reasons kept for the audit record.
+
+    Only a well-formed denial (`allow: false`) is issued anyway. Attestation failures,
+    revoked subjects, pods and audiences, policy errors (undefined or malformed
+    decisions), approvals pending and OPA outages are refused in dry-run as in enforce:
+    dry-run relaxes the policy's verdict, never who is asking or whether the policy answered.
+    """
+    return Decision(allow=True, scopes=tuple(requested_scopes), ttl_seconds=None, reasons=denied.reasons)

@@ -192,3 +192,14 @@ def test_compare_scopes_beyond_the_request_do_not_make_a_candidate_wider() -> No
                 enforced_decision={"allow": True, "scopes": ["read"], "ttl_seconds": 300},
                 candidate_decision={"allow": True, "scopes": ["read", "admin"], "ttl_seconds": 900})
     assert c.shadow_class == "agree"
+
+
+# --- dry-run: what a denial becomes -------------------------------------------------------
+
+def test_dry_run_issues_the_requested_scopes_and_keeps_the_policys_reasons() -> None:
+    from pdp.decision import Decision
+    from pdp.shadow import dry_run_decision
+
+    d = dry_run_decision(Decision(allow=False, scopes=("read",), ttl_seconds=5, reasons=("no grant",)),
+                         ["read", "write"])
+    assert d == Decision(allow=True, scopes=("read", "write"), ttl_seconds=None, reasons=("no grant",))
