@@ -1,0 +1,147 @@
+"""The broker app in-process with fakes (memory store, scripted OPA, static JWKS): the
+fail-closed paths that need a broken store or an unexpected failure to show."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from jitmesh.devissuer import DevIssuer
+from pdp.app import create_app
+from pdp.attestation import JWKSAttestor, Subject, parse_jwks
+from pdp.config import BrokerConfig
+from pdp.opa import OPAClient
+from tests.fixtures.broker import MemoryStore
+
+DEV = DevIssuer()
+KEYS = parse_jwks(DEV.jwks())
+ALLOW = {"result": {"allow": True, "scopes": ["read"], "ttl_seconds": 60}}
+
+
+class StaticKeys:
+    async def keys(self, kid: str | None) -> Any:
+        return KEYS
+
+    async def close(self) -> None:
+        return None
+
+
+class ExplodingAttestor:
+    async def attest(self, token: str) -> Subject:
+        raise RuntimeError("a bug")
+
+    async def close(self) -> None:
+        return None
+
+
+def scripted_opa(answer: Callable[[httpx.Request], httpx.Response]) -> OPAClient:
+    return OPAClient("http://opa.test", client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+def client_for(store: MemoryStore, answer: dict[str, Any] | None = None, attestor: Any = None) -> TestClient:
+    config = BrokerConfig(issuer="http://broker.test", subject_issuer=DEV.issuer)
+    opa = scripted_opa(lambda req: httpx.Response(200, json=ALLOW if answer is None else answer))
+    app = create_app(config, store=store, opa=opa,
+                     attestor=attestor or JWKSAttestor(StaticKeys(), DEV.issuer, "jitmesh"))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def client(store: MemoryStore) -> Iterator[TestClient]:
+    with client_for(store) as c:
+        yield c
+
+
+def exchange(client: TestClient, **changes: str) -> httpx.Response:
+    data = {"grant_type": GRANT_TYPE_TOKEN_EXCHANGE, "subject_token": DEV.mint("payments", "api"),
+            "subject_token_type": TOKEN_TYPE_JWT, "audience": "orders-db", "scope": "read"}
+    data.update(changes)
+    return client.post("/token", data=data)
+
+
+def test_issuance_writes_the_audit_record_before_answering(client: TestClient, store: MemoryStore) -> None:
+    r = exchange(client)
+    assert r.status_code == 200
+    (rec,) = store.audit
+    assert rec.event == "issued" and rec.decision_id == r.json()["decision_id"]
+
+
+def test_audit_store_failure_is_503_and_no_token(client: TestClient, store: MemoryStore) -> None:
+    store.fail_audit = True
+    r = exchange(client)
+    assert r.status_code == 503
+    assert r.json()["error"] == "temporarily_unavailable" and "access_token" not in r.json()
+    assert int(r.headers["retry-after"]) > 0
+    assert store.audit == []
+
+
+def test_audit_store_failure_on_a_deny_is_503(store: MemoryStore) -> None:
+    with client_for(store, {"result": {"allow": False, "reasons": ["no"]}}) as c:
+        store.fail_audit = True
+        assert exchange(c).status_code == 503
+
+
+def test_store_down_makes_readyz_503(client: TestClient, store: MemoryStore) -> None:
+    store.fail_all = True
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["store"].startswith("error")
+
+
+def test_unexpected_failure_is_503_not_500(store: MemoryStore) -> None:
+    with client_for(store, attestor=ExplodingAttestor()) as c:
+        r = exchange(c)
+    assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable"
+    assert "a bug" not in r.text and "Traceback" not in r.text
+
+
+def test_stale_revocation_list_is_503(client: TestClient) -> None:
+    broker = client.app.state.broker  # type: ignore[attr-defined]
+    broker.revocations.refreshed_at = -1e9
+    r = exchange(client)
+    assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable"
+
+
+def test_opa_non_200_is_503(store: MemoryStore) -> None:
+    config = BrokerConfig(issuer="http://broker.test", subject_issuer=DEV.issuer)
+    opa = scripted_opa(lambda req: httpx.Response(500, json={"code": "internal_error"}))
+    app = create_app(config, store=store, opa=opa, attestor=JWKSAttestor(StaticKeys(), DEV.issuer, "jitmesh"))
+    with TestClient(app) as c:
+        assert exchange(c).status_code == 503
+    assert store.audit[-1].event == "error"
+
+
+def test_opa_is_asked_at_the_policy_path_with_strict_builtin_errors(store: MemoryStore) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return httpx.Response(200, json=ALLOW)
+    config = BrokerConfig(issuer="http://broker.test", subject_issuer=DEV.issuer, policy_path="a/b/decision")
+    app = create_app(config, store=store, opa=scripted_opa(answer),
+                     attestor=JWKSAttestor(StaticKeys(), DEV.issuer, "jitmesh"))
+    with TestClient(app) as c:
+        exchange(c)
+    assert seen[0].url.path == "/v1/data/a/b/decision"
+    assert seen[0].url.params["strict-builtin-errors"] == "true"
+
+
+def test_oversized_body_is_invalid_request(client: TestClient) -> None:
+    r = client.post("/token", content=b"a=" + b"b" * 100_000,
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+
+
+def test_duplicate_grant_type_is_invalid_request(client: TestClient) -> None:
+    r = client.post("/token", content=f"grant_type={GRANT_TYPE_TOKEN_EXCHANGE}&grant_type=x".encode(),
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"

@@ -1,0 +1,90 @@
+"""The revocation index and admin tokens, with a memory store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from pdp.admin import AdminTokens, parse_admin_tokens
+from pdp.revocation import RevocationIndex, RevocationIndexStale
+from pdp.store.base import Revocation, RevocationKind
+from tests.fixtures.broker import MemoryStore
+
+
+def rev(rid: str, kind: RevocationKind, value: str) -> Revocation:
+    return Revocation(id=rid, kind=kind, value=value, reason="r", created_at=1.0, created_by="t")
+
+
+def test_loaded_index_refuses_revoked_subject_pod_and_audience() -> None:
+    store = MemoryStore()
+    for r in (rev("1", "subject", "s"), rev("2", "pod_uid", "p"), rev("3", "audience", "a")):
+        asyncio.run(store.add_revocation(r))
+    index = RevocationIndex(store)
+    asyncio.run(index.load())
+    assert index.refusal("s", None, "x") is not None
+    assert index.refusal("x", "p", "x") is not None
+    assert index.refusal("x", None, "a") is not None
+    assert index.refusal("x", "y", "z") is None
+
+
+def test_index_follows_revoked_and_lifted_events() -> None:
+    store = MemoryStore()
+    index = RevocationIndex(store)
+    asyncio.run(index.load())
+    asyncio.run(store.add_revocation(rev("1", "subject", "s")))
+    asyncio.run(index.refresh())
+    assert index.refusal("s", None, "a") is not None
+    asyncio.run(store.lift_revocation("1", "admin", 2.0))
+    asyncio.run(index.refresh())
+    assert index.refusal("s", None, "a") is None
+
+
+def test_lifting_one_of_two_revocations_of_a_value_keeps_it_revoked() -> None:
+    index = RevocationIndex(MemoryStore())
+    index.add(rev("1", "subject", "s"))
+    index.add(rev("2", "subject", "s"))
+    index.remove("1")
+    assert index.refusal("s", None, "a") is not None
+
+
+def test_token_revoked_by_jti_or_by_its_subject() -> None:
+    index = RevocationIndex(MemoryStore())
+    index.add(rev("1", "jti", "j"))
+    index.add(rev("2", "subject", "s2"))
+    assert index.token_revoked({"jti": "j", "sub": "s", "aud": "a"}) is not None
+    assert index.token_revoked({"jti": "k", "sub": "s2", "aud": "a"}) is not None
+    assert index.token_revoked({"jti": "k", "sub": "s", "aud": "a"}) is None
+
+
+def test_never_loaded_index_is_stale() -> None:
+    with pytest.raises(RevocationIndexStale):
+        RevocationIndex(MemoryStore()).check_fresh()
+
+
+def test_admin_token_file_ignores_blank_lines_and_comments() -> None:
+    assert parse_admin_tokens("# ops\n\n  tok-1  \n#tok-2\ntok-3\n") == ("tok-1", "tok-3")
+
+
+def test_admin_bearer_token_is_recognised_and_others_are_not(tmp_path: Path) -> None:
+    path = tmp_path / "admins"
+    path.write_text("# comment\nsecret-1\n")
+    admins = AdminTokens(path)
+    assert admins.is_admin("Bearer secret-1")
+    assert not admins.is_admin("Bearer secret-")
+    assert not admins.is_admin("Basic secret-1")
+    assert not admins.is_admin("Bearer # comment")
+    assert not admins.is_admin(None)
+
+
+def test_admin_token_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "admins"
+    path.write_text("old\n")
+    admins = AdminTokens(path)
+    path.write_text("new-token\n")
+    assert admins.is_admin("Bearer new-token") and not admins.is_admin("Bearer old")
+
+
+def test_no_admin_token_file_means_no_admins() -> None:
+    assert not AdminTokens(None).is_admin("Bearer anything")
