@@ -1,9 +1,204 @@
-"""`jitmesh up`: the whole system on one machine with embedded defaults."""
+"""`jitmesh up`: the whole system on one machine with embedded defaults.
+
+Under `./.jitmesh/` it keeps a local "cluster" issuer (key and JWKS, shaped like
+kube-apiserver's), an admin token file and a ServiceAccount token for the demo workload
+(`demo/demo-app`, refreshed while running); it starts OPA on `policies/` and the broker
+on SQLite as child processes, prints each step and a ready-to-paste `jitmesh token`
+command, and stops everything on Ctrl-C or SIGTERM.
+
+The run loop is a `Stack`: child processes it watches and periodic jobs it runs. A demo
+sidecar joins as one more `stack.start(...)` and, if it needs one, a `stack.every(...)`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
 from typing import Any
+
+from jitmesh.devissuer import DevIssuer, PodRef
+from jitmesh.opa_server import OPANotFound, OPAServer
+from jitmesh.procs import ManagedProcess
+
+DEMO_NAMESPACE = "demo"
+DEMO_SERVICE_ACCOUNT = "demo-app"
+DEMO_POD = PodRef("demo-app-0", str(uuid.uuid5(uuid.NAMESPACE_URL, "jitmesh-up/demo/demo-app-0")))
+DEMO_AUDIENCE = "orders-api"
+DEMO_SCOPE = "read"
+SUBJECT_TOKEN_TTL = 600
+SUBJECT_TOKEN_REFRESH = 300
+
+
+def say(message: str) -> None:
+    print(f"[up] {message}", flush=True)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically, readable by the owner only."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class DevCluster:
+    """The local stand-in for a cluster: who signs ServiceAccount tokens, and the demo's token."""
+
+    home: Path
+    issuer: DevIssuer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.issuer = DevIssuer.load_or_create(self.home / "issuer.key")
+        self.issuer.write_jwks(self.jwks_file)
+
+    @property
+    def jwks_file(self) -> Path:
+        return self.home / "jwks.json"
+
+    @property
+    def subject_token_file(self) -> Path:
+        return self.home / f"{DEMO_SERVICE_ACCOUNT}.jwt"
+
+    def refresh_subject_token(self) -> None:
+        token = self.issuer.mint(DEMO_NAMESPACE, DEMO_SERVICE_ACCOUNT, pod=DEMO_POD, ttl=SUBJECT_TOKEN_TTL)
+        write_private(self.subject_token_file, token + "\n")
+
+
+def ensure_admin_token(path: Path) -> None:
+    if not path.exists():
+        write_private(path, f"# admin bearer tokens of the `jitmesh up` broker, one a line\n"
+                            f"{secrets.token_urlsafe(32)}\n")
+
+
+class Stack:
+    """Child processes watched until one dies or a stop is asked, and periodic jobs."""
+
+    def __init__(self) -> None:
+        self.processes: list[ManagedProcess] = []
+        self.jobs: list[tuple[float, Callable[[], None], list[float]]] = []
+        self.stopping = threading.Event()
+
+    def start(self, proc: ManagedProcess, start: Callable[[], Any] | None = None) -> None:
+        """Start `proc` (with `start` when it has a readiness wait of its own) and watch it."""
+        self.processes.append(proc)
+        (start or proc.start)()
+
+    def every(self, seconds: float, job: Callable[[], None]) -> None:
+        self.jobs.append((seconds, job, [time.monotonic() + seconds]))
+
+    def run(self, tick: float = 0.5) -> int:
+        """Until a stop is asked (0) or a child dies (1)."""
+        while not self.stopping.wait(tick):
+            now = time.monotonic()
+            for seconds, job, due in self.jobs:
+                if now >= due[0]:
+                    due[0] = now + seconds
+                    job()
+            for proc in self.processes:
+                if not proc.running():
+                    say(f"{proc.name} exited unexpectedly (see {proc.log_path}); stopping")
+                    return 1
+        return 0
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            if proc.running():
+                say(f"stopping {proc.name}")
+            proc.stop(timeout=10)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from pdp.process import BrokerProcess
+
+    home = Path(args.home).resolve()
+    policies = Path(args.policies).resolve()
+    if not policies.is_dir():
+        print(f"jitmesh up: --policies {args.policies!r} is not a directory (run from the repository root, "
+              "or pass --policies)", file=sys.stderr)
+        return 2
+    for flag, port in (("--broker-port", args.broker_port), ("--opa-port", args.opa_port)):
+        if not port_free(port):
+            print(f"jitmesh up: 127.0.0.1:{port} is in use; pass another {flag}", file=sys.stderr)
+            return 2
+    home.mkdir(parents=True, exist_ok=True)
+
+    cluster = DevCluster(home)
+    say(f"local cluster issuer {cluster.issuer.issuer}: key {home / 'issuer.key'}, JWKS {cluster.jwks_file}")
+    admin_file = home / "admin-token"
+    ensure_admin_token(admin_file)
+    say(f"admin token file: {admin_file}")
+    cluster.refresh_subject_token()
+    say(f"ServiceAccount token of {DEMO_NAMESPACE}/{DEMO_SERVICE_ACCOUNT} (pod {DEMO_POD.name}): "
+        f"{cluster.subject_token_file}, renewed every {SUBJECT_TOKEN_REFRESH}s")
+
+    stack = Stack()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stack.stopping.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        try:
+            opa = OPAServer([policies], home / "opa.log", opa_bin=args.opa_bin, port=args.opa_port)
+        except OPANotFound as exc:
+            print(f"jitmesh up: {exc}", file=sys.stderr)
+            return 2
+        say(f"starting OPA on {policies} at {opa.url} (log {opa.log_path})")
+        stack.start(opa)
+        store = f"sqlite:///{home / 'broker.db'}"
+        broker = BrokerProcess(port=args.broker_port, log_path=home / "broker.log", flags={
+            "opa_url": opa.url, "jwks_file": cluster.jwks_file, "subject_issuer": cluster.issuer.issuer,
+            "store": store, "admin_token_file": admin_file,
+        })
+        say(f"starting the broker at {broker.url} (store {store}, log {broker.log_path})")
+        stack.start(broker)
+        stack.every(SUBJECT_TOKEN_REFRESH, cluster.refresh_subject_token)
+        say("ready. Ask for a token as the demo workload:")
+        print(f"\n  jitmesh token --broker-url {broker.url} --audience {DEMO_AUDIENCE} --scope {DEMO_SCOPE} "
+              f"--subject-token-file {cluster.subject_token_file}\n"
+              f"\n  and watch the audit trail:\n"
+              f"\n  jitmesh audit --broker-url {broker.url} --admin-token-file {admin_file} --follow\n", flush=True)
+        say("Ctrl-C stops everything")
+        code = stack.run()
+    except KeyboardInterrupt:
+        code = 0
+    except RuntimeError as exc:
+        say(str(exc))
+        code = 1
+    finally:
+        stack.stop()
+        signal.signal(signal.SIGTERM, previous)
+    say("stopped")
+    return code
 
 
 def register(sub: Any) -> None:
-    """Filled in by the broker and sidecar work (issues 2 and 3)."""
+    p = sub.add_parser("up", help="run OPA, the broker and a local cluster issuer on this machine")
+    p.add_argument("--home", default=".jitmesh", help="state directory (default %(default)s)")
+    p.add_argument("--policies", default="policies", help="policy directory for OPA (default %(default)s)")
+    p.add_argument("--broker-port", type=int, default=8080, help="broker port on 127.0.0.1 (default %(default)s)")
+    p.add_argument("--opa-port", type=int, default=8181, help="OPA port on 127.0.0.1 (default %(default)s)")
+    p.add_argument("--opa-bin", default=None, help="path to the opa binary (default: the cached build)")
+    p.set_defaults(func=run_up)
