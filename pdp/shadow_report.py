@@ -232,12 +232,18 @@ def _window(doc: Mapping[str, Any]) -> str:
     return f"{w.get('since') or 'beginning'} .. {w.get('until')}"
 
 
+def _not_compared(doc: Mapping[str, Any]) -> list[str]:
+    missing = doc["requests_seen"] - doc["comparisons"]
+    return [f"Not compared: {missing} (the enforced decision never came: OPA unreachable)"] if missing else []
+
+
 def render_table(doc: Mapping[str, Any]) -> str:
     total = doc["comparisons"]
     lines = [
         _title(doc),
         f"Window: {_window(doc)}",
         f"Requests seen: {doc['requests_seen']}   Comparisons: {total}   Agreement: {_rate(doc)}",
+        *_not_compared(doc),
         "",
         f"{'class':<17}{'count':>8}{'share':>9}",
     ]
@@ -273,6 +279,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         f"- Window: {_window(doc)}",
         f"- Requests seen: {doc['requests_seen']}",
         f"- Comparisons: {total}",
+        *[f"- {line}" for line in _not_compared(doc)],
         f"- Agreement: {_rate(doc)}",
         "",
         "| class | count | share |",

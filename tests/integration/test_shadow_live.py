@@ -151,8 +151,9 @@ def test_slow_candidate_does_not_delay_issuance(shadow_broker: Any) -> None:
     fast = [timed("agree") for _ in range(5)]
     slow = [timed("slow") for _ in range(5)]
     # the candidate takes SLOW_SECONDS for "slow"; issuance must not wait for it at all
-    assert max(slow) < 0.5, slow
-    assert statistics.median(slow) < statistics.median(fast) + 0.05, (fast, slow)
+    # waiting for the candidate would show as >= 1 s (its timeout); allow for a loaded machine well below that
+    assert max(slow) < 0.8, slow
+    assert statistics.median(slow) < statistics.median(fast) + 0.1, (fast, slow)
     doc = report(shadow_broker, 11, timeout=5.0)  # after the candidate's 1 s timeout
     assert doc["classes"]["candidate_error"] == 5
     assert doc["classes"]["agree"] == 6

@@ -134,6 +134,7 @@ def test_json_rendering_round_trips_the_document() -> None:
 def test_table_rendering_shows_counts_matrix_tops_samples_and_verdict() -> None:
     out = render(report_of(MIXED, not_compared=2), "table")
     assert "Requests seen: 13   Comparisons: 11   Agreement: 27.3%" in out
+    assert "Not compared: 2 (the enforced decision never came: OPA unreachable)" in out
     assert any(line.split() == ["deny_to_allow", "3", "27.3%"] for line in out.splitlines())
     assert any(line.split() == ["allow", "4", "1", "1"] for line in out.splitlines())
     assert any(line.split() == ["deny", "3", "1", "1"] for line in out.splitlines())
