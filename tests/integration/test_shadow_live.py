@@ -200,3 +200,15 @@ def test_report_command_without_admin_token_is_refused(shadow_broker: Any) -> No
     out = shadow_cli("report", "--broker-url", shadow_broker.url)
     assert out.returncode == 3
     assert "admin token is required" in out.stderr
+
+
+def test_request_without_an_enforced_decision_is_seen_but_not_compared(make_opa: Callable[..., Any],
+                                                                       broker_factory: Callable[..., Any]) -> None:
+    opa = make_opa(POLICIES)
+    broker = broker_factory(opa.url, policy_path=ENFORCED, shadow_policy_path=CANDIDATE)
+    sa = broker.mint("payments", "api", pod=PodRef("api-1", "uid-1"))
+    opa.stop()
+    r = broker.exchange(sa, "agree", scope="read")
+    assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable"
+    doc = report(broker, 0)
+    assert (doc["requests_seen"], doc["comparisons"]) == (1, 0)
