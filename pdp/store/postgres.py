@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
-from typing import Any, Literal, cast
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -146,6 +147,36 @@ def _event(row: Row) -> RevocationEvent:
 
 
 AuditValues = tuple[Any, ...]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+def bounded(method: Callable[Concatenate[PostgresStore, P], Awaitable[T]]
+            ) -> Callable[Concatenate[PostgresStore, P], Coroutine[Any, Any, T]]:
+    """Run the call in a task of its own and give up on it after `call_timeout`: a server
+    that hangs (rather than dies) must not hang the broker, and cancelling psycopg in the
+    middle of a query may itself wait on that server."""
+    @functools.wraps(method)
+    async def call(self: PostgresStore, *args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.ensure_future(method(self, *args, **kwargs))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.call_timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(_forget)
+            raise
+        if task in done:
+            return task.result()
+        task.cancel()
+        task.add_done_callback(_forget)
+        raise Unreachable(f"{self.where}: no answer within {self.call_timeout:g}s ({method.__name__}); "
+                          "is the server hung or overloaded?")
+    return call
 
 
 class Unreachable(StoreError):
@@ -154,13 +185,14 @@ class Unreachable(StoreError):
 
 class PostgresStore(Store):
     def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 5.0,
-                 statement_timeout: float = 10.0) -> None:
+                 statement_timeout: float = 5.0) -> None:
         self.url = url
         self.where = describe(url)
         self.min_size = min_size
         self.max_size = max_size
         self.timeout = timeout          # longest a call waits for a connection before StoreError
         self.statement_timeout = statement_timeout
+        self.call_timeout = timeout + statement_timeout + 1.0  # the longest any call may take
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._audit_queue: asyncio.Queue[tuple[AuditValues, asyncio.Future[int]]] = asyncio.Queue()
         self._batcher: asyncio.Task[None] | None = None
@@ -202,7 +234,7 @@ class PostgresStore(Store):
             self.url, open=False, min_size=self.min_size, max_size=self.max_size, timeout=self.timeout,
             check=AsyncConnectionPool.check_connection, reconnect_timeout=max(self.timeout, 5.0),
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(self.timeout)),
-                    "options": f"-c statement_timeout={int(self.statement_timeout * 1000)}",
+                    "options": f"-c statement_timeout={int(self.statement_timeout * 1000)} -c synchronous_commit=on",
                     "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3},
             name="jitmesh-store")
         try:
@@ -260,17 +292,20 @@ class PostgresStore(Store):
         await pool.close()
         self._wake_waiters()
 
+    @bounded
     async def ping(self) -> None:
         async with self._conn("answering a ping") as conn:
             await conn.execute("SELECT 1")
 
     # signing keys
 
+    @bounded
     async def list_keys(self) -> list[SigningKey]:
         async with self._conn("listing signing keys") as conn:
             cur = await conn.execute(SELECT_KEYS + " ORDER BY created_at, kid")
             return [_key(r) for r in await cur.fetchall()]
 
+    @bounded
     async def add_key(self, key: SigningKey) -> None:
         async with self._conn(f"adding signing key {key.kid!r}") as conn:
             try:
@@ -279,11 +314,13 @@ class PostgresStore(Store):
             except pg_errors.UniqueViolation:
                 raise StoreError(f"signing key {key.kid!r} already exists; kids must be unique") from None
 
+    @bounded
     async def retire_key(self, kid: str, retired_at: float, publish_until: float) -> None:
         async with self._conn(f"retiring signing key {kid!r}") as conn:
             await conn.execute("UPDATE signing_keys SET retired_at = %s, publish_until = %s WHERE kid = %s",
                                (retired_at, publish_until, kid))
 
+    @bounded
     async def rotate_key(self, new: SigningKey, rotate_if_older_than: float, publish_until: float) -> SigningKey:
         async with self._conn("rotating the signing key") as conn, conn.transaction():
             # replicas rotating at once queue here; the second then sees the first's key and keeps it
@@ -302,6 +339,7 @@ class PostgresStore(Store):
                 raise StoreError(f"signing key {new.kid!r} already exists; kids must be unique") from None
             return new
 
+    @bounded
     async def delete_key(self, kid: str) -> None:
         async with self._conn(f"deleting signing key {kid!r}") as conn:
             await conn.execute("DELETE FROM signing_keys WHERE kid = %s", (kid,))
@@ -316,8 +354,12 @@ class PostgresStore(Store):
         values = (record.decision_id, record.time, record.event, record.subject, record.audience,
                   record.policy_path, record.jti, record.pod_uid, details)
         self._audit_queue.put_nowait((values, future))
-        seq = await future
-        return replace(record, seq=seq)
+        done, _ = await asyncio.wait({future}, timeout=self.call_timeout)
+        if future not in done:
+            future.cancel()  # the batcher skips it if it has not started; a started batch may still land
+            raise Unreachable(f"{self.where}: audit append not acknowledged within {self.call_timeout:g}s; "
+                              "is the server hung or overloaded?")
+        return replace(record, seq=future.result())
 
     def _fail_queued(self, error: StoreError) -> None:
         while not self._audit_queue.empty():
@@ -331,6 +373,9 @@ class PostgresStore(Store):
             batch = [await self._audit_queue.get()]
             while len(batch) < MAX_BATCH and not self._audit_queue.empty():
                 batch.append(self._audit_queue.get_nowait())
+            batch = [(values, future) for values, future in batch if not future.done()]  # callers gave up
+            if not batch:
+                continue
             try:
                 seqs = await self._insert_audit([values for values, _ in batch])
             except Exception as exc:  # the batcher must outlive any one batch, or appends would hang
@@ -376,6 +421,7 @@ class PostgresStore(Store):
                         break
         return seqs
 
+    @bounded
     async def query_audit(self, *, since: float | None = None, until: float | None = None,
                           subject: str | None = None, event: str | None = None,
                           audience: str | None = None, decision_id: str | None = None,
@@ -409,6 +455,7 @@ class PostgresStore(Store):
         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq)))  # delivered at commit
         return RevocationEvent(seq=seq, action=action, revocation=revocation, time=when)
 
+    @bounded
     async def add_revocation(self, revocation: Revocation) -> RevocationEvent:
         check_revocation(revocation)
         async with self._conn(f"adding revocation {revocation.id!r}") as conn, conn.transaction():
@@ -420,6 +467,7 @@ class PostgresStore(Store):
                 raise StoreError(f"revocation {revocation.id!r} already exists; ids must be unique") from None
             return await self._append_event(conn, "revoked", revocation, revocation.created_at)
 
+    @bounded
     async def lift_revocation(self, revocation_id: str, lifted_by: str, when: float) -> RevocationEvent | None:
         async with self._conn(f"lifting revocation {revocation_id!r}") as conn, conn.transaction():
             cur = await conn.execute("UPDATE revocations SET lifted_at = %s, lifted_by = %s "
@@ -431,17 +479,20 @@ class PostgresStore(Store):
                 return None
             return await self._append_event(conn, "lifted", _revocation(row), when)
 
+    @bounded
     async def get_revocation(self, revocation_id: str) -> Revocation | None:
         async with self._conn(f"reading revocation {revocation_id!r}") as conn:
             cur = await conn.execute(SELECT_REVOCATIONS + " WHERE id = %s", (revocation_id,))
             row = await cur.fetchone()
             return None if row is None else _revocation(row)
 
+    @bounded
     async def active_revocations(self) -> list[Revocation]:
         async with self._conn("listing active revocations") as conn:
             cur = await conn.execute(SELECT_REVOCATIONS + " WHERE lifted_at IS NULL ORDER BY created_at, id")
             return [_revocation(r) for r in await cur.fetchall()]
 
+    @bounded
     async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:
         async with self._conn("reading revocation events") as conn:
             cur = await conn.execute("SELECT seq, action, time, revocation FROM revocation_events "
@@ -465,6 +516,7 @@ class PostgresStore(Store):
 
     # shadow mode: the SQL lives in pdp/shadow_store.py
 
+    @bounded
     async def record_shadow(self, counts: list[ShadowCount], samples: list[ShadowSample],
                             samples_per_class: int) -> None:
         async with self._conn("recording shadow comparisons") as conn, conn.transaction():
@@ -476,12 +528,14 @@ class PostgresStore(Store):
                     await cur.executemany(shadow_store.sql(shadow_store._INSERT_SAMPLE, "%s"),
                                           shadow_store.sample_rows(samples, samples_per_class))
 
+    @bounded
     async def shadow_counts(self, since: float | None, until: float | None) -> list[ShadowCount]:
         async with self._conn("reading shadow counts") as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(shadow_store.sql(shadow_store._SELECT_COUNTS, "%s"),
                               shadow_store.counts_params(since, until))
             return [shadow_store.count_of(r) for r in await cur.fetchall()]
 
+    @bounded
     async def shadow_samples(self, since: float | None, until: float | None,
                              per_class: int) -> list[ShadowSample]:
         async with self._conn("reading shadow samples") as conn, conn.cursor(row_factory=tuple_row) as cur:
@@ -489,6 +543,7 @@ class PostgresStore(Store):
                               shadow_store.samples_params(since, until, per_class))
             return [shadow_store.sample_of(r) for r in await cur.fetchall()]
 
+    @bounded
     async def prune_shadow(self, before: float) -> None:
         bucket = shadow_store.bucket_of(before)
         async with self._conn("pruning shadow comparisons") as conn, conn.transaction():

@@ -129,3 +129,31 @@ def test_revocations_survive_a_restart_and_waiters_hear_new_ones_afterwards(
     assert kept is not None and kept.id == "before"
     assert ids == ["after"]
     assert latency < 0.5
+
+
+def test_calls_to_a_hung_server_fail_within_the_call_bound_and_work_again_when_it_answers(
+        make_postgres_server: Callable[[], PostgresServer]) -> None:
+    server = make_postgres_server()
+    url = server.create_database()
+
+    async def main() -> tuple[list[float], float]:
+        store = PostgresStore(url, timeout=1.0, statement_timeout=1.0)
+        await store.open()
+        await store.append_audit(record("before"))
+        await asyncio.to_thread(server.freeze)
+        try:
+            took = []
+            for call in (lambda: store.append_audit(record("frozen")), store.ping, store.list_keys):
+                started = time.monotonic()
+                with pytest.raises(StoreError, match=r"no answer|not acknowledged|no working connection"):
+                    await call()
+                took.append(time.monotonic() - started)
+        finally:
+            server.thaw()
+        recovered = await retry_until_ok(lambda: store.append_audit(record("thawed")), RECOVERY_LIMIT)
+        await store.close()
+        return took, recovered
+
+    took, recovered = asyncio.run(main())
+    assert max(took) < 1.0 + 1.0 + 1.0 + 0.5  # timeout + statement_timeout + 1 s, and a little slack
+    assert recovered < RECOVERY_LIMIT
