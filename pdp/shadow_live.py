@@ -86,7 +86,8 @@ class LiveShadow:
     async def _ask_candidate(self, policy_input: dict[str, Any]) -> tuple[Any, str | None]:
         """(the candidate's decision document or None when undefined, an error or None)."""
         try:
-            raw = await asyncio.wait_for(self.opa.query(self.candidate_path, policy_input), self.timeout)
+            async with asyncio.timeout(self.timeout):  # unlike wait_for, no second task per request
+                raw = await self.opa.query(self.candidate_path, policy_input)
         except TimeoutError:
             return None, f"the candidate did not answer within {self.timeout:g}s"
         except OPAUnavailable as exc:
