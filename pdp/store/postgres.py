@@ -294,6 +294,8 @@ class PostgresStore(Store):
 
     @bounded
     async def ping(self) -> None:
+        if self._batcher is not None and self._batcher.done():
+            raise StoreError(f"{self.where}: the audit writer has stopped; restart the broker")
         async with self._conn("answering a ping") as conn:
             await conn.execute("SELECT 1")
 

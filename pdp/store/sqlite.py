@@ -320,6 +320,8 @@ class SQLiteStore(Store):
     async def _write(self, fn: Callable[[sqlite3.Connection], T], wakes_waiters: bool = False) -> T:
         if not self._open:
             raise StoreError(f"SQLite store {self.path!r} is closed")
+        if self._writer is None or not self._writer.is_alive():
+            raise StoreError(f"SQLite store {self.path!r}: the writer thread has stopped; restart the broker")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._writes.put(_Write(fn, loop, future, wakes_waiters))
@@ -352,6 +354,8 @@ class SQLiteStore(Store):
         return await asyncio.to_thread(self._with_reader, fn)
 
     async def ping(self) -> None:
+        if self._open and (self._writer is None or not self._writer.is_alive()):
+            raise StoreError(f"SQLite store {self.path!r}: the writer thread has stopped; restart the broker")
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
 
     # signing keys
