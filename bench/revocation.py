@@ -9,6 +9,7 @@ import ctypes
 import os
 import select
 import struct
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -162,17 +163,25 @@ def run(ctx: Context) -> SectionResult:
                 return unavailable("revocation", TITLE, f"{len(waiting)} of {n} sidecars had no token after "
                                    f"{READY_TIMEOUT_S:.0f} s; e.g. {sidecars[waiting[0]].output()[-300:]}")
             removals = Removals([p.token_dir for p in sidecars], workload.audience)
+            seen: dict[int, float] = {}
+            # a thread of its own reads the events as they come, so none waits for the admin call to return
+            watcher = threading.Thread(target=lambda: seen.update(removals.wait(n, PROPAGATION_TIMEOUT_S)))
             try:
+                watcher.start()
                 ctx.say(f"   revoking audience {workload.audience} on replica A")
                 t0 = time.monotonic()
                 r = httpx.post(f"{a.url}/v1/admin/revocations", timeout=10,
                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                                json={"audience": workload.audience, "reason": "bench: revocation propagation"})
                 call_ms = (time.monotonic() - t0) * 1000
+                watcher.join(PROPAGATION_TIMEOUT_S + 5)
                 if r.status_code != 201:
                     return unavailable("revocation", TITLE, f"POST /v1/admin/revocations answered "
                                        f"{r.status_code}: {r.text[:200]}")
-                seen = removals.wait(n, PROPAGATION_TIMEOUT_S)
+                missing = [i for i in range(n) if i not in seen]
+                if missing:
+                    ctx.say(f"   {len(missing)} files still there, e.g. sidecar {missing[0]}: "
+                            f"{sidecars[missing[0]].output()[-400:]}")
             finally:
                 removals.close()
         finally:
