@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,7 +208,20 @@ def cpu_figures(run: LoadRun) -> list[Figure]:
         value = run.cpu_ms_per_request(name)
         if value is not None:
             out.append(Figure(label, value, "ms", note=f"{run.cpu_s[name] / run.result.duration_s:.2f} cores busy"))
+    ceiling = cpu_bound_ceiling(run, len(os.sched_getaffinity(0)))
+    if ceiling is not None:
+        out.append(Figure("CPU-bound ceiling", ceiling, "/s", aim=AIM_RATE,
+                          note="CPUs / (broker + OPA CPU per issuance): the rate if nothing else ran"))
     return out
+
+
+def cpu_bound_ceiling(run: LoadRun, cpus: int) -> float | None:
+    """Issuances/s the machine's CPUs allow at the CPU each issuance cost broker and OPA: on a
+    shared machine this moves less than the throughput does."""
+    broker_ms, opa_ms = run.cpu_ms_per_request("broker"), run.cpu_ms_per_request("opa")
+    if broker_ms is None or opa_ms is None or broker_ms + opa_ms <= 0:
+        return None
+    return cpus * 1000 / (broker_ms + opa_ms)
 
 
 def client_note(run: LoadRun) -> str:
