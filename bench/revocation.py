@@ -158,6 +158,8 @@ def run(ctx: Context) -> SectionResult:
                     ManagedProcess.start(proc)  # not SidecarProcess.start: that waits for each in turn
                 for proc in batch:
                     wait_http(f"{proc.url}/healthz", timeout=READY_TIMEOUT_S, proc=proc.proc)
+                if (first + len(batch)) % 20 == 0 or first + len(batch) == n:
+                    ctx.say(f"   {first + len(batch)}/{n} sidecars up")
             waiting = wait_for_tokens([p.token_file(workload.audience) for p in sidecars], READY_TIMEOUT_S)
             if waiting:
                 return unavailable("revocation", TITLE, f"{len(waiting)} of {n} sidecars had no token after "
