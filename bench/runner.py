@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -117,9 +118,16 @@ def parse_args(argv: Sequence[str] | None, specs: Sequence[SectionSpec]) -> argp
     return args
 
 
+def _stop_on_signal(signum: int, frame: object) -> None:
+    # the processes under test run in sessions of their own: unwinding stops them, dying would orphan them
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     specs = sections()
     args = parse_args(argv, specs)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
     chosen = list(dict.fromkeys(args.sections)) or [s.key for s in specs if s.in_all]
     options = Options(duration=args.duration, warmup=args.warmup, connections=args.connections,
                       sidecars=args.sidecars, keep=args.keep)
