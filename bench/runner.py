@@ -89,6 +89,7 @@ def run_section(spec: SectionSpec, ctx: Context) -> SectionResult:
         detail = traceback.format_exc(limit=3) if os.environ.get("BENCH_DEBUG") else ""
         result = unavailable(spec.key, spec.title, f"{type(exc).__name__}: {exc}".strip() + detail)
     result.raw.setdefault("seconds", round(time.monotonic() - started, 1))
+    result.raw.setdefault("loadavg_1m_at_end", round(os.getloadavg()[0], 2))
     if result.unavailable:
         ctx.say(f"   not available: {result.unavailable.splitlines()[0] if result.unavailable else ''}")
     return result
