@@ -128,24 +128,30 @@ def _event(row: sqlite3.Row) -> RevocationEvent:
                            time=row["time"])
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller gave up (cancelled); the write itself stands
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    for future, result, error in outcomes:
+        if future.done():  # the caller gave up (cancelled); the write itself stands
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class _Write:
-    __slots__ = ("fn", "future", "loop", "wakes_waiters")
+    __slots__ = ("fn", "future", "loop", "one_statement", "wakes_waiters")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop,
-                 future: asyncio.Future[Any], wakes_waiters: bool) -> None:
+                 future: asyncio.Future[Any], wakes_waiters: bool, one_statement: bool) -> None:
         self.fn = fn
         self.loop = loop
         self.future = future
         self.wakes_waiters = wakes_waiters
+        # a single statement that fails undoes only itself, so it needs no savepoint of its own
+        self.one_statement = one_statement
 
 
 class SQLiteStore(Store):
@@ -270,61 +276,66 @@ class SQLiteStore(Store):
                 except queue.Empty:
                     break
                 if item is not None:
-                    self._deliver(item, None, StoreError(f"SQLite store {self.path!r} is closed"))
+                    self._deliver([item], [(None, StoreError(f"SQLite store {self.path!r} is closed"))])
         finally:
             conn.close()
 
-    def _deliver(self, write: _Write, result: Any, error: BaseException | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the caller's loop is gone
-            write.loop.call_soon_threadsafe(_settle, write.future, result, error)
+    def _deliver(self, writes: list[_Write], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+        """Resolve the callers' futures, with one wake-up of each event loop per batch."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        for write, (result, error) in zip(writes, outcomes, strict=True):
+            by_loop.setdefault(write.loop, []).append((write.future, result, error))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = StoreError(f"SQLite store {self.path!r}: cannot start a write transaction: {exc}")
-            for write in batch:
-                self._deliver(write, None, error)
+            self._deliver(batch, [(None, error)] * len(batch))
             return
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:
             for write in batch:
-                conn.execute("SAVEPOINT one_write")
+                if not write.one_statement:
+                    conn.execute("SAVEPOINT one_write")
                 try:
                     result = write.fn(conn)
                 except Exception as exc:  # whatever it was, it fails this write alone and as a StoreError
-                    conn.execute("ROLLBACK TO one_write")
-                    conn.execute("RELEASE one_write")
+                    if not write.one_statement:
+                        conn.execute("ROLLBACK TO one_write")
+                        conn.execute("RELEASE one_write")
                     message = exc if isinstance(exc, StoreError) else StoreError(
                         f"SQLite store {self.path!r}: write failed: {type(exc).__name__}: {exc}")
                     outcomes.append((None, message))
                 else:
-                    conn.execute("RELEASE one_write")
+                    if not write.one_statement:
+                        conn.execute("RELEASE one_write")
                     outcomes.append((result, None))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = StoreError(f"SQLite store {self.path!r}: commit failed, nothing of it was written: {exc}")
-            for write in batch:
-                self._deliver(write, None, error)
+            self._deliver(batch, [(None, error)] * len(batch))
             return
-        wake = False
-        for write, (result, failure) in zip(batch, outcomes, strict=True):
-            self._deliver(write, result, failure)
-            wake = wake or (write.wakes_waiters and failure is None)
+        self._deliver(batch, outcomes)
+        wake = any(w.wakes_waiters and failure is None for w, (_, failure) in zip(batch, outcomes, strict=True))
         if wake and self._loop is not None:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._wake_waiters)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], wakes_waiters: bool = False) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], wakes_waiters: bool = False,
+                     one_statement: bool = False) -> T:
         if not self._open:
             raise StoreError(f"SQLite store {self.path!r} is closed")
         if self._writer is None or not self._writer.is_alive():
             raise StoreError(f"SQLite store {self.path!r}: the writer thread has stopped; restart the broker")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._writes.put(_Write(fn, loop, future, wakes_waiters))
+        self._writes.put(_Write(fn, loop, future, wakes_waiters, one_statement))
         return await future
 
     # reads
@@ -410,7 +421,7 @@ class SQLiteStore(Store):
             cur = c.execute("INSERT INTO audit (decision_id, time, event, subject, audience, policy_path, jti, "
                             "pod_uid, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
             return int(cast(int, cur.lastrowid))
-        seq = await self._write(insert)
+        seq = await self._write(insert, one_statement=True)
         return replace(record, seq=seq)
 
     async def query_audit(self, *, since: float | None = None, until: float | None = None,

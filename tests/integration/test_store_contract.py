@@ -175,6 +175,16 @@ def test_a_bad_record_among_concurrent_appends_fails_alone(store_url: str) -> No
     assert len(stored) == 19
 
 
+def test_a_record_the_database_refuses_among_concurrent_appends_fails_alone(store_url: str) -> None:
+    async def body(s: Store) -> tuple[list[Any], list[AuditRecord]]:
+        results = await asyncio.gather(*(s.append_audit(record(n, time=None if n == 7 else 1000.0 + n))
+                                         for n in range(20)), return_exceptions=True)
+        return list(results), await s.query_audit(limit=100)
+    results, stored = with_store(store_url, body)
+    assert isinstance(results[7], StoreError)
+    assert [r.decision_id for r in stored] == [f"d-{n}" for n in range(20) if n != 7]
+
+
 def test_audit_details_round_trip_as_json(store_url: str) -> None:
     details = {"requested_scopes": ["read", "write"], "granted": ["read"], "ttl": 300, "ratio": 0.25,
                "reasons": ["ünïcode ✓", 'quote " and \\ backslash'], "approval": None, "ok": True,
