@@ -1,13 +1,18 @@
 """What OPA says: a thin client of OPA's Data API, one pooled keep-alive connection set per
 broker, short timeouts. Anything but a 200 with a JSON object is `OPAUnavailable` (the
-broker answers 503 and issues nothing); reading the decision is `pdp.decision`'s job."""
+broker answers 503 and issues nothing); reading the decision is `pdp.decision`'s job.
+
+This is the one call on every issuance, so it uses aiohttp: measured on this project's
+2-core machine against a real OPA at 32 concurrent requests, httpx.AsyncClient managed
+~40-70 queries/s where aiohttp managed ~1,700 (OPA alone, under wrk: ~4,000).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-import httpx
+import aiohttp
 
 
 class OPAUnavailable(Exception):
@@ -16,33 +21,41 @@ class OPAUnavailable(Exception):
 
 
 class OPAClient:
-    def __init__(self, url: str, timeout: float = 1.0, client: httpx.AsyncClient | None = None,
-                 max_connections: int = 64) -> None:
+    def __init__(self, url: str, timeout: float = 1.0, max_connections: int = 32) -> None:
         self.url = url.rstrip("/")
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 0.5)),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"Content-Type": "application/json"},
-        )
+        self.timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 0.5))
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # created on first use, inside the running event loop
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30),
+                timeout=self.timeout, json_serialize=json.dumps,
+            )
+        return self._session
 
     def data_url(self, policy_path: str) -> str:
-        return f"{self.url}/v1/data/{policy_path.strip('/')}"
+        return f"{self.url}/v1/data/{policy_path.strip('/')}?strict-builtin-errors=true"
 
     async def query(self, policy_path: str, input_doc: dict[str, Any]) -> dict[str, Any]:
         """OPA's whole answer to `POST /v1/data/<policy_path>`: `{"result": ...}`, or `{}`
         when the document is undefined."""
         body = json.dumps({"input": input_doc}, separators=(",", ":"))
         try:
-            r = await self._client.post(self.data_url(policy_path), content=body,
-                                        params={"strict-builtin-errors": "true"})
-        except httpx.TimeoutException:
-            raise OPAUnavailable(f"OPA at {self.url} did not answer in time") from None
-        except httpx.HTTPError as exc:
+            async with self._client().post(self.data_url(policy_path), data=body,
+                                           headers={"Content-Type": "application/json"}) as r:
+                raw = await r.read()
+                status = r.status
+        except TimeoutError:
+            raise OPAUnavailable(f"OPA at {self.url} did not answer within {self.timeout.total}s") from None
+        except aiohttp.ClientError as exc:
             raise OPAUnavailable(f"OPA at {self.url} cannot be reached: {type(exc).__name__}") from None
-        if r.status_code != 200:
-            raise OPAUnavailable(f"OPA answered HTTP {r.status_code}: {r.text[:300]}")
+        if status != 200:
+            raise OPAUnavailable(f"OPA answered HTTP {status}: {raw[:300].decode(errors='replace')}")
         try:
-            doc = r.json()
+            doc = json.loads(raw)
         except ValueError:
             raise OPAUnavailable("OPA answered with something that is not JSON") from None
         if not isinstance(doc, dict):
@@ -51,10 +64,11 @@ class OPAClient:
 
     async def healthy(self) -> bool:
         try:
-            r = await self._client.get(f"{self.url}/health")
-        except httpx.HTTPError:
+            async with self._client().get(f"{self.url}/health") as r:
+                return r.status == 200
+        except (TimeoutError, aiohttp.ClientError):
             return False
-        return r.status_code == 200
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()

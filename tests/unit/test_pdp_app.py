@@ -15,7 +15,7 @@ from jitmesh.devissuer import DevIssuer
 from pdp.app import create_app
 from pdp.attestation import JWKSAttestor, Subject, parse_jwks
 from pdp.config import BrokerConfig
-from pdp.opa import OPAClient
+from pdp.opa import OPAClient, OPAUnavailable
 from tests.fixtures.broker import MemoryStore
 
 DEV = DevIssuer()
@@ -39,8 +39,22 @@ class ExplodingAttestor:
         return None
 
 
-def scripted_opa(answer: Callable[[httpx.Request], httpx.Response]) -> OPAClient:
-    return OPAClient("http://opa.test", client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+class ScriptedOPA(OPAClient):
+    """Answers each query with `answer(policy_path, input)`: a document, or an exception to raise."""
+
+    def __init__(self, answer: Callable[[str, dict[str, Any]], Any]) -> None:
+        super().__init__("http://opa.test")
+        self.answer = answer
+
+    async def query(self, policy_path: str, input_doc: dict[str, Any]) -> dict[str, Any]:
+        result = self.answer(policy_path, input_doc)
+        if isinstance(result, Exception):
+            raise result
+        doc: dict[str, Any] = result
+        return doc
+
+    async def healthy(self) -> bool:
+        return True
 
 
 @pytest.fixture
@@ -50,7 +64,7 @@ def store() -> MemoryStore:
 
 def client_for(store: MemoryStore, answer: dict[str, Any] | None = None, attestor: Any = None) -> TestClient:
     config = BrokerConfig(issuer="http://broker.test", subject_issuer=DEV.issuer)
-    opa = scripted_opa(lambda req: httpx.Response(200, json=ALLOW if answer is None else answer))
+    opa = ScriptedOPA(lambda path, doc: ALLOW if answer is None else answer)
     app = create_app(config, store=store, opa=opa,
                      attestor=attestor or JWKSAttestor(StaticKeys(), DEV.issuer, "jitmesh"))
     return TestClient(app, raise_server_exceptions=False)
@@ -111,28 +125,30 @@ def test_stale_revocation_list_is_503(client: TestClient) -> None:
     assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable"
 
 
-def test_opa_non_200_is_503(store: MemoryStore) -> None:
+def test_opa_unavailable_is_503_and_audited_as_error(store: MemoryStore) -> None:
     config = BrokerConfig(issuer="http://broker.test", subject_issuer=DEV.issuer)
-    opa = scripted_opa(lambda req: httpx.Response(500, json={"code": "internal_error"}))
+    opa = ScriptedOPA(lambda path, doc: OPAUnavailable("OPA answered HTTP 500"))
     app = create_app(config, store=store, opa=opa, attestor=JWKSAttestor(StaticKeys(), DEV.issuer, "jitmesh"))
     with TestClient(app) as c:
         assert exchange(c).status_code == 503
     assert store.audit[-1].event == "error"
 
 
-def test_opa_is_asked_at_the_policy_path_with_strict_builtin_errors(store: MemoryStore) -> None:
-    seen: list[httpx.Request] = []
+def test_opa_is_asked_at_the_configured_policy_path_with_the_contract_input(store: MemoryStore) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
 
-    def answer(req: httpx.Request) -> httpx.Response:
-        seen.append(req)
-        return httpx.Response(200, json=ALLOW)
+    def answer(path: str, doc: dict[str, Any]) -> dict[str, Any]:
+        seen.append((path, doc))
+        return ALLOW
     config = BrokerConfig(issuer="http://broker.test", subject_issuer=DEV.issuer, policy_path="a/b/decision")
-    app = create_app(config, store=store, opa=scripted_opa(answer),
+    app = create_app(config, store=store, opa=ScriptedOPA(answer),
                      attestor=JWKSAttestor(StaticKeys(), DEV.issuer, "jitmesh"))
     with TestClient(app) as c:
         exchange(c)
-    assert seen[0].url.path == "/v1/data/a/b/decision"
-    assert seen[0].url.params["strict-builtin-errors"] == "true"
+    (path, doc), = seen
+    assert path == "a/b/decision"
+    assert doc["request"] == {"audience": "orders-db", "scopes": ["read"], "ttl_seconds": None}
+    assert doc["subject"]["sub"] == "system:serviceaccount:payments:api"
 
 
 def test_oversized_body_is_invalid_request(client: TestClient) -> None:
