@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import ssl
 import sys
 import time
 import uuid
@@ -65,7 +67,8 @@ def webhook(kube: KubeControlPlane, kube_api: client.ApiClient,
     ], home / "injector.log", env={k: v for k, v in os.environ.items() if not k.startswith("JITMESH_")}).start()
     url = f"https://127.0.0.1:{port}"
     try:
-        wait_http(url + "/readyz", timeout=30, proc=proc.proc, verify=str(certs.ca_file))
+        wait_http(url + "/readyz", timeout=30, proc=proc.proc,
+                  verify=ssl.create_default_context(cafile=str(certs.ca_file)))  # type: ignore[arg-type]
     except Exception:
         proc.stop()
         raise
@@ -145,7 +148,7 @@ def test_labelled_pod_is_stored_with_the_native_sidecar_first(kube_api: client.A
         "jitmesh.io/ttl": "300"}))
     sidecar = pod.spec.init_containers[0]
     assert sidecar.name == "jitmesh-sidecar" and sidecar.restart_policy == "Always"
-    assert sidecar.startup_probe.exec.command[0] == "python3"
+    assert sidecar.startup_probe.var_exec.command[0] == "python3"
     env = {e.name: e.value for e in sidecar.env}
     assert env["JITMESH_BROKER_URL"] == BROKER_URL
     assert env["JITMESH_AUDIENCES"] == "orders-db,payments-api"
@@ -196,8 +199,9 @@ def test_bad_annotation_is_refused_with_the_injectors_message(kube_api: client.A
         _create(kube_api, ns, _pod("bad", {"jitmesh.io/inject": "true"},
                                    {"jitmesh.io/audiences": "orders-db", "jitmesh.io/ttl": "5m"}))
     assert err.value.status == 400
-    assert f'admission webhook "{WEBHOOK_NAME}" denied the request' in err.value.body
-    assert "jitmesh.io/ttl" in err.value.body and "whole number of seconds" in err.value.body
+    message = json.loads(err.value.body)["message"]
+    assert message.startswith(f'admission webhook "{WEBHOOK_NAME}" denied the request: ')
+    assert "annotation jitmesh.io/ttl: '5m' is not a whole number of seconds" in message
     assert client.CoreV1Api(kube_api).list_namespaced_pod(ns).items == []
 
 
@@ -208,7 +212,8 @@ def test_conflicting_volume_is_refused_not_half_patched(kube_api: client.ApiClie
     pod.spec.volumes = [client.V1Volume(name="jitmesh-tokens", empty_dir=client.V1EmptyDirVolumeSource())]
     with pytest.raises(ApiException) as err:
         _create(kube_api, ns, pod)
-    assert "a volume named 'jitmesh-tokens'" in err.value.body
+    assert err.value.status == 409
+    assert "the pod already has a volume named 'jitmesh-tokens'" in json.loads(err.value.body)["message"]
 
 
 def test_server_dry_run_shows_the_sidecar_and_stores_nothing(kube_api: client.ApiClient,
@@ -224,7 +229,7 @@ def test_server_dry_run_shows_the_sidecar_and_stores_nothing(kube_api: client.Ap
 def test_injector_logs_and_counts_each_admission(webhook: Webhook, kube_api: client.ApiClient,
                                                    namespace: Callable[..., str]) -> None:
     def injected_count() -> float:
-        text = httpx.get(webhook.url + "/metrics", verify=str(webhook.ca_file)).text
+        text = httpx.get(webhook.url + "/metrics", verify=ssl.create_default_context(cafile=str(webhook.ca_file))).text
         prefix = 'jitmesh_injector_admissions_total{outcome="injected"}'
         line = next(x for x in text.splitlines() if x.startswith(prefix))
         return float(line.split()[-1])
