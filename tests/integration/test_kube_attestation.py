@@ -189,4 +189,4 @@ def test_after_the_pod_is_deleted_jwks_mode_with_pod_lookup_issues_nothing(
 
     r = _refused_within(lambda: jwks_broker.exchange(token, "orders-db", scope="read"), REFUSAL_WINDOW)
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
-    assert "no longer exists" in r.json()["error_description"]
+    assert f"{workload.namespace}/{workload.pod_name}" in r.json()["error_description"]
