@@ -116,7 +116,8 @@ class Agent:
 
     async def _revoke(self, audience: str, token: HeldToken) -> bool:
         try:
-            await asyncio.wait_for(self.broker.revoke(token.access_token), self.config.shutdown_timeout)
+            async with asyncio.timeout(self.config.shutdown_timeout):
+                await self.broker.revoke(token.access_token)
         except (TimeoutError, RevokeFailed) as exc:
             log.warning("token.revoke_failed", audience=audience, jti=token.jti,
                         error=str(exc) or "timed out")
@@ -126,9 +127,19 @@ class Agent:
 
     # -- the seam for revocation events (SPEC section 5) -------------------------------
 
+    @property
+    def audiences(self) -> list[str]:
+        return list(self._audiences)
+
+    def audience_holding(self, jti: str) -> str | None:
+        """The audience whose current token has this `jti`, for events that name a token."""
+        return next((name for name, st in self._audiences.items() if st.token and st.token.jti == jti), None)
+
     def on_revoked(self, audience: str, reason: str = "") -> None:
         """A revocation event named this audience's token, its subject or its pod: the file
-        goes at once and the audience asks the broker again now."""
+        goes at once and the audience asks the broker again now. Call it on the agent's
+        event loop (an event consumer there: issue 5); for a subject or pod event, call it
+        for every audience."""
         st = self._audiences.get(audience)
         if st is None or self._stopping:
             return
@@ -144,15 +155,18 @@ class Agent:
     # -- one audience ----------------------------------------------------------------
 
     async def _run(self, st: _Audience) -> None:
-        while True:
+        while not self._stopping:
             st.wake.clear()
             try:
                 delay = await self._attempt(st)
             except Exception as exc:  # a bug must not end the audience's loop
                 log.error("sidecar.internal_error", exc_info=True, audience=st.spec.audience)
                 delay = self._failed(st, Failed("internal_error", f"{type(exc).__name__}: {exc}"))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+            # coincides with the wake-up, and shutdown would wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(st.wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await st.wake.wait()
 
     async def _attempt(self, st: _Audience) -> float:
         """Ask once; return the seconds until the next request."""

@@ -20,6 +20,7 @@ from sidecar.agent import Agent
 from sidecar.api import build_app
 from sidecar.broker import BrokerClient
 from sidecar.config import ConfigError, SidecarConfig
+from sidecar.events import RevocationSubscriber
 
 log = get_logger("sidecar")
 
@@ -63,6 +64,8 @@ async def serve(config: SidecarConfig, sock: socket.socket) -> int:
                                             lifespan="off", ws="none", server_header=False,
                                             timeout_graceful_shutdown=_API_GRACE))
     await agent.start()
+    # revocation events remove a revoked token's file at once (sidecar/events.py)
+    events = asyncio.create_task(RevocationSubscriber(config, agent).run(), name="revocation-events")
     api = asyncio.create_task(server.serve(sockets=[sock]), name="api")
     stopped = asyncio.create_task(stop.wait(), name="stop")
     await asyncio.wait({api, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -73,6 +76,7 @@ async def serve(config: SidecarConfig, sock: socket.socket) -> int:
         code = 1
     log.info("sidecar.stopping", signal="SIGTERM" if stop.is_set() else None)
     server.should_exit = True  # the API winds down while the agent revokes
+    events.cancel()
     await agent.shutdown()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(api, timeout=_API_GRACE + 0.5)

@@ -394,3 +394,31 @@ def test_token_shorter_than_the_safety_margin_is_not_served(tmp_path: Path) -> N
 
     agent = run_agent(config, broker, body)
     assert b'reason="token_too_short"' in agent.metrics.render()
+
+
+def test_audience_holding_finds_the_audience_of_a_jti(tmp_path: Path) -> None:
+    broker = FakeBroker()
+    config = make_config(tmp_path, audiences=(AudienceSpec("a"), AudienceSpec("b")))
+
+    async def body(agent: Agent) -> None:
+        await eventually(agent.ready)
+        jti_b = claims_of(tmp_path / "tokens" / "b")["jti"]
+        assert agent.audience_holding(jti_b) == "b"
+        assert agent.audience_holding("no-such-jti") is None
+        agent.on_revoked("b")
+        assert agent.audience_holding(jti_b) is None
+        assert agent.token("a") is not None  # only the named audience lost its token
+
+    run_agent(config, broker, body)
+
+
+def test_on_revoked_ignores_an_unknown_audience(tmp_path: Path) -> None:
+    broker = FakeBroker()
+
+    async def body(agent: Agent) -> None:
+        await eventually(agent.ready)
+        agent.on_revoked("billing")
+        assert agent.ready()
+
+    run_agent(make_config(tmp_path), broker, body)
+    assert len(broker.forms) == 1
