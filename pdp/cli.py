@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import sys
@@ -18,6 +19,7 @@ from jitmesh.log import configure, get_logger
 from pdp import shadow_cli
 from pdp.admin import parse_admin_tokens
 from pdp.config import BrokerConfig, ConfigError, add_broker_flags
+from pdp.store.base import StoreError, open_store_from_url
 
 log = get_logger("pdp")
 
@@ -35,6 +37,11 @@ def run_broker(args: argparse.Namespace) -> int:
 
     from pdp.app import create_app
 
+    try:
+        asyncio.run(_check_store(config.store_url))
+    except StoreError as exc:
+        print(f"jitmesh broker: --store: {exc}", file=sys.stderr)
+        return 1
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.listen_host, port=config.listen_port, loop="uvloop", http="httptools",
@@ -43,6 +50,13 @@ def run_broker(args: argparse.Namespace) -> int:
     server.run()
     # uvicorn leaves `started` False when the lifespan (store, keys) failed
     return 0 if server.started else 1
+
+
+async def _check_store(url: str) -> None:
+    """Open the store once before serving, so a bad --store is one clear line, not a traceback."""
+    store = open_store_from_url(url)
+    await store.open()
+    await store.close()
 
 
 # --- client helpers ---------------------------------------------------------------------
