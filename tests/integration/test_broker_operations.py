@@ -161,3 +161,11 @@ def test_broker_refuses_to_start_with_a_bad_flag_naming_it(tmp_path: Path, flags
     p = run("broker", *base, *flags)
     assert p.returncode == 2
     assert named in p.stderr
+
+
+def test_broker_with_a_store_it_cannot_open_exits_with_one_clear_line(tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    p = run("broker", "--jwks-file", str(jwks), "--store", "sqlite:////proc/no-such-dir/broker.db")
+    assert p.returncode == 1
+    assert "--store" in p.stderr and "Traceback" not in p.stderr + p.stdout

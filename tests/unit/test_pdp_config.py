@@ -1,0 +1,76 @@
+"""`jitmesh broker` flags become one validated BrokerConfig; bad values name their flag."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from jitmesh.cli import apply_env_defaults
+from pdp.config import BrokerConfig, ConfigError, add_broker_flags
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> BrokerConfig:
+    parser = argparse.ArgumentParser()
+    add_broker_flags(parser)
+    apply_env_defaults(parser, environ or {})
+    return BrokerConfig.from_args(parser.parse_args(argv))
+
+
+@pytest.fixture
+def jwks(tmp_path: Path) -> str:
+    path = tmp_path / "jwks.json"
+    path.write_text('{"keys": []}')
+    return str(path)
+
+
+def test_defaults_follow_the_spec(jwks: str) -> None:
+    c = parse(["--jwks-file", jwks])
+    assert c.policy_path == "jitmesh/authz/decision" and c.subject_audience == "jitmesh"
+    assert c.store_url == "sqlite:///.jitmesh/broker.db" and c.max_ttl == 3600 and c.default_ttl == 300
+    assert c.attestation == "jwks" and c.shadow_policy_path is None
+    assert c.issuer == "http://127.0.0.1:8080"
+
+
+def test_flags_can_come_from_jitmesh_environment_variables(jwks: str) -> None:
+    c = parse([], {"JITMESH_JWKS_FILE": jwks, "JITMESH_MAX_TTL": "600", "JITMESH_ISSUER": "https://b.example/"})
+    assert c.max_ttl == 600 and c.issuer == "https://b.example"
+
+
+def test_default_ttl_follows_a_shorter_max_ttl(jwks: str) -> None:
+    assert parse(["--jwks-file", jwks, "--max-ttl", "60"]).default_ttl == 60
+
+
+def test_shadow_policy_path_is_kept(jwks: str) -> None:
+    assert parse(["--jwks-file", jwks, "--shadow-policy-path", "jitmesh/candidate/authz/decision"]
+                 ).shadow_policy_path == "jitmesh/candidate/authz/decision"
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["--max-ttl", "0"], "--max-ttl"),
+    (["--default-ttl", "-1"], "--default-ttl"),
+    (["--max-ttl", "60", "--default-ttl", "120"], "--default-ttl"),
+    (["--key-rotation", "0"], "--key-rotation"),
+    (["--listen", "8080"], "--listen"),
+    (["--issuer", "not a url"], "--issuer"),
+    (["--opa-timeout", "0"], "--opa-timeout"),
+    (["--policy-path", ""], "--policy-path"),
+    (["--store", "redis://x"], "--store"),
+    (["--admin-token-file", "/no/such/file"], "--admin-token-file"),
+    (["--subject-audience", " "], "--subject-audience"),
+])
+def test_bad_value_is_refused_naming_its_flag(jwks: str, argv: list[str], flag: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        parse(["--jwks-file", jwks, *argv])
+
+
+def test_jwks_mode_needs_exactly_one_key_source(jwks: str) -> None:
+    with pytest.raises(ConfigError, match="--jwks-file or --jwks-url"):
+        parse([])
+    with pytest.raises(ConfigError, match="--jwks-file or --jwks-url"):
+        parse(["--jwks-file", jwks, "--jwks-url", "https://api/openid/v1/jwks"])
+
+
+def test_tokenreview_mode_needs_no_jwks() -> None:
+    assert parse(["--attestation", "tokenreview"]).attestation == "tokenreview"
