@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -96,6 +96,48 @@ class SidecarProcess(ManagedProcess):
             if isinstance(doc, dict):
                 out.append(doc)
         return out
+
+
+# What `jitmesh up`'s demo workload (demo/demo-app) asks for: the shipped policy grants the
+# first two and has no grant for the third, so the terminal shows issuance, refresh and denial.
+DEMO_AUDIENCES: dict[str, list[str]] = {"orders-api": ["read", "write"], "payments-api": ["read"],
+                                        "orders-db": ["read"]}
+
+
+def demo_sidecar(*, broker_url: str, sa_token_file: Path, home: Path, ttl: int = 20, port: int | None = None,
+                 audiences: Mapping[str, Sequence[str]] | None = None) -> SidecarProcess:
+    """The demo workload's sidecar for `jitmesh up`, not yet started: tokens under
+    `home/tokens/`, its log in `home/sidecar.log`, a short TTL so refreshes are seen, and
+    retries at most 10 s apart. Start it with `stack.start(proc)` and narrate its log with
+    `stack.every(0.5, LogNarrator(proc.log_path, say).poll)`."""
+    return SidecarProcess(broker_url=broker_url, audiences=audiences or DEMO_AUDIENCES, sa_token_file=sa_token_file,
+                          token_dir=home / "tokens", log_path=home / "sidecar.log", ttl=ttl, port=port,
+                          extra={"JITMESH_BACKOFF_MAX": "10"})
+
+
+class LogNarrator:
+    """Emits `describe(line)` for each sidecar log line written since the last `poll()`."""
+
+    def __init__(self, log_path: Path, emit: Callable[[str], None], prefix: str = "sidecar: ") -> None:
+        self.log_path = log_path
+        self.emit = emit
+        self.prefix = prefix
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> None:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(chunk)
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        for raw in lines:
+            sentence = describe(raw.decode(errors="replace"))
+            if sentence:
+                self.emit(self.prefix + sentence)
 
 
 def describe(line: str) -> str | None:

@@ -86,6 +86,8 @@ def test_config_is_frozen(env: dict[str, str]) -> None:
     ("JITMESH_BACKOFF_MAX", "nan"),
     ("JITMESH_BACKOFF_INITIAL", "0"),
     ("JITMESH_REQUEST_TIMEOUT", "inf"),
+    ("JITMESH_SHUTDOWN_TIMEOUT", "-1"),
+    ("JITMESH_BROKER_CA_FILE", "/nonexistent/ca.pem"),
 ])
 def test_bad_value_is_refused_naming_the_variable(env: dict[str, str], name: str, value: str) -> None:
     env[name] = value

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from sidecar.config import SidecarConfig
-from sidecar.process import describe, sidecar_argv, sidecar_env
+from sidecar.process import LogNarrator, demo_sidecar, describe, sidecar_argv, sidecar_env
 
 
 def test_sidecar_env_is_what_the_config_reads(tmp_path: Path) -> None:
@@ -51,3 +51,25 @@ def test_describe_skips_other_lines() -> None:
     assert describe("not json") is None
     assert describe(json.dumps({"logger": "uvicorn.error", "event": "Started server process"})) is None
     assert describe(line(event="token.revoked_at_broker", audience="a")) is None
+
+
+def test_narrator_emits_each_described_line_once_and_waits_for_partial_lines(tmp_path: Path) -> None:
+    log = tmp_path / "sidecar.log"
+    said: list[str] = []
+    narrator = LogNarrator(log, said.append)
+    narrator.poll()  # no file yet
+    denied = line(event="token.denied", audience="orders-db", reasons="no grant", retry_in=1.0)
+    log.write_text(line(event="noise") + "\n" + denied[:20])
+    narrator.poll()
+    assert said == []
+    with open(log, "a") as f:
+        f.write(denied[20:] + "\n")
+    narrator.poll()
+    narrator.poll()
+    assert said == ["sidecar: orders-db: DENIED by policy: no grant (retry in 1.0s)"]
+
+
+def test_demo_sidecar_asks_for_granted_and_ungranted_audiences(tmp_path: Path) -> None:
+    proc = demo_sidecar(broker_url="http://127.0.0.1:1", sa_token_file=tmp_path / "sa", home=tmp_path, ttl=15)
+    assert proc.token_dir == tmp_path / "tokens" and proc.audiences == ["orders-api", "payments-api", "orders-db"]
+    assert proc.env is not None and proc.env["JITMESH_TTL"] == "15" and not proc.running()
