@@ -3,6 +3,7 @@ returns, claim by claim, and how scopes and lifetimes are bounded."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ import httpx
 import jwt
 import pytest
 
-from jitmesh.devissuer import PodRef
+from jitmesh.devissuer import DevIssuer, PodRef
+from jitmesh.procs import ManagedProcess, free_port, wait_http
 from tests.fixtures.broker import BrokerHandle
 
 POLICIES = Path(__file__).parent / "policies"
@@ -115,3 +117,21 @@ def test_approval_required_is_authorization_pending_with_request_id_and_interval
     body = r.json()
     assert body["error"] == "authorization_pending"
     assert body["access_request_id"] and body["interval"] > 0
+
+
+def test_jwks_url_attestation_verifies_against_the_served_keys(make_opa: Callable[..., Any],
+                                                               broker_factory: Callable[..., BrokerHandle],
+                                                               tmp_path: Path) -> None:
+    cluster = DevIssuer()
+    served = tmp_path / "served"
+    cluster.write_jwks(served / "openid" / "v1" / "jwks")
+    port = free_port()
+    server = ManagedProcess("jwks", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                     "--directory", str(served)], tmp_path / "jwks-server.log")
+    with server:
+        url = f"http://127.0.0.1:{port}/openid/v1/jwks"
+        wait_http(url, timeout=20, proc=server.proc)
+        broker = broker_factory(make_opa(POLICIES / "grant").url, issuer=cluster, jwks_url=url)
+        assert broker.exchange(cluster.mint("payments", "api"), "orders-db", scope="read").status_code == 200
+        r = broker.exchange(DevIssuer(cluster.issuer).mint("payments", "api"), "orders-db", scope="read")
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
