@@ -125,7 +125,8 @@ class Store(abc.ABC):
                           subject: str | None = None, event: str | None = None,
                           audience: str | None = None, decision_id: str | None = None,
                           after_seq: int | None = None, limit: int = 100) -> list[AuditRecord]:
-        """Matching records, oldest first."""
+        """Matching records, oldest first (by seq): `since <= time < until`, `seq > after_seq`,
+        at most `limit` (clamped to 0..10000)."""
 
     # revocations
     @abc.abstractmethod
