@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE
 from jitmesh.log import get_logger
+from pdp import revocation_api
 from pdp.admin import AdminTokens
 from pdp.attestation import (
     JWKSURL,
@@ -136,9 +137,9 @@ def broker_of(request: Request) -> Broker:
     return broker
 
 
-def require_admin(request: Request) -> None:
-    if not broker_of(request).admin.is_admin(request.headers.get("authorization")):
-        raise OAuthError(401, "invalid_token", "an admin bearer token (from --admin-token-file) is required")
+async def require_admin(request: Request) -> None:
+    # admin tokens or a Kubernetes admin (SubjectAccessReview), audited: pdp/revocation_api.py
+    await revocation_api.require_admin(request, request.url.path)
 
 
 def client_ip(request: Request) -> str | None:
@@ -161,6 +162,7 @@ async def token_endpoint(request: Request) -> Response:
     finally:
         broker.metrics.request_seconds.observe(time.perf_counter() - started)
     if isinstance(outcome, Issued):
+        revocation_api.note_issued(request.app, outcome.access_token)  # the pod watcher's list
         return oauth_response(200, outcome.body())
     return error_response(outcome)
 
@@ -173,7 +175,8 @@ async def revoke_endpoint(request: Request) -> Response:
     tokens = params.get("token", [])
     if len(tokens) != 1 or not tokens[0]:
         raise invalid_request("exactly one token parameter is required")
-    claims = broker.keys.verify(tokens[0], broker.config.issuer)
+    claims = await revocation_api.verify_token(broker, getattr(request.app.state, "revocation_services", None),
+                                               tokens[0])
     if claims is None or broker.revocations.lookup("jti", claims["jti"]) is not None:
         return Response(status_code=200, headers=NO_STORE)
     now = broker.clock()
@@ -198,12 +201,13 @@ async def revoke_endpoint(request: Request) -> Response:
 async def introspect_endpoint(request: Request) -> Response:
     """RFC 7662 for admins: active only for this broker's unexpired, unrevoked tokens."""
     broker = broker_of(request)
-    require_admin(request)
+    await require_admin(request)
     params = await read_form(request)
     tokens = params.get("token", [])
     if len(tokens) != 1 or not tokens[0]:
         raise invalid_request("exactly one token parameter is required")
-    claims = broker.keys.verify(tokens[0], broker.config.issuer)
+    claims = await revocation_api.verify_token(broker, getattr(request.app.state, "revocation_services", None),
+                                               tokens[0])
     if claims is None or broker.revocations.token_revoked(claims) is not None:
         return oauth_response(200, {"active": False})
     doc = {"active": True, "token_type": "Bearer"}
@@ -291,7 +295,7 @@ def _int_param(value: str | None, name: str, low: int, high: int, default: int |
 @guarded
 async def audit_endpoint(request: Request) -> Response:
     broker = broker_of(request)
-    require_admin(request)
+    await require_admin(request)
     q = request.query_params
     since = parse_time(q["since"], "since") if q.get("since") else None
     until = parse_time(q["until"], "until") if q.get("until") else None
@@ -309,7 +313,7 @@ async def audit_endpoint(request: Request) -> Response:
 async def shadow_report_endpoint(request: Request) -> Response:
     """SPEC section 6; the document is pdp/shadow_report.py's, `since`/`until` as for the audit."""
     broker = broker_of(request)
-    require_admin(request)
+    await require_admin(request)
     q = request.query_params
     since = parse_time(q["since"], "since") if q.get("since") else None
     until = parse_time(q["until"], "until") if q.get("until") else None
@@ -381,6 +385,7 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
             *([asyncio.create_task(shadow.run())] if shadow else []),
         ]
         app.state.broker = broker
+        broker.tasks += revocation_api.start(app, broker)  # event stream, pod watcher, Kubernetes admins
         log.info("broker.started", issuer=config.issuer, opa_url=config.opa_url, policy_path=config.policy_path,
                  attestation=config.attestation, store=config.store_url.split("@")[-1], kid=keys.current.record.kid)
         try:
@@ -408,5 +413,6 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         Route("/metrics", metrics_endpoint),
         Route("/v1/admin/audit", audit_endpoint),
         Route("/v1/admin/shadow/report", shadow_report_endpoint),
+        *revocation_api.routes(guarded),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -16,7 +16,7 @@ import httpx
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from jitmesh.log import configure, get_logger
-from pdp import shadow_cli
+from pdp import revoke_cli, shadow_cli
 from pdp.admin import parse_admin_tokens
 from pdp.config import BrokerConfig, ConfigError, add_broker_flags
 from pdp.store.base import StoreError, open_store_from_url
@@ -47,6 +47,7 @@ def run_broker(args: argparse.Namespace) -> int:
         app, host=config.listen_host, port=config.listen_port, loop="uvloop", http="httptools",
         lifespan="on", access_log=False, log_config=None, server_header=False, timeout_graceful_shutdown=5,
     ))
+    app.state.uvicorn_server = server  # event streams end when it shuts down (pdp/revocation_events.py)
     server.run()
     # uvicorn leaves `started` False when the lifespan (store, keys) failed
     return 0 if server.started else 1
@@ -188,3 +189,4 @@ def register(sub: Any) -> None:
     a.set_defaults(func=run_audit)
 
     shadow_cli.register(sub)  # `shadow report`, `shadow replay` (pdp/shadow_cli.py)
+    revoke_cli.register(sub)  # `revoke` (pdp/revoke_cli.py)

@@ -14,12 +14,13 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from jitmesh.contract import ENV_LISTEN
+from jitmesh.contract import ENV_LISTEN, ENV_TOKEN_DIR
 from jitmesh.log import get_logger
+from sidecar import files
 from sidecar.agent import Agent
 from sidecar.api import build_app
 from sidecar.broker import BrokerClient
-from sidecar.config import ConfigError, SidecarConfig
+from sidecar.config import ENV_FILE_GROUP, ConfigError, SidecarConfig
 from sidecar.events import RevocationSubscriber
 
 log = get_logger("sidecar")
@@ -35,6 +36,20 @@ class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def check_token_dir(config: SidecarConfig) -> None:
+    try:
+        files.prepare_token_dir(config.token_dir, config.file_mode, config.file_gid)
+    except PermissionError as exc:
+        if config.file_gid is not None and exc.filename is None:
+            raise ConfigError(f"{ENV_FILE_GROUP}={config.file_gid}: cannot give token files this group "
+                              f"({exc.strerror}); the sidecar must run as a member of it") from None
+        raise ConfigError(f"{ENV_TOKEN_DIR}={config.token_dir}: cannot write token files there "
+                          f"({exc.strerror})") from None
+    except OSError as exc:
+        raise ConfigError(f"{ENV_TOKEN_DIR}={config.token_dir}: cannot write token files there "
+                          f"({exc.strerror or exc})") from None
 
 
 def bind(config: SidecarConfig) -> socket.socket:
