@@ -300,18 +300,59 @@ class JWKSURL:
         await self._client.aclose()
 
 
+@dataclass(frozen=True)
+class _Verified:
+    kid: str
+    key: VerificationKey
+    exp: float
+    subject: Subject
+
+
+class VerifiedTokens:
+    """Subject tokens that passed verification, remembered until they expire. A sidecar
+    presents the same projected token for each of its audiences and each refresh, and
+    signature plus claim checks are the largest CPU cost of an issuance. An entry counts
+    only while its key is still the one the JWKS publishes under its kid."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[str, _Verified] = {}
+
+    def get(self, token: str, keys: Mapping[str, VerificationKey], now: float) -> Subject | None:
+        hit = self._entries.get(token)
+        if hit is None:
+            return None
+        if now >= hit.exp + LEEWAY_SECONDS or keys.get(hit.kid) is not hit.key:
+            del self._entries[token]
+            return None
+        return hit.subject
+
+    def put(self, token: str, kid: str, key: VerificationKey, exp: float, subject: Subject) -> None:
+        if len(self._entries) >= self.max_entries:
+            del self._entries[next(iter(self._entries))]  # the oldest
+        self._entries[token] = _Verified(kid, key, exp, subject)
+
+
 class JWKSAttestor:
-    def __init__(self, source: KeySource, issuer: str, audience: str, pods: PodReader | None = None) -> None:
+    def __init__(self, source: KeySource, issuer: str, audience: str, pods: PodReader | None = None,
+                 cache: VerifiedTokens | None = None) -> None:
         self.source = source
         self.issuer = issuer
         self.audience = audience
         self.pods = pods
+        self.cache = cache if cache is not None else VerifiedTokens()
 
     async def attest(self, token: str) -> Subject:
         header = unverified_header(token)
         kid = header.get("kid")
         keys = await self.source.keys(kid if isinstance(kid, str) else None)
-        subject = subject_from_claims(verify_jwt(token, keys, self.issuer, self.audience, header))
+        subject = self.cache.get(token, keys, time.time())
+        if subject is None:
+            claims = verify_jwt(token, keys, self.issuer, self.audience, header)
+            subject = subject_from_claims(claims)
+            if not isinstance(kid, str):  # verify_jwt refuses these; keep the type checker honest
+                raise AttestationError("subject token has no kid")
+            self.cache.put(token, kid, keys[kid], float(claims["exp"]), subject)
         return await bind_pod(subject, self.pods)
 
     async def close(self) -> None:

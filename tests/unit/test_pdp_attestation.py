@@ -31,6 +31,7 @@ from pdp.attestation import (
     PodInfo,
     Subject,
     TokenReviewAttestor,
+    VerifiedTokens,
     bind_pod,
     parse_jwks,
     subject_from_claims,
@@ -380,3 +381,56 @@ def test_token_review_forbidden_is_refused() -> None:
 
     with pytest.raises(AttestationError):
         asyncio.run(review_attestor(FakeAuthAPI(error=ApiException(status=403, reason="Forbidden"))).attest("t"))
+
+
+class SwappableKeys:
+    def __init__(self, keys: Any) -> None:
+        self.current = keys
+
+    async def keys(self, kid: str | None) -> Any:
+        return self.current
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_verified_token_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pdp.attestation as attestation
+
+    calls: list[str] = []
+    real = attestation.verify_jwt
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append("verify")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(attestation, "verify_jwt", counting)
+    attestor = JWKSAttestor(StaticKeys(), DEV.issuer, AUD)
+    token = DEV.mint("payments", "api")
+    first = asyncio.run(attestor.attest(token))
+    assert asyncio.run(attestor.attest(token)) == first
+    assert calls == ["verify"]
+
+
+def test_a_remembered_token_still_expires() -> None:
+    cache = VerifiedTokens()
+    key = KEYS[DEV.kid]
+    cache.put("t", DEV.kid, key, exp=1000.0, subject=SUBJECT)
+    assert cache.get("t", KEYS, now=999.0) == SUBJECT
+    assert cache.get("t", KEYS, now=1000.0 + 60) is None
+
+
+def test_a_remembered_token_is_refused_once_its_key_leaves_the_jwks() -> None:
+    source = SwappableKeys(KEYS)
+    attestor = JWKSAttestor(source, DEV.issuer, AUD)
+    token = DEV.mint("payments", "api")
+    asyncio.run(attestor.attest(token))
+    source.current = parse_jwks(DevIssuer().jwks())
+    with pytest.raises(AttestationError, match="kid"):
+        asyncio.run(attestor.attest(token))
+
+
+def test_the_remembered_tokens_are_bounded() -> None:
+    cache = VerifiedTokens(max_entries=2)
+    for name in ("a", "b", "c"):
+        cache.put(name, DEV.kid, KEYS[DEV.kid], exp=1e12, subject=SUBJECT)
+    assert cache.get("a", KEYS, now=0) is None and cache.get("c", KEYS, now=0) == SUBJECT
