@@ -84,7 +84,7 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        files.prepare_token_dir(self.config.token_dir)
+        files.prepare_token_dir(self.config.token_dir, self.config.file_mode, self.config.file_gid)
         for name, st in self._audiences.items():
             self.metrics.declare(name)
             files.remove_stale_temp_files(self.config.token_dir, name)

@@ -17,11 +17,12 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from jitmesh.log import configure, get_logger
-    from sidecar.service import bind, serve
+    from sidecar.service import bind, check_token_dir, serve
 
     configure(getattr(args, "log_level", "info"))
     try:
         config = SidecarConfig.from_env(args.environ)
+        check_token_dir(config)
         sock = bind(config)
     except ConfigError as exc:
         get_logger("sidecar").error("sidecar.config_invalid", error=str(exc))

@@ -68,10 +68,18 @@ def remove_stale_temp_files(token_dir: Path, audience: str) -> None:
             p.unlink()
 
 
-def prepare_token_dir(token_dir: Path) -> None:
+def prepare_token_dir(token_dir: Path, mode: int = 0o644, gid: int | None = None) -> None:
+    """Create the directory and prove a token file can be written there with `mode` and
+    `gid`, so a wrong directory or group fails at start rather than at the first token."""
     token_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(token_dir, os.W_OK | os.X_OK):
-        raise PermissionError(f"token directory {token_dir} is not writable")
+    fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=token_dir)
+    try:
+        os.fchmod(fd, mode)
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -105,6 +105,7 @@ def test_sigterm_with_the_broker_gone_still_removes_files_and_exits_0_quickly(
     ("JITMESH_BROKER_URL", "broker.jitmesh.svc:8443"),
     ("JITMESH_TTL", "five minutes"),
     ("JITMESH_LISTEN", "localhost"),
+    ("JITMESH_TOKEN_DIR", "/proc/jitmesh-tokens"),
 ])
 def test_bad_configuration_exits_nonzero_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
     sa = tmp_path / "sa-token"
@@ -115,6 +116,7 @@ def test_bad_configuration_exits_nonzero_naming_the_variable(tmp_path: Path, var
     assert done.returncode != 0
     assert variable in done.stderr
     assert not (tmp_path / "tokens").exists()
+    assert "Traceback" not in done.stderr
 
 
 def test_listen_address_in_use_exits_nonzero_naming_the_variable(tmp_path: Path) -> None:
