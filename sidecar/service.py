@@ -71,8 +71,14 @@ def bind(config: SidecarConfig) -> socket.socket:
 async def serve(config: SidecarConfig, sock: socket.socket) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
 
     agent = Agent(config, BrokerClient(config))
     server = _EmbeddedServer(uvicorn.Config(build_app(agent), log_config=None, access_log=False,
@@ -89,7 +95,7 @@ async def serve(config: SidecarConfig, sock: socket.socket) -> int:
         # The API died on its own: still clean up the tokens, but report the failure.
         log.error("sidecar.api_failed", error=repr(api.exception()) if not api.cancelled() else "cancelled")
         code = 1
-    log.info("sidecar.stopping", signal="SIGTERM" if stop.is_set() else None)
+    log.info("sidecar.stopping", signal=received[0] if received else None)
     server.should_exit = True  # the API winds down while the agent revokes
     events.cancel()
     await agent.shutdown()
