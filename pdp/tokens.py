@@ -27,8 +27,11 @@ from pdp.store.base import SigningKey, Store
 
 log = get_logger("pdp.tokens")
 
-# Tokens signed by a replica that has not yet seen another replica's rotation still verify.
-PUBLISH_MARGIN_SECONDS = 120
+# A new key is published this long before it signs, so verifiers that cache /jwks (max-age
+# 60) know it before they meet a token signed with it.
+MAX_PREPUBLISH_SECONDS = 120
+# Covers the pre-publication window and replicas that have not yet seen another's rotation.
+PUBLISH_MARGIN_SECONDS = MAX_PREPUBLISH_SECONDS + 60
 
 
 def _b64(data: bytes) -> str:
@@ -98,6 +101,7 @@ class KeyRing:
         self.store = store
         self.rotation_seconds = rotation_seconds
         self.max_ttl = max_ttl
+        self.prepublish = min(MAX_PREPUBLISH_SECONDS, rotation_seconds / 4)
         self._current: LoadedKey | None = None
         self._published: dict[str, LoadedKey] = {}
         self._jwks: dict[str, Any] = {"keys": []}
@@ -112,8 +116,10 @@ class KeyRing:
         return now + self.max_ttl + PUBLISH_MARGIN_SECONDS
 
     async def refresh(self, now: float | None = None) -> None:
-        """Load keys from the store; rotate when the signing key is older than the rotation
-        period (or there is none); forget keys whose last token has expired."""
+        """Load keys from the store; rotate when the newest key is older than the rotation
+        period (or there is none); sign with the newest key that has been published for the
+        pre-publication window (the very first key signs at once); forget keys whose last
+        token has expired."""
         now = time.time() if now is None else now
         records = await self.store.list_keys()
         signing = [k for k in records if k.retired_at is None or k.retired_at > now]
@@ -132,7 +138,8 @@ class KeyRing:
         loaded = {k.kid: self._published.get(k.kid) or LoadedKey.load(k) for k in records
                   if k.kid == newest.kid or k.publish_until is None or k.publish_until >= now}
         self._published = loaded
-        self._current = loaded[newest.kid]
+        ready = [k for k in loaded.values() if k.record.created_at <= now - self.prepublish]
+        self._current = max(ready, key=lambda k: k.record.created_at, default=loaded[newest.kid])
         self._jwks = {"keys": [dict(k.jwk) for k in sorted(loaded.values(), key=lambda k: -k.record.created_at)]}
 
     def jwks(self) -> dict[str, Any]:

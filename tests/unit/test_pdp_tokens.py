@@ -46,8 +46,21 @@ def test_key_rotates_after_the_rotation_period_and_the_old_key_stays_published()
     asyncio.run(ring.refresh(T0 + 50))
     assert ring.current.record.kid == first
     asyncio.run(ring.refresh(T0 + 101))
+    asyncio.run(ring.refresh(T0 + 101 + ring.prepublish))
     assert ring.current.record.kid != first
     assert kids(ring) == {first, ring.current.record.kid}
+
+
+def test_a_new_key_is_published_before_it_signs() -> None:
+    store = MemoryStore()
+    ring = KeyRing(store, rotation_seconds=100, max_ttl=60)
+    asyncio.run(ring.refresh(T0))
+    first = ring.current.record.kid
+    asyncio.run(ring.refresh(T0 + 101))
+    (new,) = kids(ring) - {first}
+    assert ring.current.record.kid == first
+    asyncio.run(ring.refresh(T0 + 101 + ring.prepublish))
+    assert ring.current.record.kid == new
 
 
 def test_retired_key_leaves_jwks_once_its_last_token_expired() -> None:
@@ -71,6 +84,10 @@ def test_two_replicas_sharing_a_store_sign_with_one_key() -> None:
     asyncio.run(a.refresh(T0 + 150))
     asyncio.run(b.refresh(T0 + 151))
     assert a.current.record.kid == b.current.record.kid and len(store.keys) == 2
+    asyncio.run(a.refresh(T0 + 200))
+    asyncio.run(b.refresh(T0 + 201))
+    assert a.current.record.kid == b.current.record.kid
+    assert a.current.record.created_at == T0 + 150
 
 
 def test_a_restarted_ring_reuses_the_stored_key() -> None:
