@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,10 @@ def sa_token_file(broker: Any, tmp_path: Path) -> Path:
     return path
 
 
-def set_policy(opa: Any, allow: bool, reason: str = "sidecar test policy: access switched off") -> None:
-    r = httpx.put(f"{opa.url}/v1/data/sidecar_test", json={"allow": allow, "ttl_seconds": 3600,
-                                                           "deny_reason": reason}, timeout=5)
+def set_policy(opa: Any, allow: bool, reason: str = "sidecar test policy: access switched off",
+               approval_required: bool = False) -> None:
+    r = httpx.put(f"{opa.url}/v1/data/sidecar_test", json={"allow": allow, "ttl_seconds": 3600, "deny_reason": reason,
+                                                           "approval_required": approval_required}, timeout=5)
     assert r.status_code == 204, r.text
 
 
@@ -181,3 +183,18 @@ def test_reader_never_sees_a_partial_empty_or_expired_token_during_hundreds_of_r
             key = next(k for k in jwks.keys if k.key_id == jwt.get_unverified_header(token)["kid"])
             jwt.decode(token, key, algorithms=["ES256"], audience=audience, options={"verify_exp": False})
     assert reads > 1000
+
+
+def test_pending_approval_is_polled_at_the_brokers_interval_until_granted(
+        opa: Any, broker: Any, sa_token_file: Path, make_sidecar: Callable[..., SidecarProcess]) -> None:
+    set_policy(opa, allow=False, reason="needs a human", approval_required=True)
+    sc = make_sidecar(broker_url=broker.url, audiences={"orders-db": ["read"]}, sa_token_file=sa_token_file,
+                      ttl=60, extra=FAST)
+    wait_for(lambda: len(events(sc, "token.pending")) >= 2, timeout=20, what="two pending answers")
+    pending = events(sc, "token.pending")
+    assert pending[0]["retry_in"] == 5.0 and pending[0]["access_request_id"]  # the broker's interval
+    gap = (datetime.fromisoformat(str(pending[1]["ts"])) - datetime.fromisoformat(str(pending[0]["ts"])))
+    assert 4.9 <= gap.total_seconds() <= 7.0
+    assert not events(sc, "token.refresh_failed")  # pending is not a failure: no fast backoff retries
+    set_policy(opa, allow=True)
+    wait_for(lambda: read(sc.token_file("orders-db")) is not None, timeout=10, what="a token once approved")
