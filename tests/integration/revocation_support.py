@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Any
 import httpx
 import jwt
 
-from tests.fixtures.broker import BrokerHandle
+from jitmesh.devissuer import DevIssuer
+from pdp.process import BrokerProcess
+from tests.fixtures.broker import BrokerHandle, BrokerLauncher
 
 POLICIES = Path(__file__).parent / "revocation_policies"
 
@@ -116,3 +119,32 @@ class EventReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ReplicaLauncher(BrokerLauncher):
+    """Broker replicas as a deployment runs them: one `--issuer` (the Service's URL), one
+    ServiceAccount issuer, one store; each with its own port and admin token file."""
+
+    def __init__(self, root: Path, issuer_url: str) -> None:
+        super().__init__(root)
+        self.issuer_url = issuer_url
+
+    def replica(self, opa_url: str, store: str, dev: DevIssuer, **flags: object) -> BrokerHandle:
+        # BrokerLauncher.start takes `issuer` for the DevIssuer; the broker's --issuer goes in by hand
+        n = len(self.started)
+        home = self.root / f"replica-{n}"
+        home.mkdir(parents=True, exist_ok=True)
+        admin_token = secrets.token_urlsafe(24)
+        admin_file = home / "admin-tokens"
+        admin_file.write_text(f"{admin_token}\n")
+        jwks_file = dev.write_jwks(home / "jwks.json")
+        all_flags: dict[str, object] = {"opa_url": opa_url, "jwks_file": jwks_file, "subject_issuer": dev.issuer,
+                                        "store": store, "admin_token_file": admin_file, "issuer": self.issuer_url,
+                                        **flags}
+        log_path = home / "broker.log"
+        proc = BrokerProcess(flags=all_flags, log_path=log_path)
+        handle = BrokerHandle(process=proc, issuer=dev, admin_token=admin_token, admin_token_file=admin_file,
+                              jwks_file=jwks_file, store_url=store, opa_url=opa_url, log_path=log_path)
+        self.started.append(handle)
+        proc.start(timeout=30)
+        return handle
