@@ -31,6 +31,7 @@ log = get_logger("pdp.podwatch")
 ACTOR = "system:podwatch"
 WATCH_TIMEOUT_SECONDS = 20
 RETRY_SECONDS = 1.0
+REVOKE_ATTEMPTS = 60  # a store down for a minute: give up, the tokens expire by themselves
 
 
 def revocation_id(pod_uid: str) -> str:
@@ -135,13 +136,16 @@ class PodWatch:
         pod = self.pods.get(uid)
         if pod is None:
             return
-        while True:
+        for attempt in range(1, REVOKE_ATTEMPTS + 1):
             try:
                 await self.revoke(pod)
                 break
             except Exception as exc:
-                log.warning("podwatch.revoke_failed", pod_uid=uid, error=str(exc))
+                log.warning("podwatch.revoke_failed", pod_uid=uid, attempt=attempt, error=str(exc))
                 await asyncio.sleep(RETRY_SECONDS)
+        else:
+            log.error("podwatch.gave_up", pod_uid=uid, namespace=pod.namespace, pod=pod.name,
+                      detail="the pod's tokens stay valid until they expire")
         self.pods.pop(uid, None)
 
     def _forget_expired(self) -> None:
