@@ -28,6 +28,7 @@ opa:
 kube-tools:
 	@$(TOOLS) etcd
 	@$(TOOLS) kube-apiserver
+	@$(TOOLS) helm
 
 tools: opa kube-tools
 

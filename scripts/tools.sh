@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Build the real external components the tests and `jitmesh up` talk to, at pinned
 # versions, into a cache outside the clone. Reused when present.
-#   scripts/tools.sh opa|etcd|kube-apiserver|all|path NAME
+#   scripts/tools.sh opa|etcd|kube-apiserver|helm|all|path NAME
 set -euo pipefail
 
 OPA_VERSION="v1.22.2"
 ETCD_VERSION="v3.5.21"
 KUBE_VERSION="v1.34.4"          # k8s.io/kubernetes; staging modules at v0.34.4
 KUBE_STAGING_VERSION="v0.34.4"
+HELM_VERSION="v3.22.0"           # renders charts/jitmesh in the chart tests
 
 CACHE="${JITMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jitmesh}"
 BIN="$CACHE/bin"
@@ -20,7 +21,8 @@ path_of() {
     opa) echo "$BIN/opa-$OPA_VERSION" ;;
     etcd) echo "$BIN/etcd-$ETCD_VERSION" ;;
     kube-apiserver) echo "$BIN/kube-apiserver-$KUBE_VERSION" ;;
-    *) echo "unknown tool: $1 (expected opa, etcd or kube-apiserver)" >&2; exit 2 ;;
+    helm) echo "$BIN/helm-$HELM_VERSION" ;;
+    *) echo "unknown tool: $1 (expected opa, etcd, kube-apiserver or helm)" >&2; exit 2 ;;
   esac
 }
 
@@ -69,6 +71,16 @@ GO
   log "etcd ready: $out"
 }
 
+build_helm() {
+  local out; out=$(path_of helm)
+  [ -x "$out" ] && return 0
+  log "building helm $HELM_VERSION (first time only; a few minutes)"
+  local tmp; tmp=$(mktemp -d)
+  GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mv "$tmp/helm" "$out.part" && mv "$out.part" "$out" && rm -rf "$tmp"
+  log "helm ready: $out"
+}
+
 build_kube_apiserver() {
   local out; out=$(path_of kube-apiserver)
   [ -x "$out" ] && return 0
@@ -108,7 +120,8 @@ case "${1:-all}" in
   opa) build_opa ;;
   etcd) build_etcd ;;
   kube-apiserver) build_kube_apiserver ;;
-  all) build_opa; build_etcd; build_kube_apiserver ;;
+  helm) build_helm ;;
+  all) build_opa; build_etcd; build_kube_apiserver; build_helm ;;
   path) path_of "$2" ;;
-  *) echo "usage: $0 opa|etcd|kube-apiserver|all|path NAME" >&2; exit 2 ;;
+  *) echo "usage: $0 opa|etcd|kube-apiserver|helm|all|path NAME" >&2; exit 2 ;;
 esac

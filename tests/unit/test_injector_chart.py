@@ -1,8 +1,9 @@
-"""charts/jitmesh: what can be checked without a cluster. `helm template` runs only when a helm
-binary is on PATH (it is not installed here, and is not faked)."""
+"""charts/jitmesh without a cluster: static checks always; rendering with a real helm binary
+(`scripts/tools.sh helm`, JITMESH_HELM_BIN or PATH) when there is one, skipped otherwise."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "jitmesh"
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "jitmesh"
 TEMPLATES = [*sorted((CHART / "templates").glob("*.yaml")), CHART / "templates" / "_helpers.tpl"]
 _VALUES_REF = re.compile(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
 _OPENERS = re.compile(r"\{\{-?\s*(if|range|with|define)\b")
@@ -74,13 +76,85 @@ def _strip_actions(text: str) -> str:
     return re.sub(r"\{\{[^}]*\}\}", "x", text)
 
 
-@pytest.mark.skipif(shutil.which("helm") is None, reason="helm is not installed")
-def test_helm_template_renders_valid_manifests(tmp_path: Path) -> None:
-    out = subprocess.run(
-        ["helm", "template", "jm", str(CHART), "--namespace", "jitmesh",
-         "--set", "injector.caBundle=Y2E=", "--set", "injector.tls.crt=crt", "--set", "injector.tls.key=key"],
-        capture_output=True, text=True, check=True).stdout
-    kinds = sorted(d["kind"] for d in yaml.safe_load_all(out) if d)
-    for kind in ("ClusterRole", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Secret", "Service",
-                 "ServiceAccount"):
-        assert kind in kinds
+def helm_bin() -> str | None:
+    """JITMESH_HELM_BIN, else the pinned build of `scripts/tools.sh helm`, else helm on PATH."""
+    if os.environ.get("JITMESH_HELM_BIN"):
+        return os.environ["JITMESH_HELM_BIN"]
+    pinned = subprocess.run([str(REPO / "scripts" / "tools.sh"), "path", "helm"], capture_output=True, text=True)
+    if pinned.returncode == 0 and os.access(pinned.stdout.strip(), os.X_OK):
+        return pinned.stdout.strip()
+    return shutil.which("helm")
+
+
+KUBE = "1.34.4"  # the kube-apiserver the integration tests run
+REQUIRED = ["--set", "injector.caBundle=Y2E=", "--set", "injector.tls.crt=CRT", "--set", "injector.tls.key=KEY"]
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    """`helm template` of the chart as release `jm` in namespace `jitmesh`."""
+    helm = helm_bin()
+    if helm is None:
+        pytest.skip("helm is not built (scripts/tools.sh helm) nor on PATH")
+    out = subprocess.run([helm, "template", "jm", str(CHART), "--namespace", "jitmesh", "--kube-version", KUBE, *args],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+    return found[0]
+
+
+def test_helm_lint_passes() -> None:
+    helm = helm_bin()
+    if helm is None:
+        pytest.skip("helm is not built (scripts/tools.sh helm) nor on PATH")
+    out = subprocess.run([helm, "lint", str(CHART), *REQUIRED], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_rendered_chart_has_broker_injector_and_webhook() -> None:
+    kinds = sorted({d["kind"] for d in render(*REQUIRED)})
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "MutatingWebhookConfiguration",
+                     "Secret", "Service", "ServiceAccount"]
+
+
+def test_injector_tells_sidecars_the_broker_service() -> None:
+    docs = render(*REQUIRED)
+    args = _one(docs, "Deployment", "jm-jitmesh-injector")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--broker-url=http://jm-jitmesh-broker.jitmesh.svc:8080" in args
+    service = _one(docs, "Service", "jm-jitmesh-broker")
+    assert service["spec"]["ports"][0]["port"] == 8080
+
+
+def test_webhooks_select_labelled_pods_and_labelled_namespaces() -> None:
+    hook = _one(render(*REQUIRED), "MutatingWebhookConfiguration", "jm-jitmesh-injector")
+    by_name = {w["name"]: w for w in hook["webhooks"]}
+    assert set(by_name) == {"pods.inject.jitmesh.io", "pods.namespace.jitmesh.io"}
+    for w in by_name.values():
+        assert w["clientConfig"]["caBundle"] == "Y2E="
+        assert w["clientConfig"]["service"] == {"name": "jm-jitmesh-injector", "namespace": "jitmesh",
+                                                "path": "/mutate", "port": 443}
+        assert w["sideEffects"] == "None" and w["admissionReviewVersions"] == ["v1"]
+        excluded = w["namespaceSelector"]["matchExpressions"][0]
+        assert excluded["operator"] == "NotIn" and "jitmesh" in excluded["values"]
+    assert by_name["pods.namespace.jitmesh.io"]["namespaceSelector"]["matchExpressions"][1] == {
+        "key": "jitmesh.io/injection", "operator": "In", "values": ["enabled"]}
+
+
+def test_policies_config_map_holds_the_shipped_policies_without_tests() -> None:
+    cm = _one(render(*REQUIRED), "ConfigMap", "jm-jitmesh-broker-policies")
+    assert "authz.rego" in cm["data"] and "data.json" in cm["data"]
+    assert not [k for k in cm["data"] if k.endswith("_test.rego")]
+    assert cm["data"]["authz.rego"] == (REPO / "policies" / "authz.rego").read_text()
+
+
+def test_missing_ca_bundle_is_a_clear_render_error() -> None:
+    helm = helm_bin()
+    if helm is None:
+        pytest.skip("helm is not built (scripts/tools.sh helm) nor on PATH")
+    out = subprocess.run([helm, "template", "jm", str(CHART), "--kube-version", KUBE, "--set", "injector.tls.crt=C",
+                          "--set", "injector.tls.key=K"], capture_output=True, text=True)
+    assert out.returncode != 0 and "injector.caBundle is required" in out.stderr
