@@ -60,21 +60,23 @@ class LoadRun:
         return {**self.result.as_dict(), "server_cpu_s": self.cpu_s, "broker_mean_ms": self.mean_inside_ms}
 
 
-def drive(ctx: Context, label: str, url: str, body: str, content_type: str,
-          watch: dict[str, int], metrics_url: str | None = None) -> LoadRun:
+def drive(ctx: Context, label: str, url: str, body: str | Path, content_type: str,
+          watch: dict[str, int], metrics_url: str | None = None, duration: float | None = None,
+          warmup: bool = True) -> LoadRun:
     """Warm up, then measure `url` for the configured time; `watch` names process groups
     whose CPU seconds are counted over the measured part, and the broker at `metrics_url`
     tells how long its handler and its OPA calls took over the same part."""
     opts = ctx.options
     scratch = ctx.workdir
-    if opts.warmup > 0:
+    seconds = opts.duration if duration is None else duration
+    if warmup and opts.warmup > 0:
         ctx.say(f"   {label}: warm-up {opts.warmup:.0f} s")
         wrk.run(url, body, content_type, connections=opts.connections, duration_s=opts.warmup, workdir=scratch)
-    ctx.say(f"   {label}: {opts.connections} clients for {opts.duration:.0f} s")
+    ctx.say(f"   {label}: {opts.connections} clients for {seconds:.0f} s")
     metrics_before = prom.scrape(metrics_url) if metrics_url else {}
     before = {name: procstat.group_cpu_seconds(pgid) for name, pgid in watch.items()}
-    result = wrk.run(url, body, content_type, connections=opts.connections, duration_s=opts.duration,
-                     workdir=scratch, tick=ctx.ticker(label, opts.duration))
+    result = wrk.run(url, body, content_type, connections=opts.connections, duration_s=seconds,
+                     workdir=scratch, tick=ctx.ticker(label, seconds))
     cpu = {name: procstat.group_cpu_seconds(pgid) - before[name] for name, pgid in watch.items()}
     inside: dict[str, float] = {}
     if metrics_url:
@@ -160,6 +162,42 @@ def drive_broker(ctx: Context, setup: Setup, proc: BrokerProcess, label: str) ->
     return run, issued
 
 
+FLEET_TOKENS = (500, 6000)  # bounds on subject tokens minted for the fleet run (about 1 ms each)
+
+
+def drive_fleet(ctx: Context, setup: Setup, proc: BrokerProcess, expected_rate: float) -> tuple[LoadRun, int]:
+    """The broker, already warm, with a different pod's subject token on every request: what
+    it costs when no verified token can be remembered. Returns the run and the token count."""
+    seconds = max(3.0, ctx.options.duration / 2)
+    count = int(min(FLEET_TOKENS[1], max(FLEET_TOKENS[0], 1.3 * expected_rate * seconds)))
+    ctx.say(f"   minting {count} subject tokens, one per pod")
+    bodies = setup.dir / "fleet-bodies.txt"
+    with bodies.open("w") as f:
+        for i in range(count):
+            token = setup.cluster.subject_token(setup.workload, bench_pod(setup.workload, i))
+            f.write(token_request_body(token, setup.workload) + "\n")
+    run = drive(ctx, "broker, a new pod's token each request", f"{proc.url}/token", bodies, FORM,
+                {"broker": proc.pid, "opa": setup.opa.pid}, metrics_url=proc.url, duration=seconds, warmup=False)
+    return run, count
+
+
+def fleet_figures(run: LoadRun, base: LoadRun, tokens: int) -> tuple[list[Figure], str]:
+    r = run.result
+    reused = max(0, r.requests - tokens) / r.requests if r.requests else 0.0
+    label = "one token"
+    figures = [Figure("issuances/s, new pod each request", r.ok_per_second, "/s", base.result.ok_per_second, label,
+                      AIM_RATE),
+               Figure("p99, new pod each request", r.p99_ms, "ms", base.result.p99_ms, label, AIM_P99_MS)]
+    cpu = run.cpu_ms_per_request("broker")
+    if cpu is not None:
+        figures.append(Figure("broker CPU, new pod each request", cpu, "ms", base.cpu_ms_per_request("broker"),
+                              label))
+    note = (f"'new pod each request': {tokens:,} subject tokens of distinct pods sent in turn, so the broker "
+            f"verifies nearly every one ({reused:.0%} of requests came round to a token again); 'one token': "
+            "the same pod's token every time, as one sidecar refreshing")
+    return figures, note
+
+
 def sqlite_baseline(ctx: Context) -> LoadRun:
     """The SQLite broker figures, measured once per `python -m bench` and shared."""
     cached = ctx.shared.get("sqlite_run")
@@ -234,6 +272,7 @@ def run_sqlite(ctx: Context) -> SectionResult:
     with opa_and_cluster(ctx, "issuance") as setup:
         with broker(ctx, setup, "broker-sqlite", sqlite_url(setup.dir)) as proc:
             broker_run, issued = drive_broker(ctx, setup, proc, "broker on SQLite")
+            fleet_run, fleet_tokens = drive_fleet(ctx, setup, proc, broker_run.result.ok_per_second)
         remember_sqlite(ctx, broker_run, issued)
         opa_url = f"{setup.opa.url}/v1/data/{POLICY_PATH}?strict-builtin-errors=true"  # as the broker asks
         opa_run = drive(ctx, "bare OPA query", opa_url, json.dumps({"input": setup.opa_input}),
@@ -247,12 +286,15 @@ def run_sqlite(ctx: Context) -> SectionResult:
     opa_cpu = opa_run.cpu_ms_per_request("opa")
     if opa_cpu is not None:
         figures.append(Figure("OPA CPU per bare query", opa_cpu, "ms"))
+    more, fleet_note = fleet_figures(fleet_run, broker_run, fleet_tokens)
+    figures += more
     notes = [f"{ctx.options.connections} clients, {ctx.options.duration:.0f} s after {ctx.options.warmup:.0f} s "
              f"warm-up; {setup.workload.subject} asks audience {setup.workload.audience} "
              f"scopes '{' '.join(setup.workload.scopes)}', granted expires_in={issued.get('expires_in')}",
-             client_note(broker_run)]
+             fleet_note, client_note(broker_run)]
     return SectionResult("issuance", TITLE, figures, notes,
-                         raw={"broker": broker_run.as_dict(), "bare_opa": opa_run.as_dict(), "issued": {
+                         raw={"broker": broker_run.as_dict(), "bare_opa": opa_run.as_dict(),
+                              "fleet": {**fleet_run.as_dict(), "tokens": fleet_tokens}, "issued": {
                              k: issued.get(k) for k in ("expires_in", "scope", "token_type")}})
 
 

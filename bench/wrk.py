@@ -50,6 +50,20 @@ def lua_script(body: str, content_type: str, method: str = "POST") -> str:
             f"wrk.body = [{delim}[{body}]{delim}]\n" + _DONE)
 
 
+def lua_rotating_script(content_type: str, method: str = "POST") -> str:
+    """A wrk script sending the lines of the file named after `--` one after another, one per
+    request, starting over when they run out (e.g. a distinct subject token each time)."""
+    return (f'local content_type = "{content_type}"\n'
+            "local bodies = {}\nlocal next_body = 0\n"
+            "function init(args)\n"
+            "  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end\n"
+            "end\n"
+            "function request()\n"
+            "  next_body = next_body % #bodies + 1\n"
+            f'  return wrk.format("{method}", nil, {{["Content-Type"] = content_type}}, bodies[next_body])\n'
+            "end\n" + _DONE)
+
+
 @dataclass(frozen=True)
 class WrkResult:
     requests: int
@@ -122,14 +136,18 @@ def client_cpus() -> list[int]:
     return cpus[-1:]
 
 
-def run(url: str, body: str, content_type: str, *, connections: int, duration_s: float,
+def run(url: str, body: str | Path, content_type: str, *, connections: int, duration_s: float,
         workdir: Path, timeout_s: float = 5.0, tick: Callable[[float], None] | None = None) -> WrkResult:
-    """Drive `url` with `connections` keep-alive connections for `duration_s` seconds;
-    `tick(elapsed)` is called about once a second while it runs."""
+    """Drive `url` with `connections` keep-alive connections for `duration_s` seconds, sending
+    `body`, or each line of the file `body` in turn; `tick(elapsed)` is called about once a
+    second while it runs."""
     script = workdir / f"wrk-{time.monotonic_ns()}.lua"
-    script.write_text(lua_script(body, content_type))
+    rotating = isinstance(body, Path)
+    script.write_text(lua_rotating_script(content_type) if rotating else lua_script(str(body), content_type))
     argv = [wrk_binary(), "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
             f"--timeout={timeout_s:g}s", "-s", str(script), url]
+    if rotating:
+        argv += ["--", str(body)]
     taskset = shutil.which("taskset")
     if taskset is not None:
         argv = [taskset, "-c", ",".join(map(str, client_cpus())), *argv]

@@ -29,3 +29,10 @@ def test_ceiling_is_the_cpus_divided_by_the_cpu_one_issuance_costs():
 
 def test_no_ceiling_without_both_processes_measured():
     assert cpu_bound_ceiling(_run(100, cpu={"broker": 1.0}), cpus=2) is None
+
+
+def test_fleet_note_says_how_many_requests_came_round_to_a_token_again():
+    from bench.issuance import fleet_figures
+    figures, note = fleet_figures(_run(1_000), _run(2_000), tokens=750)
+    assert "750 subject tokens" in note and "25% of requests" in note
+    assert figures[0].baseline == pytest.approx(200.0)

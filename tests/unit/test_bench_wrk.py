@@ -52,3 +52,13 @@ def test_script_long_string_never_closes_inside_the_body():
 
 def test_script_reports_through_the_done_hook():
     assert "function done(summary, latency, requests)" in wrk.lua_script("", "text/plain")
+
+
+def test_rotating_script_reads_one_body_per_line_from_its_argument():
+    script = wrk.lua_rotating_script("application/x-www-form-urlencoded")
+    assert "for line in io.lines(args[1])" in script
+    assert '["Content-Type"] = content_type' in script
+
+
+def test_rotating_script_takes_the_bodies_in_turn_and_starts_over():
+    assert "next_body = next_body % #bodies + 1" in wrk.lua_rotating_script("text/plain")
