@@ -123,3 +123,6 @@ class RevocationIndex:
             except StoreError as exc:
                 log.warning("revocations.refresh_failed", error=str(exc))
                 await asyncio.sleep(1.0)
+            except Exception:  # keep trying; meanwhile the index goes stale and issuance fails closed
+                log.error("revocations.refresh_failed", exc_info=True)
+                await asyncio.sleep(1.0)
