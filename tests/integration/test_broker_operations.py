@@ -83,8 +83,9 @@ def test_audit_api_accepts_rfc3339_since(broker: BrokerHandle) -> None:
     assert r.status_code == 200 and r.json()["records"] == []
 
 
-def test_broker_logs_each_decision_as_json_without_the_token(broker: BrokerHandle) -> None:
-    body = broker.exchange(broker.mint("payments", "api"), "orders-db", scope="read").json()
+def test_broker_logs_each_decision_as_json_without_any_token(broker: BrokerHandle) -> None:
+    subject_token = broker.mint("payments", "api")
+    body = broker.exchange(subject_token, "orders-db", scope="read").json()
     deadline = time.monotonic() + 5
     while body["decision_id"] not in broker.output() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -93,6 +94,7 @@ def test_broker_logs_each_decision_as_json_without_the_token(broker: BrokerHandl
     assert issued and issued[0]["event"] == "audit.issued"
     assert body["access_token"] not in broker.output()
     assert body["access_token"].split(".")[2] not in broker.output()
+    assert subject_token.split(".")[2] not in broker.output()
 
 
 def test_token_command_prints_the_access_token(broker: BrokerHandle, tmp_path: Path) -> None:
