@@ -150,6 +150,8 @@ def parse_token_request(params: Mapping[str, list[str]]) -> TokenRequest:
     audience = one("audience")
     if not audience:
         raise invalid_request("missing audience: exactly one audience is required")
+    if "," in audience or " " in audience:
+        raise invalid_request(f"audience {audience!r:.100} names more than one audience; exactly one is allowed")
     if len(audience) > MAX_AUDIENCE_CHARS or not _AUDIENCE.fullmatch(audience):
         raise invalid_request(f"audience {audience!r:.100} is malformed: one name of printable ASCII "
                               f"without spaces, at most {MAX_AUDIENCE_CHARS} characters")

@@ -50,6 +50,11 @@ def test_two_audiences_are_invalid_request() -> None:
     assert error_of(params(audience=["a", "b"])) == (400, "invalid_request")
 
 
+@pytest.mark.parametrize("audience", ["a,b", "a b"])
+def test_audience_naming_several_is_invalid_request(audience: str) -> None:
+    assert error_of(params(audience=audience)) == (400, "invalid_request")
+
+
 def test_repeated_parameter_is_invalid_request() -> None:
     assert error_of(params(scope=["read", "read"])) == (400, "invalid_request")
 
