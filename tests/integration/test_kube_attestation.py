@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from kubernetes import client
 
 from tests.fixtures.broker import BrokerHandle
-from tests.fixtures.kube import KubeControlPlane
+from tests.fixtures.kube import KubeControlPlane, grant_cluster_role
 
 pytestmark = pytest.mark.kube
 
@@ -51,19 +50,16 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+BROKER_RULES = [  # what the chart grants the broker
+    client.V1PolicyRule(api_groups=["authentication.k8s.io"], resources=["tokenreviews"], verbs=["create"]),
+    client.V1PolicyRule(api_groups=["authorization.k8s.io"], resources=["subjectaccessreviews"], verbs=["create"]),
+    client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list", "watch"]),
+]
+
+
 @pytest.fixture(scope="module")
 def broker_rbac(kube_api: client.ApiClient) -> None:
-    """What the chart grants the broker: create TokenReviews, read pods."""
-    rbac = client.RbacAuthorizationV1Api(kube_api)
-    name = f"jitmesh-broker-test-{uuid.uuid4().hex[:6]}"
-    rbac.create_cluster_role(client.V1ClusterRole(metadata=client.V1ObjectMeta(name=name), rules=[
-        client.V1PolicyRule(api_groups=["authentication.k8s.io"], resources=["tokenreviews"], verbs=["create"]),
-        client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list", "watch"]),
-    ]))
-    rbac.create_cluster_role_binding(client.V1ClusterRoleBinding(
-        metadata=client.V1ObjectMeta(name=name),
-        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=name),
-        subjects=[client.RbacV1Subject(kind="User", name=BROKER_USER, api_group="rbac.authorization.k8s.io")]))
+    grant_cluster_role(kube_api, BROKER_USER, BROKER_RULES)
 
 
 @pytest.fixture
