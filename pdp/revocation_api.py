@@ -47,7 +47,7 @@ from pdp.podwatch import ACTOR as PODWATCH_ACTOR
 from pdp.podwatch import IssuedPod, PodWatch
 from pdp.podwatch import revocation_id as pod_revocation_id
 from pdp.revocation_events import EventHub, Viewer
-from pdp.store.base import REVOCATION_KINDS, AuditRecord, Revocation, RevocationKind, StoreError
+from pdp.store.base import REVOCATION_KINDS, AuditRecord, Revocation, RevocationEvent, RevocationKind, StoreError
 
 if TYPE_CHECKING:
     from pdp.app import Broker
@@ -180,14 +180,23 @@ def _record_fields(r: Revocation) -> dict[str, Any]:
             "pod_uid": r.value if r.kind == "pod_uid" else None}
 
 
+def _publish_local(hub: EventHub | None, event: RevocationEvent) -> None:
+    """Hand an event made here to this replica's streams at once, without waiting for the
+    store's notification, when it is the very next one (never skip one from another replica)."""
+    if hub is not None and event.seq == hub.seq + 1:
+        hub.publish([event])
+
+
 async def revoke(broker: Broker, kind: RevocationKind, value: str, reason: str, who: str, via: str,
-                 revocation_id: str | None = None, expires_at: float | None = None) -> Revocation:
+                 revocation_id: str | None = None, expires_at: float | None = None,
+                 hub: EventHub | None = None) -> Revocation:
     """Store a revocation (in effect at once on this replica, and on the others as they
     follow the log), then its audit record. StoreError when the store refuses either."""
     revocation = Revocation(id=revocation_id or str(uuid.uuid4()), kind=kind, value=value, reason=reason,
                             created_at=broker.clock(), created_by=who, expires_at=expires_at)
-    await broker.store.add_revocation(revocation)
+    event = await broker.store.add_revocation(revocation)
     broker.revocations.add(revocation)
+    _publish_local(hub, event)
     record = admin_record(who, via, "revocation.create", revocation.created_at, event="revoked",
                           details={"revocation_id": revocation.id, "kind": kind, "value": value, "reason": reason,
                                    "by": who},
@@ -220,7 +229,8 @@ async def create_revocation(request: Request) -> Response:
     broker = broker_of(request)
     admin = await require_admin(request)
     req = parse_revocation_request(await _read_body(request), request.headers.get("content-type"))
-    revocation = await revoke(broker, req.kind, req.value, req.reason, admin.who, admin.via)
+    revocation = await revoke(broker, req.kind, req.value, req.reason, admin.who, admin.via,
+                              hub=services_of(request).hub)
     return JSONResponse(revocation_json(revocation), status_code=201,
                         headers={"Location": f"/v1/admin/revocations/{revocation.id}", "Cache-Control": "no-store"})
 
@@ -240,6 +250,7 @@ async def lift_revocation(request: Request) -> Response:
         await audit_admin_call(broker, admin, "revocation.lift_again", request)
         return JSONResponse(revocation_json(existing))
     broker.revocations.remove(rid)
+    _publish_local(services_of(request).hub, event)
     lifted = event.revocation
     record = admin_record(admin.who, admin.via, "revocation.lift", now, event="lifted",
                           details={"revocation_id": rid, "kind": lifted.kind, "value": lifted.value, "by": admin.who},
@@ -384,13 +395,13 @@ async def _remember_recent_pods(broker: Broker, podwatch: PodWatch) -> None:
         after = page[-1].seq
 
 
-def _podwatch_revoker(broker: Broker) -> Any:
+def _podwatch_revoker(broker: Broker, hub: EventHub) -> Any:
     async def revoke_pod(pod: IssuedPod) -> None:
         if broker.revocations.lookup("pod_uid", pod.uid) is not None:
             return
         try:
             await revoke(broker, "pod_uid", pod.uid, f"pod {pod.namespace}/{pod.name} was deleted", PODWATCH_ACTOR,
-                         "podwatch", revocation_id=pod_revocation_id(pod.uid), expires_at=pod.until)
+                         "podwatch", revocation_id=pod_revocation_id(pod.uid), expires_at=pod.until, hub=hub)
         except StoreError:
             if await broker.store.get_revocation(pod_revocation_id(pod.uid)) is not None:
                 return  # another replica saw the deletion first
@@ -412,7 +423,7 @@ def start(app: Starlette, broker: Broker) -> list[asyncio.Task[Any]]:
     if has_kube_client(broker):
         api_client = load_kube_api_client(broker.config.kubeconfig)
         services.reviewer = KubeAdminReviewer(api_client)
-        services.podwatch = PodWatch(api_client, _podwatch_revoker(broker), clock=broker.clock)
+        services.podwatch = PodWatch(api_client, _podwatch_revoker(broker, hub), clock=broker.clock)
     app.state.revocation_services = services
     services.tasks.append(asyncio.create_task(hub.run(), name="revocation-events"))
     if services.podwatch is not None:
