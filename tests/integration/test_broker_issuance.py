@@ -116,7 +116,16 @@ def test_approval_required_is_authorization_pending_with_request_id_and_interval
     assert r.status_code == 400
     body = r.json()
     assert body["error"] == "authorization_pending"
-    assert body["access_request_id"] and body["interval"] > 0
+    assert body["access_request_id"] and body["interval"] > 0 and "access_token" not in body
+
+
+def test_pending_approval_is_audited_with_its_access_request_id(broker: BrokerHandle) -> None:
+    body = broker.exchange(broker.mint("payments", "api"), "needs-approval").json()
+    r = httpx.get(f"{broker.url}/v1/admin/audit", params={"event": "pending", "limit": 1000},
+                  headers=broker.admin_headers())
+    rec = next(x for x in r.json()["records"] if x["decision_id"] == body["decision_id"])
+    assert rec["details"]["access_request_id"] == body["access_request_id"]
+    assert rec["details"]["reasons"] == ["needs a human"]
 
 
 def test_jwks_url_attestation_verifies_against_the_served_keys(make_opa: Callable[..., Any],
