@@ -46,7 +46,8 @@ class LiveShadow:
         self.store = store
         self.clock = clock
         self.tally = ShadowTally(samples_per_class)
-        self.opa = opa or OPAClient(opa_url, timeout=timeout, max_connections=max_in_flight)
+        # the deadline is asyncio.timeout in _ask_candidate; the client's own sits past it so one clock decides
+        self.opa = opa or OPAClient(opa_url, timeout=timeout + 0.5, max_connections=max_in_flight)
         self.comparisons = Counter("jitmesh_shadow_comparisons", "Shadow comparisons of the candidate policy, by class",
                                    ["class"], registry=registry)
         for c in SHADOW_CLASSES:
