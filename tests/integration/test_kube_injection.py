@@ -123,3 +123,17 @@ def test_injector_logs_and_counts_each_admission(injector_webhook: InjectorWebho
                                           {"jitmesh.io/audiences": "orders-db"}))
     assert injected_count() == before + 1
     assert f'"namespace":"{ns}"' in injector_webhook.process.output()
+
+
+def test_injected_pod_passes_the_restricted_pod_security_standard(kube_api: client.ApiClient,
+                                                                  webhook_namespace: Callable[..., str]) -> None:
+    """PodSecurity admission validates after the mutating webhooks: it sees the sidecar too."""
+    ns = webhook_namespace(**{"pod-security.kubernetes.io/enforce": "restricted"})
+    pod = pod_manifest("locked-down", {"jitmesh.io/inject": "true"}, {"jitmesh.io/audiences": "orders-db"})
+    assert _injected(create_pod(kube_api, ns, pod))
+    # and the standard is really enforced there: a pod keeping its capabilities is refused
+    bad = pod_manifest("loose")
+    bad.spec.containers[0].security_context.capabilities = None
+    with pytest.raises(ApiException) as err:
+        create_pod(kube_api, ns, bad)
+    assert "violates PodSecurity" in json.loads(err.value.body)["message"]
