@@ -3,8 +3,9 @@
 Under `./.jitmesh/` it keeps a local "cluster" issuer (key and JWKS, shaped like
 kube-apiserver's), an admin token file and a ServiceAccount token for the demo workload
 (`demo/demo-app`, refreshed while running); it starts OPA on `policies/` and the broker
-on SQLite as child processes, prints each step and a ready-to-paste `jitmesh token`
-command, and stops everything on Ctrl-C or SIGTERM.
+on SQLite and a demo workload's real sidecar (tokens under `./.jitmesh/tokens/`) as child
+processes, prints each step, each issuance, refresh and denial as it happens, and a
+ready-to-paste `jitmesh token` command, and stops everything on Ctrl-C or SIGTERM.
 
 The run loop is a `Stack`: child processes it watches and periodic jobs it runs. A demo
 sidecar joins as one more `stack.start(...)` and, if it needs one, a `stack.every(...)`.
@@ -131,6 +132,7 @@ def port_free(port: int) -> bool:
 
 def run_up(args: argparse.Namespace) -> int:
     from pdp.process import BrokerProcess
+    from sidecar.process import DEMO_AUDIENCES, LogNarrator, demo_sidecar
 
     home = Path(args.home).resolve()
     policies = Path(args.policies).resolve()
@@ -138,7 +140,8 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"jitmesh up: --policies {args.policies!r} is not a directory (run from the repository root, "
               "or pass --policies)", file=sys.stderr)
         return 2
-    for flag, port in (("--broker-port", args.broker_port), ("--opa-port", args.opa_port)):
+    for flag, port in (("--broker-port", args.broker_port), ("--opa-port", args.opa_port),
+                       ("--sidecar-port", args.sidecar_port)):
         if not port_free(port):
             print(f"jitmesh up: 127.0.0.1:{port} is in use; pass another {flag}", file=sys.stderr)
             return 2
@@ -175,6 +178,12 @@ def run_up(args: argparse.Namespace) -> int:
         say(f"starting the broker at {broker.url} (store {store}, log {broker.log_path})")
         stack.start(broker)
         stack.every(SUBJECT_TOKEN_REFRESH, cluster.refresh_subject_token)
+        sidecar = demo_sidecar(broker_url=broker.url, sa_token_file=cluster.subject_token_file, home=home,
+                               ttl=args.demo_ttl, port=args.sidecar_port)
+        say(f"starting the demo workload's sidecar at {sidecar.url}: tokens for "
+            f"{', '.join(DEMO_AUDIENCES)} in {sidecar.token_dir}, TTL {args.demo_ttl}s (log {sidecar.log_path})")
+        stack.start(sidecar)
+        stack.every(0.5, LogNarrator(sidecar.log_path, say).poll)
         say("ready. Ask for a token as the demo workload:")
         print(f"\n  jitmesh token --broker-url {broker.url} --audience {DEMO_AUDIENCE} --scope {DEMO_SCOPE} "
               f"--subject-token-file {cluster.subject_token_file}\n"
@@ -195,10 +204,15 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("up", help="run OPA, the broker and a local cluster issuer on this machine")
+    p = sub.add_parser("up", help="run OPA, the broker, a local cluster issuer and a demo workload "
+                                  "with a real sidecar on this machine")
     p.add_argument("--home", default=".jitmesh", help="state directory (default %(default)s)")
     p.add_argument("--policies", default="policies", help="policy directory for OPA (default %(default)s)")
     p.add_argument("--broker-port", type=int, default=8080, help="broker port on 127.0.0.1 (default %(default)s)")
     p.add_argument("--opa-port", type=int, default=8181, help="OPA port on 127.0.0.1 (default %(default)s)")
+    p.add_argument("--sidecar-port", type=int, default=8099,
+                   help="the demo sidecar's local API port on 127.0.0.1 (default %(default)s)")
+    p.add_argument("--demo-ttl", type=int, default=20,
+                   help="TTL the demo sidecar asks for, in seconds, so refreshes show quickly (default %(default)s)")
     p.add_argument("--opa-bin", default=None, help="path to the opa binary (default: the cached build)")
     p.set_defaults(func=run_up)
