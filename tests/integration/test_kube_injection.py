@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -11,7 +11,16 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.fixtures.injector import INJECTOR_BROKER_URL, WEBHOOK_NAME, InjectorWebhook, create_pod, pod_manifest
+from tests.fixtures.injector import (
+    INJECTOR_BROKER_URL,
+    WEBHOOK_NAME,
+    InjectorWebhook,
+    create_pod,
+    namespace_for,
+    pod_manifest,
+    running_injector_webhook,
+)
+from tests.fixtures.kube import KubeControlPlane
 
 pytestmark = pytest.mark.kube
 
@@ -137,3 +146,22 @@ def test_injected_pod_passes_the_restricted_pod_security_standard(kube_api: clie
     with pytest.raises(ApiException) as err:
         create_pod(kube_api, ns, bad)
     assert "violates PodSecurity" in json.loads(err.value.body)["message"]
+
+
+@pytest.fixture(scope="module")
+def legacy_webhook(kube: KubeControlPlane, kube_api: client.ApiClient,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[InjectorWebhook]:
+    with running_injector_webhook(kube, kube_api, tmp_path_factory.mktemp("legacy"), "--no-native-sidecars") as hook:
+        yield hook
+
+
+def test_without_native_sidecars_the_sidecar_is_the_first_container(
+        kube_api: client.ApiClient, legacy_webhook: InjectorWebhook, make_namespace: Callable[..., str]) -> None:
+    ns = namespace_for(legacy_webhook, make_namespace, kube_api)
+    pod = create_pod(kube_api, ns, pod_manifest("api", {"jitmesh.io/inject": "true"},
+                                                {"jitmesh.io/audiences": "orders-db"}))
+    assert not pod.spec.init_containers
+    first, app = pod.spec.containers
+    assert first.name == "jitmesh-sidecar" and first.restart_policy is None
+    assert first.lifecycle.post_start.var_exec.command[0] == "python3"
+    assert pod.metadata.annotations["kubectl.kubernetes.io/default-container"] == app.name == "app"
