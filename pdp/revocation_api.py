@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jwt
+from prometheus_client import Gauge
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -425,6 +426,12 @@ def start(app: Starlette, broker: Broker) -> list[asyncio.Task[Any]]:
         services.reviewer = KubeAdminReviewer(api_client)
         services.podwatch = PodWatch(api_client, _podwatch_revoker(broker, hub), clock=broker.clock)
     app.state.revocation_services = services
+    streams = Gauge("jitmesh_revocation_event_streams", "Open GET /v1/revocations/events streams",
+                    registry=broker.metrics.registry)
+    streams.set_function(lambda: hub.streams)
+    followed = Gauge("jitmesh_revocation_events_seq", "Sequence number of the last revocation event followed",
+                     registry=broker.metrics.registry)
+    followed.set_function(lambda: hub.seq)
     services.tasks.append(asyncio.create_task(hub.run(), name="revocation-events"))
     if services.podwatch is not None:
         podwatch = services.podwatch

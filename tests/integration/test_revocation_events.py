@@ -107,3 +107,18 @@ def test_a_malformed_last_event_id_is_400(broker: BrokerHandle, value: str) -> N
     r = httpx.get(f"{broker.url}/v1/revocations/events", timeout=10,
                   headers={**broker.admin_headers(), "Last-Event-ID": value})
     assert r.status_code == 400 and "Last-Event-ID" in r.json()["error_description"]
+
+
+def test_metrics_count_open_streams_and_the_last_event_followed(broker: BrokerHandle) -> None:
+    def metric(name: str) -> float:
+        text = httpx.get(f"{broker.url}/metrics", timeout=10).text
+        line = next(x for x in text.splitlines() if x.startswith(name + " "))
+        return float(line.split()[1])
+
+    with admin_stream(broker) as events:
+        eid, _ = events.next_of("ready")
+        assert metric("jitmesh_revocation_event_streams") >= 1
+        doc = revoked(broker, audience="metered")
+        events.next_of("revoked")
+        assert metric("jitmesh_revocation_events_seq") >= int(eid or 0) + 1
+    lift(broker, doc["id"])

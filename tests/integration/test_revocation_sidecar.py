@@ -98,17 +98,22 @@ def test_revocations_of_other_workloads_leave_the_sidecars_token_alone(
     assert not any(e.get("event") == "token.revoked" for e in sc.events())
 
 
+@pytest.mark.parametrize("how", ["stopped", "killed"])
 def test_a_sidecar_whose_stream_dropped_applies_revocations_made_meanwhile(
         make_opa: Callable[..., Any], broker_factory: Callable[..., BrokerHandle],
-        make_sidecar: Callable[..., SidecarProcess], tmp_path: Path) -> None:
-    """Broker A (the sidecar's) is stopped; the revocation is made on broker B sharing A's
-    store while A is down; when A is back, the sidecar resumes from its last event id."""
+        make_sidecar: Callable[..., SidecarProcess], tmp_path: Path, how: str) -> None:
+    """Broker A (the sidecar's) is stopped or killed; the revocation is made on broker B
+    sharing A's store while A is down; when A is back, the sidecar resumes from its last
+    event id."""
     opa = make_opa(POLICIES)
     a = broker_factory(opa.url)
     b = broker_factory(opa.url, issuer=a.issuer, store=a.store_url)
     sc = start_sidecar(make_sidecar, a, tmp_path)
     old = file_jti(sc.token_file(AUD))
-    a.stop()
+    if how == "killed":
+        a.kill()
+    else:
+        a.stop()
     revoked(b, audience="unrelated-while-down")
     revoked(b, jti=str(old), reason="revoked while the sidecar's broker was down")
     time.sleep(0.5)
@@ -118,3 +123,17 @@ def test_a_sidecar_whose_stream_dropped_applies_revocations_made_meanwhile(
     wait_for(lambda: any(e.get("event") == "token.revoked" and e.get("jti") == old for e in sc.events()),
              timeout=5, what="the revocation logged by the sidecar")
     assert any(e.get("event") == "events.reconnecting" for e in sc.events())
+
+
+def test_the_stream_ends_with_the_serviceaccount_token_and_resumes_with_the_rotated_one(
+        broker: BrokerHandle, make_sidecar: Callable[..., SidecarProcess], tmp_path: Path) -> None:
+    sa_file = tmp_path / "short.jwt"
+    sa_file.write_text(broker.mint("payments", "api", pod=POD, ttl=4))
+    sc = make_sidecar(broker_url=broker.url, audiences={AUD: ["read"]}, sa_token_file=sa_file, ttl=300)
+    wait_for(sc.ready, timeout=20, what="sidecar ready")
+    sa_file.write_text(broker.mint("payments", "api", pod=POD, ttl=3600))  # what the kubelet does
+    wait_for(lambda: sum(e.get("event") == "events.subscribed" for e in sc.events()) >= 2, timeout=15,
+             what="a second subscription after the first token expired")
+    old = file_jti(sc.token_file(AUD))
+    revoked(broker, jti=str(old))
+    wait_for(lambda: file_jti(sc.token_file(AUD)) != old, timeout=2, what="revoked file gone")
