@@ -44,6 +44,7 @@ def register(sub: Any) -> None:
 
 def run_injector(args: argparse.Namespace) -> int:
     import uvicorn
+    from kubernetes.client import CoreV1Api
 
     from injector.app import create_app
     from injector.namespaces import KubeNamespaceLabels, api_client
@@ -62,7 +63,7 @@ def run_injector(args: argparse.Namespace) -> int:
               f"({type(exc).__name__}: {exc}); run in a pod with a ServiceAccount or pass --kubeconfig",
               file=sys.stderr)
         return 2
-    app = create_app(cfg.injection, KubeNamespaceLabels(kube, ttl=cfg.namespace_cache_seconds))
+    app = create_app(cfg.injection, KubeNamespaceLabels(CoreV1Api(kube), ttl=cfg.namespace_cache_seconds))
     log.info("injector.start", listen=f"{cfg.host}:{cfg.port}", broker_url=cfg.injection.broker_url,
              native_sidecars=cfg.injection.native_sidecars, sidecar_image=cfg.injection.sidecar_image)
     uvicorn.run(app, host=cfg.host, port=cfg.port, ssl_certfile=str(cfg.tls_cert_file),

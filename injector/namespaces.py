@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -30,12 +30,19 @@ class NamespaceLabels(Protocol):
     def labels(self, namespace: str) -> Mapping[str, str]: ...
 
 
-class KubeNamespaceLabels:
-    """Reads `GET /api/v1/namespaces/{name}`; answers are kept for `ttl` seconds."""
+class NamespaceReader(Protocol):
+    """What is used of `kubernetes.client.CoreV1Api`."""
 
-    def __init__(self, api_client: client.ApiClient, ttl: float = 5.0,
+    @property
+    def read_namespace(self) -> Callable[..., Any]: ...
+
+
+class KubeNamespaceLabels:
+    """Reads `GET /api/v1/namespaces/{name}` (a `client.CoreV1Api`); answers are kept for `ttl` seconds."""
+
+    def __init__(self, core: NamespaceReader, ttl: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._core = client.CoreV1Api(api_client)
+        self._core = core
         self._ttl = ttl
         self._clock = clock
         self._cache: dict[str, tuple[float, Mapping[str, str]]] = {}

@@ -165,3 +165,23 @@ def test_without_native_sidecars_the_sidecar_is_the_first_container(
     assert first.name == "jitmesh-sidecar" and first.restart_policy is None
     assert first.lifecycle.post_start.var_exec.command[0] == "python3"
     assert pod.metadata.annotations["kubectl.kubernetes.io/default-container"] == app.name == "app"
+
+
+@pytest.fixture(scope="module")
+def blind_webhook(kube: KubeControlPlane, kube_api: client.ApiClient,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[InjectorWebhook]:
+    """An injector whose identity may not read namespaces (RBAC missing)."""
+    with running_injector_webhook(kube, kube_api, tmp_path_factory.mktemp("blind"), user="nobody") as hook:
+        yield hook
+
+
+def test_unreadable_namespace_refuses_undecided_pods_but_not_labelled_ones(
+        kube_api: client.ApiClient, blind_webhook: InjectorWebhook, make_namespace: Callable[..., str]) -> None:
+    ns = namespace_for(blind_webhook, make_namespace, kube_api)
+    with pytest.raises(ApiException) as err:
+        create_pod(kube_api, ns, pod_manifest("undecided", annotations={"jitmesh.io/audiences": "orders-db"}))
+    message = json.loads(err.value.body)["message"]
+    assert f"the labels of namespace '{ns}' are needed and could not be read" in message
+    assert "HTTP 403" in message
+    opted_out = create_pod(kube_api, ns, pod_manifest("opted-out", {"jitmesh.io/inject": "false"}))
+    assert not _injected(opted_out)
