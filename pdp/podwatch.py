@@ -93,6 +93,7 @@ class PodWatch:
         from kubernetes import client, watch
 
         core = client.CoreV1Api(self.api_client)
+        failures = 0
         while not self._stop.is_set():
             tracked = self._tracked_in(namespace)
             if not tracked:
@@ -114,9 +115,12 @@ class PodWatch:
                     gone = getattr(getattr(obj, "metadata", None), "uid", None)
                     if event.get("type") == "DELETED" and gone:
                         self._report_gone(str(gone))
+                failures = 0
             except Exception as exc:
-                log.warning("podwatch.watch_failed", namespace=namespace, error=f"{type(exc).__name__}: {exc}"[:300])
-                self._stop.wait(RETRY_SECONDS)
+                failures += 1
+                log.warning("podwatch.watch_failed", namespace=namespace, failures=failures,
+                            error=f"{type(exc).__name__}: {exc}"[:300])
+                self._stop.wait(min(30.0, RETRY_SECONDS * 2 ** min(failures - 1, 5)))
 
     # --- the loop on the broker's event loop -------------------------------------------------
     async def run(self) -> None:
