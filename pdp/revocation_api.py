@@ -10,9 +10,10 @@ the revocation event stream, Kubernetes admins, the pod watcher, and audit of ad
 - `GET /v1/admin/revocations[?kind=&value=]`: the active revocations.
 - `GET /v1/revocations/events`: `pdp.revocation_events`.
 
-Every admin call is audited with who made it: revocations as `revoked`/`lifted` records,
-other admin calls (introspection, audit and report queries, event streams) as `admin`
-records; `details.actor` names the admin (`pdp.admin_auth`).
+Every admin call is audited with who made it (`details.actor`, `pdp.admin_auth`):
+revocations and lifts each as a `revoked`/`lifted` record; reads (introspection, audit and
+report queries, revocation lists, event streams) as `admin` records, the first of each
+minute per admin and endpoint in the store and every one in the JSON log.
 
 `create_app` (pdp/app.py) calls `start(app, broker)` once the broker is assembled,
 `routes()` for the routes, `require_admin` for its own admin endpoints, `verify_token`
@@ -59,6 +60,7 @@ MAX_REVOCATION_BODY = 16 * 1024
 MAX_VALUE_CHARS = 256
 MAX_REASON_CHARS = 1024
 KEY_RELOAD_MIN_INTERVAL = 1.0
+READ_RECORD_WINDOW = 60.0
 AUDIT_PAGES_AT_START = 50
 SA_PREFIX = "system:serviceaccount:"
 
@@ -68,6 +70,7 @@ class RevocationServices:
     hub: EventHub
     reviewer: AdminReviewer | None = None
     podwatch: PodWatch | None = None
+    reads_recorded: dict[tuple[str, str], float] = field(default_factory=dict)  # (admin, action) -> when
     last_key_reload: float = 0.0
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -109,9 +112,23 @@ def admin_record(admin_who: str, via: str, action: str, now: float, event: str =
 
 
 async def audit_admin_call(broker: Broker, admin: Admin, action: str, request: Request) -> None:
-    """A read by an admin: recorded; when the store cannot take the record the call still
-    proceeds (it changes nothing), and the log line says the record was not persisted."""
-    record = admin_record(admin.who, admin.via, action, broker.clock(),
+    """A read by an admin. Every one is logged; the store records the first of each minute
+    per admin and endpoint (else `jitmesh audit --follow` would fill the trail with its own
+    polls). When the store cannot take the record the call still proceeds (it changes
+    nothing), and the log line says the record was not persisted."""
+    now = broker.clock()
+    services: RevocationServices | None = getattr(request.app.state, "revocation_services", None)
+    if services is not None:
+        key = (admin.who, action)
+        last = services.reads_recorded.get(key)
+        if last is not None and 0 <= now - last < READ_RECORD_WINDOW:
+            log.info("admin.read", actor=admin.who, via=admin.via, action=action, method=request.method,
+                     path=request.url.path, recorded_at=last)
+            return
+        if len(services.reads_recorded) >= 10_000:
+            services.reads_recorded.clear()
+        services.reads_recorded[key] = now
+    record = admin_record(admin.who, admin.via, action, now,
                           details={"method": request.method, "path": request.url.path,
                                    "client_ip": request.client.host if request.client else None})
     try:

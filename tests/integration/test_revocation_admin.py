@@ -15,7 +15,16 @@ import pytest
 
 from jitmesh.devissuer import PodRef
 from tests.fixtures.broker import BrokerHandle
-from tests.integration.revocation_support import POLICIES, audit, introspect, jti_of, lift, revoke, revoked
+from tests.integration.revocation_support import (
+    POLICIES,
+    audit,
+    introspect,
+    jti_of,
+    lift,
+    revoke,
+    revoked,
+    wait_for,
+)
 
 POD = PodRef("api-1", "6a0f3c1e-1111-4222-8333-944455556666")
 SUBJECT = "system:serviceaccount:payments:api"
@@ -150,11 +159,17 @@ def test_revocations_and_lifts_are_audited_with_the_admin_who_made_them(broker: 
     assert broker.admin_token not in str(rev) + broker.output()
 
 
-def test_admin_reads_are_audited_with_the_admin_who_made_them(broker: BrokerHandle) -> None:
-    introspect(broker, token(broker))
-    reads = [x for x in audit(broker, event="admin") if x["details"]["path"] == "/introspect"]
-    assert reads and reads[-1]["details"]["actor"].startswith("admin-token:")
-    assert reads[-1]["details"]["method"] == "POST"
+def test_admin_reads_are_recorded_once_a_minute_per_admin_and_endpoint_and_logged_every_time(
+        make_opa: Callable[..., Any], broker_factory: Callable[..., BrokerHandle]) -> None:
+    fresh = broker_factory(make_opa(POLICIES).url)
+    held = token(fresh)
+    for _ in range(3):
+        introspect(fresh, held)
+    reads = [x for x in audit(fresh, event="admin") if x["details"]["path"] == "/introspect"]
+    assert len(reads) == 1 and reads[0]["details"]["actor"].startswith("admin-token:")
+    assert reads[0]["details"]["method"] == "POST"
+    assert len([x for x in audit(fresh, event="admin") if x["details"]["path"] == "/v1/admin/audit"]) == 1
+    wait_for(lambda: fresh.output().count('"event":"admin.read"') >= 3, timeout=5, what="every read logged")
 
 
 def jitmesh(*args: str) -> subprocess.CompletedProcess[str]:
