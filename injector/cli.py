@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ def run_injector(args: argparse.Namespace) -> int:
     app = create_app(cfg.injection, KubeNamespaceLabels(CoreV1Api(kube), ttl=cfg.namespace_cache_seconds))
     log.info("injector.start", listen=f"{cfg.host}:{cfg.port}", broker_url=cfg.injection.broker_url,
              native_sidecars=cfg.injection.native_sidecars, sidecar_image=cfg.injection.sidecar_image)
+    # Startup objects (the kubernetes client's models, mostly) never die; a full collection over
+    # them takes ~9 ms, paid by whichever admission triggers it. Frozen, they are skipped.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=cfg.host, port=cfg.port, ssl_certfile=str(cfg.tls_cert_file),
                 ssl_keyfile=str(cfg.tls_key_file), log_config=None, access_log=False)
     return 0
