@@ -136,6 +136,8 @@ async def audit_admin_call(broker: Broker, admin: Admin, action: str, request: R
     except StoreError as exc:
         Auditor.log(record, persisted=False)
         log.error("audit.write_failed", action=action, actor=admin.who, error=str(exc))
+        if services is not None:
+            services.reads_recorded.pop((admin.who, action), None)  # the next read tries again
 
 
 # --- revocations ------------------------------------------------------------------------------
