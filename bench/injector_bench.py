@@ -3,7 +3,8 @@
 The pod is what a Deployment's ReplicaSet sends after the built-in admission plugins ran
 (ServiceAccount volume, owner reference, probes, resources, an init container and two app
 containers), opted in by its own label, so no namespace read is involved. One keep-alive TLS
-connection, requests one after another.
+connection, requests one after another, interleaved with a no-op server on the same stack (the
+`floor`), so the figures separate the webhook's cost from this shared machine's noise.
 
     from bench.injector_bench import run
     run(workdir=Path("/tmp/x"), duration=5.0)  # {"p50_ms": ..., "p99_ms": ..., ...}
@@ -104,6 +105,47 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, round(q * (len(sorted_ms) - 1)))]
 
 
+# The floor: the same stack (uvicorn, TLS, Starlette) answering a same-sized body without any work.
+FLOOR_APP = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+size = int(sys.argv[4])
+async def mutate(request):
+    await request.body()
+    return Response(b"x" * size, media_type="application/json")
+async def ready(request):
+    return Response(b"ok")
+app = Starlette(routes=[Route("/mutate", mutate, methods=["POST"]), Route("/readyz", ready)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), ssl_certfile=sys.argv[2], ssl_keyfile=sys.argv[3],
+            log_level="warning")
+"""
+
+
+class Endpoint:
+    """One keep-alive HTTPS connection. http.client rather than httpx: its own overhead is a
+    fraction of a millisecond, closer to kube-apiserver's Go client."""
+
+    def __init__(self, port: int, tls: ssl.SSLContext) -> None:
+        self.conn = http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=10)
+        self.samples: list[float] = []
+
+    def post(self, body: bytes) -> tuple[int, bytes]:
+        t0 = time.perf_counter()
+        self.conn.request("POST", "/mutate", body, {"Content-Type": "application/json"})
+        r = self.conn.getresponse()
+        raw = r.read()
+        self.samples.append((time.perf_counter() - t0) * 1000)
+        return r.status, raw
+
+    def summary(self) -> dict[str, float]:
+        s = sorted(self.samples)
+        return {"p50_ms": round(_percentile(s, 0.50), 3), "p90_ms": round(_percentile(s, 0.90), 3),
+                "p99_ms": round(_percentile(s, 0.99), 3), "max_ms": round(s[-1], 3),
+                "mean_ms": round(statistics.fmean(s), 3)}
+
+
 def run(workdir: Path, duration: float = 5.0, say: Callable[[str], None] = print) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     certs = write_webhook_certs(workdir / "certs", [], ["127.0.0.1"])
@@ -114,60 +156,53 @@ def run(workdir: Path, duration: float = 5.0, say: Callable[[str], None] = print
         "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:1"}}],
         "users": [{"name": "none", "user": {"token": "unused"}}],
         "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}]}))
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JITMESH_")}
-    proc = ManagedProcess("injector", [
+    pod = realistic_pod()
+    bodies = [json.dumps(admission_review(pod)).encode() for _ in range(64)]
+    port, floor_port = free_port(), free_port()
+    injector = ManagedProcess("injector", [
         sys.executable, "-m", "jitmesh.cli", "--log-level", "warning", "injector", "--listen", f"127.0.0.1:{port}",
         "--tls-cert-file", str(certs.cert_file), "--tls-key-file", str(certs.key_file),
         "--broker-url", "http://jitmesh-broker.jitmesh.svc:8080", "--kubeconfig", str(kubeconfig),
     ], workdir / "injector.log", env=env).start()
-    url = f"https://127.0.0.1:{port}"
+    floor = ManagedProcess("floor", [sys.executable, "-c", FLOOR_APP, str(floor_port), str(certs.cert_file),
+                                     str(certs.key_file), "5200"], workdir / "floor.log", env=env).start()
     try:
         tls = ssl.create_default_context(cafile=str(certs.ca_file))
-        wait_http(url + "/readyz", timeout=30, proc=proc.proc, verify=tls)  # type: ignore[arg-type]
-        pod = realistic_pod()
-        bodies = [json.dumps(admission_review(pod)).encode() for _ in range(64)]
-        headers = {"Content-Type": "application/json"}
-        # http.client rather than httpx: its own overhead is a fraction of a millisecond, closer
-        # to kube-apiserver's Go client, so the figure is the webhook's and not the client's.
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=10)
-
-        def post(body: bytes) -> tuple[int, bytes]:
-            conn.request("POST", "/mutate", body, headers)
-            r = conn.getresponse()
-            return r.status, r.read()
-
+        for p, proc in ((port, injector), (floor_port, floor)):
+            wait_http(f"https://127.0.0.1:{p}/readyz", timeout=30, proc=proc.proc, verify=tls)  # type: ignore[arg-type]
+        webhook, baseline = Endpoint(port, tls), Endpoint(floor_port, tls)
         for i in range(WARMUP_REQUESTS):
-            post(bodies[i % len(bodies)])
-        say(f"webhook: measuring POST /mutate for {duration:g}s on a {len(bodies[0])}-byte AdmissionReview")
-        samples: list[float] = []
+            webhook.post(bodies[i % len(bodies)])
+            baseline.post(bodies[i % len(bodies)])
+        webhook.samples.clear()
+        baseline.samples.clear()
+        say(f"webhook: measuring POST /mutate for {duration:g}s on a {len(bodies[0])}-byte AdmissionReview, "
+            "interleaved with a no-op server on the same stack")
         patch_bytes = 0
         load_before = os.getloadavg()[0]
-        cpu_before = group_cpu_seconds(proc.pid)
+        cpu_before = group_cpu_seconds(injector.pid)
         end = time.perf_counter() + duration
-        while time.perf_counter() < end and len(samples) < MAX_REQUESTS:
-            body = bodies[len(samples) % len(bodies)]
-            t0 = time.perf_counter()
-            status, raw = post(body)
-            samples.append((time.perf_counter() - t0) * 1000)
+        # Interleaved, so both see the same load on this shared machine.
+        while time.perf_counter() < end and len(webhook.samples) < MAX_REQUESTS:
+            body = bodies[len(webhook.samples) % len(bodies)]
+            status, raw = webhook.post(body)
             resp = json.loads(raw)["response"]
             if status != 200 or resp.get("patchType") != "JSONPatch":
                 raise RuntimeError(f"/mutate did not inject the benchmark pod: {status} {raw[:300]!r}")
             patch_bytes = len(resp["patch"])
-        conn.close()
-        server_cpu_ms = (group_cpu_seconds(proc.pid) - cpu_before) * 1000 / max(1, len(samples))
+            baseline.post(body)
+        server_cpu_ms = (group_cpu_seconds(injector.pid) - cpu_before) * 1000 / max(1, len(webhook.samples))
     finally:
-        proc.stop()
-    samples.sort()
+        injector.stop()
+        floor.stop()
     return {
-        "requests": len(samples),
-        "p50_ms": round(_percentile(samples, 0.50), 3),
-        "p90_ms": round(_percentile(samples, 0.90), 3),
-        "p99_ms": round(_percentile(samples, 0.99), 3),
-        "max_ms": round(samples[-1], 3),
-        "mean_ms": round(statistics.fmean(samples), 3),
+        "requests": len(webhook.samples),
+        **webhook.summary(),
         # CPU the injector process spent per admission (TLS, HTTP, parse, patch, log)
         "server_cpu_per_request_ms": round(server_cpu_ms, 3),
+        # the same stack doing nothing, measured at the same time: what the machine allows
+        "floor": baseline.summary(),
         "review_kb": round(len(bodies[0]) / 1000, 1),
         "patch_base64_kb": round(patch_bytes / 1000, 1),
         # this machine is shared: the 1-minute load average puts the tail in context
