@@ -152,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print()
     print(render_table(results, previous))
-    print(f"\nmachine: {info['cpus']} CPUs; load average {info['loadavg_at_start'][0]} at start, "
-          f"{info['loadavg_at_end'][0]} at end (anything above ~{info['cpus'] * 0.25:.1f} besides the bench "
-          "means other work shared the CPUs and moved the figures)")
+    print(f"\nmachine: {info['cpus']} CPUs, load average {info['loadavg_at_start'][0]} when the bench started "
+          "(well above 0 means other work shared the CPUs and moved the figures; CPU per issuance and the "
+          "CPU-bound ceiling move least)")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     out = args.results_dir / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.write_text(json.dumps(results_document(results, info), indent=2))
