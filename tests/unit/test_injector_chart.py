@@ -118,7 +118,7 @@ def test_helm_lint_passes() -> None:
 def test_rendered_chart_has_broker_injector_and_webhook() -> None:
     kinds = sorted({d["kind"] for d in render(*REQUIRED)})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "MutatingWebhookConfiguration",
-                     "Secret", "Service", "ServiceAccount"]
+                     "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"]
 
 
 def test_injector_tells_sidecars_the_broker_service() -> None:
