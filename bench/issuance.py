@@ -230,26 +230,41 @@ def load_figures(run: LoadRun, base: LoadRun | None, base_label: str, rate_name:
     ]
 
 
-def cpu_figures(run: LoadRun) -> list[Figure]:
+def cpu_figures(run: LoadRun, base: LoadRun | None = None, base_label: str = "") -> list[Figure]:
     """CPU per issuance, and where a request's time goes: the client's mean latency split into
-    waiting before the broker's handler runs, the handler, and the OPA call inside it."""
+    waiting before the broker's handler runs, the handler, and the OPA call inside it; each
+    beside the same figure of `base` when given."""
+    cpus = len(os.sched_getaffinity(0))
+
+    def fig(name: str, value: float | None, base_value: float | None, unit: str = "ms", **kw: Any) -> Figure:
+        return Figure(name, value, unit, base_value if base else None, base_label if base else "", **kw)
+
+    def inside(r: LoadRun | None, key: str) -> float | None:
+        return None if r is None else r.mean_inside_ms.get(key)
+
+    def queued(r: LoadRun | None) -> float | None:
+        handler = inside(r, "handler")
+        return None if r is None or handler is None else max(0.0, r.result.mean_ms - handler)
+
     out = []
-    handler, opa_call = run.mean_inside_ms.get("handler"), run.mean_inside_ms.get("opa_call")
-    if handler is not None:
-        out.append(Figure("mean latency seen by clients", run.result.mean_ms, "ms"))
-        out.append(Figure("  of which queued before handler", max(0.0, run.result.mean_ms - handler), "ms",
-                          note="accept, parse, event-loop wait"))
-        out.append(Figure("  of which in handler", handler, "ms", note="broker's jitmesh_token_request_seconds"))
-    if opa_call is not None:
-        out.append(Figure("    of which OPA call", opa_call, "ms", note="broker's jitmesh_opa_request_seconds"))
+    if inside(run, "handler") is not None:
+        out.append(fig("mean latency seen by clients", run.result.mean_ms, base.result.mean_ms if base else None))
+        out.append(fig("  of which queued before handler", queued(run), queued(base),
+                       note="accept, parse, event-loop wait"))
+        out.append(fig("  of which in handler", inside(run, "handler"), inside(base, "handler"),
+                       note="broker's jitmesh_token_request_seconds"))
+    if inside(run, "opa_call") is not None:
+        out.append(fig("    of which OPA call", inside(run, "opa_call"), inside(base, "opa_call"),
+                       note="broker's jitmesh_opa_request_seconds"))
     for name, label in (("broker", "broker CPU per issuance"), ("opa", "OPA CPU per issuance")):
         value = run.cpu_ms_per_request(name)
         if value is not None:
-            out.append(Figure(label, value, "ms", note=f"{run.cpu_s[name] / run.result.duration_s:.2f} cores busy"))
-    ceiling = cpu_bound_ceiling(run, len(os.sched_getaffinity(0)))
+            out.append(fig(label, value, base.cpu_ms_per_request(name) if base else None,
+                           note=f"{run.cpu_s[name] / run.result.duration_s:.2f} cores busy"))
+    ceiling = cpu_bound_ceiling(run, cpus)
     if ceiling is not None:
-        out.append(Figure("CPU-bound ceiling", ceiling, "/s", aim=AIM_RATE,
-                          note="CPUs / (broker + OPA CPU per issuance): the rate if nothing else ran"))
+        out.append(fig("CPU-bound ceiling", ceiling, cpu_bound_ceiling(base, cpus) if base else None, "/s",
+                       aim=AIM_RATE, note="CPUs / (broker + OPA CPU per issuance): the rate if nothing else ran"))
     return out
 
 
@@ -306,7 +321,7 @@ def run_postgres(ctx: Context) -> SectionResult:
     with opa_and_cluster(ctx, "issuance-postgres") as setup, pg.server(setup.dir) as dsn, \
             broker(ctx, setup, "broker-postgres", dsn) as proc:
         run, _ = drive_broker(ctx, setup, proc, "broker on PostgreSQL")
-    figures = load_figures(run, base, "SQLite", "issuances/s") + cpu_figures(run)
+    figures = load_figures(run, base, "SQLite", "issuances/s") + cpu_figures(run, base, "SQLite")
     notes = ["PostgreSQL started by the bench from the system binaries (tests/fixtures/postgres.py), "
              "fsync on as in production, on the same 2 CPUs as broker and OPA", client_note(run)]
     store_figures, store_doc = store_alone(ctx)
@@ -356,8 +371,13 @@ def run_shadow(ctx: Context) -> SectionResult:
     cost = (1 - run.result.ok_per_second / off) * 100 if off else None
     figures.append(Figure("throughput cost of shadow", cost, "%", aim=AIM_SHADOW_COST_PCT,
                           note="1 - on/off; negative means within noise"))
+    cpus = len(os.sched_getaffinity(0))
+    ceiling_on, ceiling_off = cpu_bound_ceiling(run, cpus), cpu_bound_ceiling(base, cpus)
+    if ceiling_on and ceiling_off:
+        figures.append(Figure("CPU cost of shadow", (1 - ceiling_on / ceiling_off) * 100, "%",
+                              aim=AIM_SHADOW_COST_PCT, note="1 - CPU-bound ceiling on/off: moves less with load"))
     figures.append(Figure("p99 added by shadow", run.result.p99_ms - base.result.p99_ms, "ms"))
-    figures += cpu_figures(run)
+    figures += cpu_figures(run, base, "shadow off")
     verdict = "allows" if candidate.get("allow") is True else "denies"
     notes = [f"candidate {CANDIDATE_PATH} {verdict} the bench request; shadow off measured just before, "
              "same OPA, SQLite", client_note(run)]

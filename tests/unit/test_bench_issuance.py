@@ -36,3 +36,16 @@ def test_fleet_note_says_how_many_requests_came_round_to_a_token_again():
     figures, note = fleet_figures(_run(1_000), _run(2_000), tokens=750)
     assert "750 subject tokens" in note and "25% of requests" in note
     assert figures[0].baseline == pytest.approx(200.0)
+
+
+def test_cpu_figures_stand_beside_the_baseline_run():
+    from bench.issuance import cpu_figures
+    on = _run(10_000, cpu={"broker": 20.0, "opa": 10.0})
+    on.mean_inside_ms.update({"handler": 1.0, "opa_call": 0.5})
+    off = _run(10_000)
+    off.mean_inside_ms.update({"handler": 0.8, "opa_call": 0.4})
+    figs = {f.name: f for f in cpu_figures(on, off, "shadow off")}
+    assert figs["broker CPU per issuance"].value == pytest.approx(2.0)
+    assert figs["broker CPU per issuance"].baseline == pytest.approx(1.0)
+    assert figs["  of which queued before handler"].value == pytest.approx(0.5)
+    assert figs["    of which OPA call"].baseline_label == "shadow off"
