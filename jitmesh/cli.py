@@ -66,7 +66,10 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, st
         action.required = False
 
 
-def build_parser(sidecar_only: bool = False) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    from injector import cli as injector_cli
+    from jitmesh import policy_cli, up
+    from pdp import cli as pdp_cli
     from sidecar import cli as sidecar_cli
 
     parser = argparse.ArgumentParser(
@@ -77,15 +80,8 @@ def build_parser(sidecar_only: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jitmesh {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    if sidecar_only:
-        # `jitmesh sidecar` runs in every pod: the broker's and injector's imports (jwt,
-        # cryptography, ...) would add ~10 MB to each one (bench/sidecar_bench.py).
-        sidecar_cli.register(sub)
-        return parser
-    from injector import cli as injector_cli
-    from jitmesh import policy_cli, up
-    from pdp import cli as pdp_cli
-
+    # Registering must stay light: `jitmesh sidecar` runs in every pod, and the other
+    # commands load their heavy libraries (jwt, cryptography, aiohttp, kubernetes) when run.
     up.register(sub)
     pdp_cli.register(sub)
     injector_cli.register(sub)
@@ -96,8 +92,7 @@ def build_parser(sidecar_only: bool = False) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(sidecar_only=argv[:1] == ["sidecar"])
+    parser = build_parser()
     try:
         apply_env_defaults(parser, environ)
     except FlagEnvError as exc:

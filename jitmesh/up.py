@@ -26,15 +26,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jitmesh.devissuer import DevIssuer, PodRef
 from jitmesh.opa_server import OPANotFound, OPAServer
 from jitmesh.procs import ManagedProcess
 
+if TYPE_CHECKING:  # jwt and cryptography load only when `up` runs, not for every subcommand
+    from jitmesh.devissuer import DevIssuer
+
 DEMO_NAMESPACE = "demo"
 DEMO_SERVICE_ACCOUNT = "demo-app"
-DEMO_POD = PodRef("demo-app-0", str(uuid.uuid5(uuid.NAMESPACE_URL, "jitmesh-up/demo/demo-app-0")))
+DEMO_POD_NAME = "demo-app-0"
+DEMO_POD_UID = str(uuid.uuid5(uuid.NAMESPACE_URL, "jitmesh-up/demo/demo-app-0"))
 DEMO_AUDIENCE = "orders-api"
 DEMO_SCOPE = "read"
 SUBJECT_TOKEN_TTL = 600
@@ -62,6 +65,8 @@ class DevCluster:
     issuer: DevIssuer = field(init=False)
 
     def __post_init__(self) -> None:
+        from jitmesh.devissuer import DevIssuer
+
         self.issuer = DevIssuer.load_or_create(self.home / "issuer.key")
         self.issuer.write_jwks(self.jwks_file)
 
@@ -74,7 +79,10 @@ class DevCluster:
         return self.home / f"{DEMO_SERVICE_ACCOUNT}.jwt"
 
     def refresh_subject_token(self) -> None:
-        token = self.issuer.mint(DEMO_NAMESPACE, DEMO_SERVICE_ACCOUNT, pod=DEMO_POD, ttl=SUBJECT_TOKEN_TTL)
+        from jitmesh.devissuer import PodRef
+
+        token = self.issuer.mint(DEMO_NAMESPACE, DEMO_SERVICE_ACCOUNT, pod=PodRef(DEMO_POD_NAME, DEMO_POD_UID),
+                                 ttl=SUBJECT_TOKEN_TTL)
         write_private(self.subject_token_file, token + "\n")
 
 
@@ -153,7 +161,7 @@ def run_up(args: argparse.Namespace) -> int:
     ensure_admin_token(admin_file)
     say(f"admin token file: {admin_file}")
     cluster.refresh_subject_token()
-    say(f"ServiceAccount token of {DEMO_NAMESPACE}/{DEMO_SERVICE_ACCOUNT} (pod {DEMO_POD.name}): "
+    say(f"ServiceAccount token of {DEMO_NAMESPACE}/{DEMO_SERVICE_ACCOUNT} (pod {DEMO_POD_NAME}): "
         f"{cluster.subject_token_file}, renewed every {SUBJECT_TOKEN_REFRESH}s")
 
     stack = Stack()

@@ -6,9 +6,10 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pdp.attestation import Subject
+if TYPE_CHECKING:  # the attestation module pulls in jwt and cryptography
+    from pdp.attestation import Subject
 
 
 class MalformedDecision(ValueError):

@@ -13,15 +13,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import httpx
 
 from jitmesh.opa_server import OPANotFound, OPAServer
 from pdp.admin import parse_admin_tokens
-from pdp.opa import OPAClient
 from pdp.shadow import ShadowTally
-from pdp.shadow_replay import ReplayError, ReplayProgress, audit_decisions, check_candidate, replay
 from pdp.shadow_report import (
     FORMATS,
     ReportArgumentError,
@@ -35,6 +33,9 @@ from pdp.shadow_report import (
     render,
     rfc3339,
 )
+
+if TYPE_CHECKING:
+    from pdp.shadow_replay import ReplayProgress
 
 EXIT_OK: Final = 0
 EXIT_FAIL_ON: Final = 1
@@ -126,6 +127,9 @@ def _progress_printer(stream: TextIO, enabled: bool) -> Any:
 
 async def _replay(args: argparse.Namespace, candidate_url: str, headers: dict[str, str], since: float,
                   until: float) -> tuple[ShadowTally, ReplayProgress, dict[str, int]]:
+    from pdp.opa import OPAClient  # aiohttp: loaded only by the commands that query OPA
+    from pdp.shadow_replay import audit_decisions, replay
+
     tally = ShadowTally()
     paths: dict[str, int] = {}
     candidate = OPAClient(candidate_url, timeout=5.0)
@@ -140,6 +144,8 @@ async def _replay(args: argparse.Namespace, candidate_url: str, headers: dict[st
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    from pdp.shadow_replay import ReplayError, check_candidate
+
     prog = "jitmesh shadow replay"
     candidate_dir = Path(args.candidate)
     try:
