@@ -47,3 +47,20 @@ def group_pids(pgid: int) -> list[int]:
         if group == pgid:
             pids.append(pid)
     return sorted(pids)
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds used so far by each thread of a process, by thread id (the main thread's is `pid`)."""
+    out: dict[int, float] = {}
+    for entry in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            _, _, cpu = parse_stat((entry / "stat").read_text())
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(entry.name)] = cpu
+    return out
+
+
+def thread_shares(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
+    """CPU seconds each thread used between two snapshots (threads that started in between count from 0)."""
+    return {tid: cpu - before.get(tid, 0.0) for tid, cpu in after.items() if cpu - before.get(tid, 0.0) > 0}

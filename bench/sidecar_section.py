@@ -77,8 +77,8 @@ def run(ctx: Context) -> SectionResult:
                                       "duration": ctx.options.duration, "say": ctx.say})
         raw["sidecar_bench"] = doc
         figures += external.figures_from({k: v for k, v in doc.items() if k != "audiences"}, AIMS)
+        heavy = [str(m).strip().splitlines()[-1][:120] for m in doc.get("heavy_imports") or [] if str(m).strip()]
         notes.append(f"one sidecar with {doc.get('audiences', AUDIENCES)} audiences, measured by "
-                     "bench/sidecar_bench.py; modules it loads that it does not need: "
-                     f"{', '.join(doc.get('heavy_imports') or []) or 'none'}")
+                     f"bench/sidecar_bench.py; modules it loads that it does not need: {', '.join(heavy) or 'none'}")
     cap_figures, cap_notes = capacity_figures(ctx)
     return SectionResult("sidecar", TITLE, figures + cap_figures, notes + cap_notes, raw=raw)

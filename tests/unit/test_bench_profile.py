@@ -52,3 +52,9 @@ def test_hot_spots_name_the_caller_into_the_leaf_library():
     assert spots["pdp.tokens:sign -> jwt"] == 30
     assert spots["httpx._client:send -> httpcore"] == 50
     assert spots["jitmesh.cli:main -> pdp/app.py"] == 20
+
+
+def test_thread_line_puts_the_event_loop_first_and_gives_ms_per_issuance():
+    from bench.profile import thread_line
+    line = thread_line({7028: 0.5, 7023: 2.0, 7030: 0.00001}, main_tid=7023, issued=1000)
+    assert line == "event loop (main thread) 2.00 ms, thread 7028 0.50 ms"
