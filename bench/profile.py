@@ -91,6 +91,12 @@ def inclusive_project_functions(stacks: Iterable[tuple[list[Frame], int]]) -> Co
     return out
 
 
+def main_thread(stacks: Iterable[tuple[list[Frame], int]]) -> list[tuple[list[Frame], int]]:
+    """The stacks of the main thread (the event loop): not rooted in a `threading` thread."""
+    return [(frames, count) for frames, count in stacks
+            if not (frames[0].file.startswith("threading") and frames[0].function.endswith("_bootstrap"))]
+
+
 def hot_spots(stacks: Iterable[tuple[list[Frame], int]]) -> Counter[str]:
     """Self time keyed by who called into the leaf's library: `caller -> library`, which
     names the call site to change (e.g. `httpcore...has_expired -> anyio`)."""
@@ -159,7 +165,10 @@ def run(ctx: Context) -> SectionResult:
     total = sum(c for _, c in stacks)
     by_area = self_time_by_area(stacks)
     steps = inclusive_project_functions(stacks)
+    loop = main_thread(stacks)
+    loop_total = sum(c for _, c in loop)
     notes = ["self time by module or library: " + ", ".join(share_lines(by_area, total)),
+             "event loop only, self time: " + ", ".join(share_lines(self_time_by_area(loop), loop_total, TOP + 2)),
              "inclusive time of broker functions: " + ", ".join(share_lines(steps, total, TOP + 4)),
              "hot spots (caller -> library where the time is spent): "
              + ", ".join(share_lines(hot_spots(stacks), total, TOP)),

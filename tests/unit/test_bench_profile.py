@@ -58,3 +58,12 @@ def test_thread_line_puts_the_event_loop_first_and_gives_ms_per_issuance():
     from bench.profile import thread_line
     line = thread_line({7028: 0.5, 7023: 2.0, 7030: 0.00001}, main_tid=7023, issued=1000)
     assert line == "event loop (main thread) 2.00 ms, thread 7028 0.50 ms"
+
+
+def test_main_thread_leaves_out_stacks_of_threading_threads():
+    from bench.profile import main_thread
+    raw = RAW + ("_bootstrap (threading.py:995);_bootstrap_inner (threading.py:1038);"
+                 "_writer_main (pdp/store/sqlite.py:252) 40\n")
+    stacks = parse_collapsed(raw)
+    assert sum(c for _, c in stacks) == 140
+    assert sum(c for _, c in main_thread(stacks)) == 100
