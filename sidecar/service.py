@@ -11,6 +11,7 @@ import contextlib
 import signal
 import socket
 from collections.abc import Iterator
+from typing import Protocol
 
 import uvicorn
 
@@ -27,6 +28,8 @@ log = get_logger("sidecar")
 
 # Bounded so SIGTERM finishes in about two seconds even with a client holding a connection.
 _API_GRACE = 1
+# How long the first tokens wait for the revocation stream to open (see subscribe_then_start).
+SUBSCRIBE_FIRST_BOUND = 2.0
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -68,6 +71,27 @@ def bind(config: SidecarConfig) -> socket.socket:
     return sock
 
 
+class _Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+async def subscribe_then_start(agent: _Startable, connected: asyncio.Event,
+                               bound: float = SUBSCRIBE_FIRST_BOUND) -> bool:
+    """Start asking for tokens once the revocation stream is open, so that a revocation made
+    between the first issuance and the stream's start cannot be missed (the stream begins at
+    the broker's current event, and later reconnects resume from Last-Event-ID). A stream that
+    cannot open within `bound` does not hold the tokens back. True if the stream opened first."""
+    try:
+        async with asyncio.timeout(bound):
+            await connected.wait()
+        opened = True
+    except TimeoutError:
+        log.warning("events.not_yet_subscribed", waited=bound)
+        opened = False
+    await agent.start()
+    return opened
+
+
 async def serve(config: SidecarConfig, sock: socket.socket) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -84,9 +108,10 @@ async def serve(config: SidecarConfig, sock: socket.socket) -> int:
     server = _EmbeddedServer(uvicorn.Config(build_app(agent), log_config=None, access_log=False,
                                             lifespan="off", ws="none", server_header=False,
                                             timeout_graceful_shutdown=_API_GRACE))
-    await agent.start()
     # revocation events remove a revoked token's file at once (sidecar/events.py)
-    events = asyncio.create_task(RevocationSubscriber(config, agent).run(), name="revocation-events")
+    subscriber = RevocationSubscriber(config, agent)
+    events = asyncio.create_task(subscriber.run(), name="revocation-events")
+    await subscribe_then_start(agent, subscriber.connected)
     api = asyncio.create_task(server.serve(sockets=[sock]), name="api")
     stopped = asyncio.create_task(stop.wait(), name="stop")
     await asyncio.wait({api, stopped}, return_when=asyncio.FIRST_COMPLETED)
