@@ -241,3 +241,20 @@ def test_fuzzed_parameters_with_a_valid_subject_token_never_get_a_500(broker: Br
     if r.status_code == 200:
         granted = set(r.json()["scope"].split())
         assert granted <= set(scope.split(" "))
+
+
+@pytest.mark.parametrize("where", ["kid", "alg", "typ"])
+def test_nul_characters_in_a_token_header_are_invalid_grant_not_a_store_error(broker: BrokerHandle,
+                                                                               where: str) -> None:
+    # the refusal quotes what was wrong, and its audit record must still be writable (PostgreSQL
+    # cannot store NUL): the client gets 400 invalid_grant, never 503 from a failed audit write
+    header = {"alg": "RS256", "typ": "JWT", "kid": broker.issuer.kid}
+    header[where] = "a\x00b"
+    token = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims_of(broker)).encode())}.c2ln"
+    assert_error(httpx.post(f"{broker.url}/token", data=form(token)), 400, "invalid_grant")
+
+
+def test_nul_characters_in_verified_looking_claims_are_invalid_grant(broker: BrokerHandle) -> None:
+    token = jwt.encode(claims_of(broker, sub="system:serviceaccount:pay\x00ments:api"),
+                       DevIssuer(broker.issuer.issuer)._key, algorithm="RS256", headers={"kid": "k\x00"})
+    assert_error(httpx.post(f"{broker.url}/token", data=form(token)), 400, "invalid_grant")
