@@ -17,7 +17,7 @@ import httpx
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from jitmesh.log import configure, get_logger
 from pdp import revoke_cli, shadow_cli
-from pdp.admin import parse_admin_tokens
+from pdp.client import AdminTokenFileError, admin_headers, error_text
 from pdp.config import BrokerConfig, ConfigError, add_broker_flags
 from pdp.store.base import StoreError, open_store_from_url
 
@@ -62,28 +62,6 @@ async def _check_store(url: str) -> None:
 
 # --- client helpers ---------------------------------------------------------------------
 
-def _admin_token(path: str | None) -> str | None:
-    if not path:
-        return None
-    tokens = parse_admin_tokens(Path(path).read_text())
-    if not tokens:
-        raise ValueError(f"--admin-token-file {path!r} holds no token")
-    return tokens[0]
-
-
-def _error_text(r: httpx.Response) -> str:
-    try:
-        doc = r.json()
-    except ValueError:
-        return f"HTTP {r.status_code}"
-    if isinstance(doc, dict) and "error" in doc:
-        text = f"{doc['error']}: {doc.get('error_description', '')}".rstrip(": ")
-        if doc.get("decision_id"):
-            text += f" (decision {doc['decision_id']})"
-        return f"HTTP {r.status_code} {text}"
-    return f"HTTP {r.status_code}"
-
-
 # --- jitmesh token ----------------------------------------------------------------------
 
 def run_token(args: argparse.Namespace) -> int:
@@ -104,7 +82,7 @@ def run_token(args: argparse.Namespace) -> int:
         print(f"jitmesh token: cannot reach the broker at {args.broker_url}: {exc}", file=sys.stderr)
         return 1
     if r.status_code != 200:
-        print(f"jitmesh token: refused: {_error_text(r)}", file=sys.stderr)
+        print(f"jitmesh token: refused: {error_text(r)}", file=sys.stderr)
         return 1
     doc = r.json()
     print(json.dumps(doc, indent=2) if args.json else doc["access_token"])
@@ -125,11 +103,10 @@ def _format_record(rec: dict[str, Any]) -> str:
 
 def run_audit(args: argparse.Namespace) -> int:
     try:
-        token = _admin_token(args.admin_token_file)
-    except (OSError, ValueError) as exc:
+        headers = admin_headers(args.admin_token_file)
+    except AdminTokenFileError as exc:
         print(f"jitmesh audit: {exc}", file=sys.stderr)
         return 2
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     params: dict[str, Any] = {"limit": args.limit}
     for name in ("since", "subject", "event", "audience"):
         if getattr(args, name):
@@ -144,7 +121,7 @@ def run_audit(args: argparse.Namespace) -> int:
                 print(f"jitmesh audit: cannot reach the broker at {args.broker_url}: {exc}", file=sys.stderr)
                 return 1
             if r.status_code != 200:
-                print(f"jitmesh audit: {_error_text(r)}", file=sys.stderr)
+                print(f"jitmesh audit: {error_text(r)}", file=sys.stderr)
                 return 1
             doc = r.json()
             for rec in doc["records"]:

@@ -7,24 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from pdp.admin import parse_admin_tokens
+from pdp.client import AdminTokenFileError, admin_headers, error_text
 
 TARGETS = (("jti", "jti"), ("subject", "subject"), ("pod_uid", "pod-uid"), ("audience", "audience"))
-
-
-def _error_text(r: httpx.Response) -> str:
-    try:
-        doc = r.json()
-    except ValueError:
-        return f"HTTP {r.status_code}"
-    if isinstance(doc, dict) and "error" in doc:
-        return f"HTTP {r.status_code} {doc['error']}: {doc.get('error_description', '')}".rstrip(": ")
-    return f"HTTP {r.status_code}"
 
 
 def _line(doc: dict[str, Any]) -> str:
@@ -62,21 +51,18 @@ def run_revoke(args: argparse.Namespace) -> int:
         print("jitmesh revoke: --admin-token-file is required", file=sys.stderr)
         return 2
     try:
-        tokens = parse_admin_tokens(Path(args.admin_token_file).read_text())
-    except OSError as exc:
-        print(f"jitmesh revoke: cannot read --admin-token-file: {exc}", file=sys.stderr)
-        return 2
-    if not tokens:
-        print(f"jitmesh revoke: --admin-token-file {args.admin_token_file!r} holds no token", file=sys.stderr)
+        headers = admin_headers(args.admin_token_file)
+    except AdminTokenFileError as exc:
+        print(f"jitmesh revoke: {exc}", file=sys.stderr)
         return 2
     url = args.broker_url.rstrip("/") + path
     try:
-        r = httpx.request(method, url, json=body, timeout=10.0, headers={"Authorization": f"Bearer {tokens[0]}"})
+        r = httpx.request(method, url, json=body, timeout=10.0, headers=headers)
     except httpx.HTTPError as exc:
         print(f"jitmesh revoke: cannot reach the broker at {args.broker_url}: {exc}", file=sys.stderr)
         return 1
     if r.status_code not in (200, 201):
-        print(f"jitmesh revoke: {_error_text(r)}", file=sys.stderr)
+        print(f"jitmesh revoke: {error_text(r)}", file=sys.stderr)
         return 1
     doc = r.json()
     if args.json:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 import httpx
 
 from jitmesh.opa_server import OPANotFound, OPAServer
-from pdp.admin import parse_admin_tokens
+from pdp.client import AdminTokenFileError, admin_headers
 from pdp.shadow import ShadowTally
 from pdp.shadow_report import (
     FORMATS,
@@ -55,18 +55,6 @@ def _window(args: argparse.Namespace, now: float) -> tuple[float, float]:
     return since, until
 
 
-def _admin_headers(path: str | None) -> dict[str, str]:
-    if not path:
-        return {}
-    try:
-        tokens = parse_admin_tokens(Path(path).read_text())
-    except OSError as exc:
-        raise ReportArgumentError(f"--admin-token-file {path!r}: cannot read it: {exc.strerror}") from None
-    if not tokens:
-        raise ReportArgumentError(f"--admin-token-file {path!r} holds no token")
-    return {"Authorization": f"Bearer {tokens[0]}"}
-
-
 def _finish(doc: dict[str, Any], fmt: str, fail_on: tuple[str, ...], out: TextIO, prog: str) -> int:
     out.write(render(doc, fmt))
     out.flush()
@@ -86,8 +74,8 @@ def run_report(args: argparse.Namespace) -> int:
         fmt = parse_format(args.format)
         fail_on = parse_fail_on(args.fail_on) if args.fail_on else ()
         since, until = _window(args, time.time())
-        headers = _admin_headers(args.admin_token_file)
-    except ReportArgumentError as exc:
+        headers = admin_headers(args.admin_token_file)
+    except (ReportArgumentError, AdminTokenFileError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     url = f"{args.broker_url.rstrip('/')}/v1/admin/shadow/report"
@@ -152,12 +140,12 @@ def run_replay(args: argparse.Namespace) -> int:
         fmt = parse_format(args.format)
         fail_on = parse_fail_on(args.fail_on) if args.fail_on else ()
         since, until = _window(args, time.time())
-        headers = _admin_headers(args.admin_token_file)
+        headers = admin_headers(args.admin_token_file)
         check_candidate(candidate_dir, args.candidate_path)
         for d in args.data:
             if not Path(d).exists():
                 raise ReportArgumentError(f"--data {d!r}: no such file or directory")
-    except (ReportArgumentError, ReplayError) as exc:
+    except (ReportArgumentError, AdminTokenFileError, ReplayError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     with tempfile.TemporaryDirectory(prefix="jitmesh-replay-") as tmp:
