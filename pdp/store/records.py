@@ -67,5 +67,23 @@ def revocation_from_json(raw: Any) -> Revocation:
                       lifted_by=d.get("lifted_by"))
 
 
+def audit_query(select: str, placeholder: str, *, since: float | None, until: float | None,
+                subject: str | None, event: str | None, audience: str | None, decision_id: str | None,
+                after_seq: int | None, limit: int) -> tuple[str, list[Any]]:
+    """`select` narrowed by the given filters, oldest first, and its bound values, with the
+    driver's placeholder (`?` for sqlite3, `%s` for psycopg)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, op, value in (("time", ">=", since), ("time", "<", until), ("subject", "=", subject),
+                              ("event", "=", event), ("audience", "=", audience),
+                              ("decision_id", "=", decision_id), ("seq", ">", after_seq)):
+        if value is not None:
+            where.append(f"{column} {op} {placeholder}")  # fixed fragments; values are bound
+            params.append(value)
+    sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY seq LIMIT {placeholder}"
+    params.append(clamp_limit(limit))
+    return sql, params
+
+
 def clamp_limit(limit: int, ceiling: int = 10_000) -> int:
     return max(0, min(int(limit), ceiling))

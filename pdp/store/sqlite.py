@@ -25,6 +25,7 @@ from pdp import shadow_store
 from pdp.shadow import ShadowCount, ShadowSample
 from pdp.store.base import AuditRecord, Revocation, RevocationEvent, SigningKey, Store, StoreError
 from pdp.store.records import (
+    audit_query,
     check_revocation,
     clamp_limit,
     decode_details,
@@ -428,19 +429,8 @@ class SQLiteStore(Store):
                           subject: str | None = None, event: str | None = None,
                           audience: str | None = None, decision_id: str | None = None,
                           after_seq: int | None = None, limit: int = 100) -> list[AuditRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        for clause, value in (("time >= ?", since), ("time < ?", until), ("subject = ?", subject),
-                              ("event = ?", event), ("audience = ?", audience),
-                              ("decision_id = ?", decision_id), ("seq > ?", after_seq)):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        sql = SELECT_AUDIT
-        if where:
-            sql += " WHERE " + " AND ".join(where)  # fixed fragments; values are bound
-        sql += " ORDER BY seq LIMIT ?"
-        params.append(clamp_limit(limit))
+        sql, params = audit_query(SELECT_AUDIT, "?", since=since, until=until, subject=subject, event=event,
+                                  audience=audience, decision_id=decision_id, after_seq=after_seq, limit=limit)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
         return [_audit(r) for r in rows]
 
