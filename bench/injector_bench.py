@@ -35,7 +35,7 @@ MAX_REQUESTS = 20000
 
 
 def realistic_pod(namespace: str = "payments") -> dict[str, Any]:
-    env = [{"name": f"SETTING_{i}", "value": f"value-{i}"} for i in range(12)]
+    env: list[dict[str, Any]] = [{"name": f"SETTING_{i}", "value": f"value-{i}"} for i in range(12)]
     env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     probe = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 10}
     resources = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}

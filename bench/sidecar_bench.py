@@ -61,7 +61,7 @@ def proc_cpu_seconds(pid: int) -> float:
 
 def heavy_imports(python: str = sys.executable) -> list[str]:
     """Top-level packages from HEAVY that `jitmesh sidecar` has loaded by the time its command runs."""
-    code = ("import sys, jitmesh.cli, sidecar.service; jitmesh.cli.build_parser(sidecar_only=True); import json; "
+    code = ("import sys, jitmesh.cli, sidecar.service; jitmesh.cli.build_parser(); import json; "
             f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r}))))")
     done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     return list(json.loads(done.stdout)) if done.returncode == 0 else [f"probe failed: {done.stderr[-200:]}"]
