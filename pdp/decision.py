@@ -32,8 +32,19 @@ class Grant:
     ttl: int
 
 
+_last_rfc3339: tuple[int, str] = (0, "1970-01-01T00:00:00Z")
+
+
 def rfc3339(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(int(ts), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """UTC, whole seconds; the last one is remembered (issuances in the same second share it)."""
+    global _last_rfc3339
+    seconds = int(ts)
+    last = _last_rfc3339
+    if last[0] == seconds:
+        return last[1]
+    text = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _last_rfc3339 = (seconds, text)
+    return text
 
 
 def policy_input(subject: Subject, audience: str, scopes: Sequence[str], ttl_seconds: int | None,

@@ -9,13 +9,30 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from pdp.store.base import REVOCATION_KINDS, AuditRecord, Revocation, StoreError
+
+
+def _compact_json(details: Any) -> str:
+    """`json.dumps(details, separators=(",", ":"), allow_nan=False)`, by orjson when that
+    gives the same document (an order of magnitude faster on every issuance's record): its
+    text must be ASCII and read back equal, which NaN, infinities, tuples and objects orjson
+    would turn into something else do not. Anything else goes to the standard encoder, whose
+    text and errors stand."""
+    try:
+        raw = orjson.dumps(details)
+        if raw.isascii() and orjson.loads(raw) == details:
+            return raw.decode()
+    except (TypeError, orjson.JSONDecodeError):
+        pass
+    return json.dumps(details, separators=(",", ":"), allow_nan=False)
 
 
 def encode_details(record: AuditRecord) -> str:
     """The audit record's `details` as JSON text; StoreError if it cannot be stored."""
     try:
-        text = json.dumps(record.details, separators=(",", ":"), allow_nan=False)
+        text = _compact_json(record.details)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"audit record {record.decision_id!r}: details must be JSON-serializable "
                          f"(finite numbers, string keys): {exc}") from None
