@@ -327,6 +327,11 @@ class VerifiedTokens:
             return None
         return hit.subject
 
+    def kid_of(self, token: str) -> str | None:
+        """The kid a remembered token named (its header was read when it was verified)."""
+        hit = self._entries.get(token)
+        return None if hit is None else hit.kid
+
     def put(self, token: str, kid: str, key: VerificationKey, exp: float, subject: Subject) -> None:
         if len(self._entries) >= self.max_entries:
             del self._entries[next(iter(self._entries))]  # the oldest
@@ -343,6 +348,11 @@ class JWKSAttestor:
         self.cache = cache if cache is not None else VerifiedTokens()
 
     async def attest(self, token: str) -> Subject:
+        remembered_kid = self.cache.kid_of(token)
+        if remembered_kid is not None:  # the same token string: its header need not be read again
+            subject = self.cache.get(token, await self.source.keys(remembered_kid), time.time())
+            if subject is not None:
+                return await bind_pod(subject, self.pods)
         header = unverified_header(token)
         kid = header.get("kid")
         keys = await self.source.keys(kid if isinstance(kid, str) else None)
