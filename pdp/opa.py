@@ -101,6 +101,11 @@ class _Connection(asyncio.Protocol):
         self.transport.write(request)
         return waiter
 
+    def expire(self) -> None:
+        """The deadline passed with no whole answer: fail the request, drop the connection."""
+        self._fail(TimeoutError())
+        self.close()
+
     def close(self) -> None:
         self.closed = True
         self.reusable = False
@@ -154,10 +159,10 @@ class OPAClient:
             self._loop = loop
         return loop
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         self._open.add(conn := _Connection(loop))
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout_at(min(deadline, loop.time() + self.connect_timeout)):
                 await loop.create_connection(lambda: conn, self._host, self._port, ssl=self._ssl,
                                              server_hostname=self._host if self._ssl else None)
         except BaseException:
@@ -165,7 +170,7 @@ class OPAClient:
             raise
         return conn
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the least likely to have been closed
             if not conn.closed:
@@ -175,7 +180,8 @@ class OPAClient:
             slot = loop.create_future()
             self._slot_waiters.append(slot)
             try:
-                await slot
+                async with asyncio.timeout_at(deadline):
+                    await slot
             except BaseException:
                 if slot.done() and not slot.cancelled():
                     self._wake_one()  # the slot we were handed goes to the next in line
@@ -187,7 +193,7 @@ class OPAClient:
                 if not conn.closed:
                     return conn
                 self._open.discard(conn)
-        return await self._connect(loop)
+        return await self._connect(loop, deadline)
 
     def _release(self, conn: _Connection, keep: bool) -> None:
         if keep and conn.reusable and not conn.closed:
@@ -204,16 +210,19 @@ class OPAClient:
                 slot.set_result(None)
                 return
 
-    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
-        """Send one request and read its answer; a kept-alive connection that turns out to
-        have been closed by OPA before it answered is replaced once."""
-        loop = self._bind_loop()
+    async def _exchange(self, loop: asyncio.AbstractEventLoop, request: bytes, deadline: float) -> tuple[int, bytes]:
+        """Send one request and read its answer by `deadline` (TimeoutError); a kept-alive
+        connection that turns out to have been closed by OPA before it answered is replaced
+        once. The wait for the answer is bounded by a timer on the connection rather than
+        `asyncio.timeout`, whose bookkeeping cost more than the rest of the call."""
         for attempt in (0, 1):
-            conn = await self._acquire(loop)
+            conn = await self._acquire(loop, deadline)
             reused = conn.used
             keep = False
+            waiter = conn.send(request)
+            expiry = loop.call_at(deadline, conn.expire)
             try:
-                answer = await conn.send(request)
+                answer = await waiter
                 keep = True
                 return answer
             except _Disconnected as exc:
@@ -221,13 +230,14 @@ class OPAClient:
                     continue
                 raise
             finally:
+                expiry.cancel()
                 self._release(conn, keep)
         raise AssertionError("unreachable")
 
     async def _request(self, request: bytes) -> tuple[int, bytes]:
+        loop = self._bind_loop()
         try:
-            async with asyncio.timeout(self.timeout):
-                return await self._exchange(request)
+            return await self._exchange(loop, request, loop.time() + self.timeout)
         except TimeoutError:
             raise OPAUnavailable(f"OPA at {self.url} did not answer within {self.timeout}s") from None
         except _Disconnected:
