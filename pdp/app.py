@@ -8,19 +8,16 @@ import asyncio
 import contextlib
 import datetime
 import functools
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE
 from jitmesh.log import get_logger
@@ -50,6 +47,7 @@ from pdp.exchange import (
 )
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient
+from pdp.request_body import read_body
 from pdp.revocation import RevocationIndex
 from pdp.shadow_live import LiveShadow, live_report
 from pdp.store.base import Revocation, Store, StoreError, open_store_from_url
@@ -59,7 +57,6 @@ log = get_logger("pdp")
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # Bodies up to this size are read to the end (so the client sees our 400); larger ones are cut off.
-DRAIN_LIMIT_BYTES = 4 * 1024 * 1024
 AUDIT_MAX_LIMIT = 1000
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -113,29 +110,8 @@ def guarded(endpoint: Endpoint) -> Endpoint:
     return run
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, or `invalid_request` when it is larger than `limit` bytes."""
-    return await _read_limited(request.headers.get("content-length", ""), request.stream(), limit)
-
-
-async def _read_limited(declared: str, chunks_in: AsyncIterator[bytes], limit: int) -> bytes:
-    if declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
-        raise invalid_request(f"the request body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in chunks_in:
-        size += len(chunk)
-        if size > DRAIN_LIMIT_BYTES:
-            break
-        if size <= limit:
-            chunks.append(chunk)
-    if size > limit:
-        raise invalid_request(f"the request body is larger than {limit} bytes")
-    return b"".join(chunks)
-
-
 async def read_form(request: Request) -> dict[str, list[str]]:
-    return parse_form(await read_body(request), request.headers.get("content-type"))
+    return parse_form(await read_body(request, MAX_BODY_BYTES), request.headers.get("content-type"))
 
 
 def broker_of(request: Request) -> Broker:
@@ -156,102 +132,21 @@ def client_ip(request: Request) -> str | None:
 
 @guarded
 async def token_endpoint(request: Request) -> Response:
-    # POST /token is answered by `token_asgi` (BrokerApp); this route is what any other way
-    # of reaching it (another ASGI wrapper, a root path) gets, with the same outcome
-    outcome = await _token(request.app, request.headers.get("content-length", ""),
-                           request.headers.get("content-type"), request.stream(), client_ip(request))
-    if isinstance(outcome, Issued):
-        return oauth_response(200, outcome.body())
-    return error_response(outcome)
-
-
-async def _token(app: Starlette, content_length: str, content_type: str | None, body: AsyncIterator[bytes],
-                 ip: str | None) -> Issued | OAuthError:
-    broker: Broker = app.state.broker
+    broker = broker_of(request)
     started = time.perf_counter()
     try:
         try:
-            params = parse_form(await _read_limited(content_length, body, MAX_BODY_BYTES), content_type)
+            params = await read_form(request)
         except OAuthError as err:
             broker.metrics.denied.labels(err.error).inc()
             raise
-        outcome = await broker.exchange.exchange(params, ip)
+        outcome = await broker.exchange.exchange(params, client_ip(request))
     finally:
         broker.metrics.request_seconds.observe(time.perf_counter() - started)
     if isinstance(outcome, Issued):
-        revocation_api.note_issued(app, outcome.access_token)  # the pod watcher's list
-    return outcome
-
-
-def _scope_header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-async def _asgi_body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.request":
-            chunk = message.get("body", b"")
-            if chunk:
-                yield chunk
-            if not message.get("more_body", False):
-                return
-        elif message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-
-
-def _json_body(doc: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(doc)
-    except TypeError:  # what only the standard encoder takes; as starlette's JSONResponse renders it
-        return json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-
-
-async def token_asgi(app: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
-    """POST /token straight from ASGI: the same steps, errors and metrics as a `guarded`
-    starlette route, without the middleware, routing, Request and Response layers that
-    were a tenth of the broker's CPU per issuance."""
-    try:
-        client = scope.get("client")
-        outcome = await _token(app, _scope_header(scope, b"content-length") or "",
-                               _scope_header(scope, b"content-type"), _asgi_body(receive),
-                               client[0] if client else None)
-    except OAuthError as err:
-        outcome = err
-    except StoreError as exc:
-        log.error("store.unavailable", path=scope["path"], error=str(exc))
-        outcome = unavailable("the broker's store cannot be reached")
-    except Exception:
-        log.error("request.failed", exc_info=True, path=scope["path"])
-        outcome = unavailable("the broker could not complete the request")
-    if isinstance(outcome, Issued):
-        status, doc, retry_after = 200, outcome.body(), None
-    else:
-        status, doc, retry_after = outcome.status, outcome.body(), outcome.retry_after
-    body = _json_body(doc)
-    headers = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="jitmesh"'))
-    headers += [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-class BrokerApp(Starlette):
-    """The broker's starlette app, with POST /token taken before the middleware stack."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and scope["path"] == "/token" and scope["method"] == "POST"
-                and not scope.get("root_path")):
-            scope["app"] = self
-            await token_asgi(self, scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+        revocation_api.note_issued(request.app, outcome.access_token)  # the pod watcher's list
+        return oauth_response(200, outcome.body())
+    return error_response(outcome)
 
 
 @guarded
@@ -502,4 +397,4 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         Route("/v1/admin/shadow/report", shadow_report_endpoint),
         *revocation_api.routes(guarded),
     ]
-    return BrokerApp(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan)

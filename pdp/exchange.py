@@ -29,7 +29,7 @@ from pdp.revocation import RevocationIndex, RevocationIndexStale
 from pdp.shadow import DRY_RUN_EVENT, dry_run_decision
 from pdp.shadow_live import LiveShadow
 from pdp.store.base import AuditRecord, StoreError
-from pdp.tokens import KeyRing, access_token_claims, random_uuid
+from pdp.tokens import KeyRing, access_token_claims
 
 log = get_logger("pdp.exchange")
 
@@ -209,7 +209,7 @@ class TokenExchange:
         except OAuthError as bad:
             self.metrics.denied.labels(bad.error).inc()
             return bad
-        decision_id = random_uuid()
+        decision_id = str(uuid.uuid4())
         now = self.clock()
         policy_path = self.config.policy_path
 

@@ -48,6 +48,7 @@ from pdp.exchange import OAuthError, invalid_request, unavailable
 from pdp.podwatch import ACTOR as PODWATCH_ACTOR
 from pdp.podwatch import IssuedPod, PodWatch
 from pdp.podwatch import revocation_id as pod_revocation_id
+from pdp.request_body import read_body
 from pdp.revocation_events import EventHub, Viewer
 from pdp.store.base import REVOCATION_KINDS, AuditRecord, Revocation, RevocationEvent, RevocationKind, StoreError
 
@@ -231,24 +232,10 @@ async def revoke(broker: Broker, kind: RevocationKind, value: str, reason: str, 
     return revocation
 
 
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_REVOCATION_BODY:
-        raise invalid_request(f"the request body is larger than {MAX_REVOCATION_BODY} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REVOCATION_BODY:
-            raise invalid_request(f"the request body is larger than {MAX_REVOCATION_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def create_revocation(request: Request) -> Response:
     broker = broker_of(request)
     admin = await require_admin(request)
-    req = parse_revocation_request(await _read_body(request), request.headers.get("content-type"))
+    req = parse_revocation_request(await read_body(request, MAX_REVOCATION_BODY), request.headers.get("content-type"))
     revocation = await revoke(broker, req.kind, req.value, req.reason, admin.who, admin.via,
                               hub=services_of(request).hub)
     return JSONResponse(revocation_json(revocation), status_code=201,

@@ -9,17 +9,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-import orjson
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import ECAlgorithm
 
 from jitmesh.contract import ACCESS_TOKEN_JWT_TYP, DECISION_ID_CLAIM, KUBERNETES_CLAIM, SIGNING_ALG
@@ -38,28 +36,6 @@ PUBLISH_MARGIN_SECONDS = MAX_PREPUBLISH_SECONDS + 60
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-_ES256 = ec.ECDSA(hashes.SHA256())
-
-
-def random_uuid() -> str:
-    """`str(uuid.uuid4())` (RFC 9562 version 4: 122 random bits), in a third of the time."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
-
-
-def _claims_json(claims: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(claims)
-    except TypeError:  # what only the standard encoder takes
-        return json.dumps(claims, separators=(",", ":")).encode()
-
-
-def jws_header(kid: str) -> bytes:
-    """The base64url JOSE header of our access tokens, as PyJWT writes it (sorted keys)."""
-    header = {"alg": SIGNING_ALG, "kid": kid, "typ": ACCESS_TOKEN_JWT_TYP}
-    return base64.urlsafe_b64encode(json.dumps(header, separators=(",", ":"), sort_keys=True).encode()).rstrip(b"=")
 
 
 def public_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
@@ -86,7 +62,6 @@ class LoadedKey:
     record: SigningKey
     private: ec.EllipticCurvePrivateKey
     jwk: dict[str, str]
-    header: bytes  # the encoded JOSE header of tokens it signs
 
     @classmethod
     def load(cls, record: SigningKey) -> LoadedKey:
@@ -94,7 +69,7 @@ class LoadedKey:
         if not isinstance(private, ec.EllipticCurvePrivateKey) or not isinstance(private.curve, ec.SECP256R1):
             raise ValueError(f"signing key {record.kid} is not an EC P-256 key")
         jwk = {**public_jwk(private.public_key()), "kid": record.kid, "use": "sig", "alg": SIGNING_ALG}
-        return cls(record, private, jwk, jws_header(record.kid))
+        return cls(record, private, jwk)
 
 
 def access_token_claims(*, issuer: str, subject: Subject, audience: str, scopes: Sequence[str], ttl: int,
@@ -111,7 +86,7 @@ def access_token_claims(*, issuer: str, subject: Subject, audience: str, scopes:
         "exp": iat + ttl,
         "iat": iat,
         "nbf": iat,
-        "jti": jti or random_uuid(),
+        "jti": jti or str(uuid.uuid4()),
         "client_id": subject.sub,
         "scope": " ".join(scopes),
         KUBERNETES_CLAIM: k8s,
@@ -171,14 +146,9 @@ class KeyRing:
         return self._jwks
 
     def sign(self, claims: dict[str, Any]) -> str:
-        """An ES256 compact JWS of `claims` (RFC 7515/7518: the signature is r || s, 32
-        bytes each). Done here rather than by `jwt.encode`, whose checks and re-encoding
-        of the header per call cost more than the ECDSA signature itself."""
         key = self.current
-        signing_input = key.header + b"." + base64.urlsafe_b64encode(_claims_json(claims)).rstrip(b"=")
-        r, s = decode_dss_signature(key.private.sign(signing_input, _ES256))
-        signature = base64.urlsafe_b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).rstrip(b"=")
-        return (signing_input + b"." + signature).decode()
+        return jwt.encode(claims, key.private, algorithm=SIGNING_ALG,
+                          headers={"kid": key.record.kid, "typ": ACCESS_TOKEN_JWT_TYP})
 
     def verify(self, token: str, issuer: str) -> dict[str, Any] | None:
         """The claims of a token this broker issued and that is still valid; None otherwise."""

@@ -1,0 +1,29 @@
+"""Reading a request body under a size limit. A body over the limit is `invalid_request`;
+one up to DRAIN_LIMIT_BYTES is still read to its end first, so the client is not reset
+mid-upload and sees the clear answer."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from pdp.exchange import invalid_request
+
+DRAIN_LIMIT_BYTES = 4 * 1024 * 1024
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, or `invalid_request` when it is larger than `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
+        raise invalid_request(f"the request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > DRAIN_LIMIT_BYTES:
+            break
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise invalid_request(f"the request body is larger than {limit} bytes")
+    return b"".join(chunks)
