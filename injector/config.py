@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from jitmesh.contract import DEFAULT_SUBJECT_AUDIENCE
+from jitmesh.hostport import split_host_port
 
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/jitmesh/jitmesh:0.1.0"
 DEFAULT_AGENT_PORT = 8099  # the sidecar's own default for JITMESH_LISTEN
@@ -84,11 +85,10 @@ class ServerConfig:
 
 
 def parse_listen(raw: str) -> tuple[str, int]:
-    host, sep, port_s = raw.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    parsed = split_host_port(raw)
+    if parsed is None:
         raise InjectorConfigError(f"--listen={raw!r} is not HOST:PORT, e.g. 0.0.0.0:8443")
-    return host, int(port_s)
+    return parsed
 
 
 def parse_broker_url(raw: str | None) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from jitmesh.contract import DEFAULT_SUBJECT_AUDIENCE
+from jitmesh.hostport import split_host_port
 
 DEFAULT_POLICY_PATH = "jitmesh/authz/decision"
 DEFAULT_STORE_URL = "sqlite:///.jitmesh/broker.db"
@@ -26,10 +27,10 @@ class ConfigError(ValueError):
 
 
 def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    parsed = split_host_port(value)
+    if parsed is None:
         raise ConfigError(f"{flag} {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    return host.strip("[]"), int(port)
+    return parsed
 
 
 def _http_url(value: str, flag: str) -> str:

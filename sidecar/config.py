@@ -38,6 +38,7 @@ from jitmesh.contract import (
     ENV_TTL,
     scopes_env_name,
 )
+from jitmesh.hostport import split_host_port
 
 ENV_FILE_MODE = "JITMESH_FILE_MODE"
 ENV_FILE_GROUP = "JITMESH_FILE_GROUP"
@@ -200,11 +201,10 @@ def _token_dir(raw: str) -> Path:
 
 
 def _listen(raw: str) -> tuple[str, int]:
-    host, sep, port_s = raw.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    parsed = split_host_port(raw)
+    if parsed is None:
         raise ConfigError(f"{ENV_LISTEN}={raw!r} is not HOST:PORT, e.g. 127.0.0.1:8099")
-    return host, int(port_s)
+    return parsed
 
 
 def _ttl(raw: str | None) -> int | None:
