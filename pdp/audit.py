@@ -12,8 +12,6 @@ from pdp.store.base import AuditRecord, Store
 
 log = get_logger("pdp.audit")
 
-EVENTS = ("issued", "denied", "error", "pending", "revoked")
-
 
 def decision_record(*, decision_id: str, time: float, event: str, policy_path: str,
                     subject: str | None = None, audience: str | None = None, jti: str | None = None,
