@@ -93,7 +93,8 @@ def test_broker_killed_keeps_the_token_retries_with_backoff_and_refreshes_when_b
     wait_for(lambda: read(path) not in (None, first), what="a refreshed token")
     assert time.monotonic() - back < 2.0  # at most one backoff step (1 s) after the broker answers
     assert time.time() < exp_of(first)  # renewed before the old one ran out: never a gap
-    assert events(sc, "token.refreshed")
+    # The sidecar logs after it renames the file into place, so the line may trail the file.
+    wait_for(lambda: bool(events(sc, "token.refreshed")), timeout=2, what="token.refreshed logged")
 
 
 def test_broker_down_past_expiry_removes_the_file_and_recovers(
@@ -114,7 +115,7 @@ def test_broker_down_past_expiry_removes_the_file_and_recovers(
     removed = time.time()
     assert exp - 1.5 <= removed < exp  # kept until just before `exp` (0.5 s margin plus polling)
     assert status(f"{sc.url}/readyz") == 503 and status(f"{sc.url}/v1/token/orders-db") == 503
-    assert events(sc, "token.expired")
+    wait_for(lambda: bool(events(sc, "token.expired")), timeout=2, what="token.expired logged")  # logged after removal
     broker.restart()
     wait_for(lambda: read(path) is not None, what="a token after the broker returned")
     wait_for(lambda: status(f"{sc.url}/readyz") == 200, timeout=5, what="/readyz")
