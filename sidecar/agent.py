@@ -42,6 +42,7 @@ class _Audience:
     access_request_id: str | None = None
     poll_every: float | None = None
     generation: int = 0  # bumped by a revocation, so an answer in flight is not trusted
+    hold: float = 0.0  # seconds to wait before asking again after a revocation (jitter)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     expiry_timer: asyncio.TimerHandle | None = None
 
@@ -137,7 +138,10 @@ class Agent:
 
     def on_revoked(self, audience: str, reason: str = "") -> None:
         """A revocation event named this audience's token, its subject or its pod: the file
-        goes at once and the audience asks the broker again now. Call it on the agent's
+        goes at once and the audience asks the broker again after a random delay of up to
+        `reask_jitter` seconds. An audience-wide revocation reaches every sidecar in the same
+        instant; without the jitter they would all ask at once, and that burst of requests
+        would slow the removals still under way on the same CPUs. Call it on the agent's
         event loop (an event consumer there: issue 5); for a subject or pod event, call it
         for every audience."""
         st = self._audiences.get(audience)
@@ -149,7 +153,9 @@ class Agent:
         files.remove_token(self.config.token_dir, audience)
         self.metrics.revoked.labels(audience).inc()
         st.failures = 0
-        log.warning("token.revoked", audience=audience, jti=had.jti if had else None, reason=reason)
+        st.hold = self._rng.uniform(0.0, self.config.reask_jitter)
+        log.warning("token.revoked", audience=audience, jti=had.jti if had else None, reason=reason,
+                    ask_again_in=round(st.hold, 3))
         st.wake.set()
 
     # -- one audience ----------------------------------------------------------------
@@ -157,6 +163,12 @@ class Agent:
     async def _run(self, st: _Audience) -> None:
         while not self._stopping:
             st.wake.clear()
+            if st.hold > 0:  # just revoked: the file is gone; spread the fleet's requests
+                hold, st.hold = st.hold, 0.0
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(hold):
+                        await st.wake.wait()
+                continue  # a newer revocation may have set another hold
             try:
                 delay = await self._attempt(st)
             except Exception as exc:  # a bug must not end the audience's loop

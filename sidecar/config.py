@@ -12,6 +12,7 @@ Extras of the sidecar's own (all optional):
 | JITMESH_REFRESH_AFTER | 0.5-0.8 | refresh at a random point in this fraction window of the token's lifetime |
 | JITMESH_BACKOFF_INITIAL | 1 | seconds before the first retry after a failure |
 | JITMESH_BACKOFF_MAX | 30 | ceiling of the exponential backoff, seconds |
+| JITMESH_REASK_JITTER | 1 | after a revocation removes a file, ask again after a random delay up to this many seconds |
 | JITMESH_EXPIRY_MARGIN | 1 | a token is removed this many seconds before its `exp` |
 | JITMESH_REQUEST_TIMEOUT | 10 | timeout of one call to the broker, seconds |
 | JITMESH_SHUTDOWN_TIMEOUT | 1.5 | how long SIGTERM waits for the broker to revoke, seconds |
@@ -46,6 +47,7 @@ ENV_REFRESH_AFTER = "JITMESH_REFRESH_AFTER"
 ENV_BACKOFF_INITIAL = "JITMESH_BACKOFF_INITIAL"
 ENV_BACKOFF_MAX = "JITMESH_BACKOFF_MAX"
 ENV_EXPIRY_MARGIN = "JITMESH_EXPIRY_MARGIN"
+ENV_REASK_JITTER = "JITMESH_REASK_JITTER"
 ENV_REQUEST_TIMEOUT = "JITMESH_REQUEST_TIMEOUT"
 ENV_SHUTDOWN_TIMEOUT = "JITMESH_SHUTDOWN_TIMEOUT"
 ENV_BROKER_CA_FILE = "JITMESH_BROKER_CA_FILE"
@@ -88,6 +90,7 @@ class SidecarConfig:
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
     expiry_margin: float = 1.0
+    reask_jitter: float = 1.0
     request_timeout: float = 10.0
     shutdown_timeout: float = 1.5
     broker_ca_file: Path | None = None
@@ -126,6 +129,7 @@ class SidecarConfig:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             expiry_margin=_seconds(environ, ENV_EXPIRY_MARGIN, 1.0, allow_zero=True),
+            reask_jitter=_seconds(environ, ENV_REASK_JITTER, 1.0, allow_zero=True),
             request_timeout=_seconds(environ, ENV_REQUEST_TIMEOUT, 10.0),
             shutdown_timeout=_seconds(environ, ENV_SHUTDOWN_TIMEOUT, 1.5),
             broker_ca_file=_ca_file(environ.get(ENV_BROKER_CA_FILE)),

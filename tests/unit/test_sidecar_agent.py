@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import logging
+import random
 import stat
 import time
 import uuid
@@ -99,14 +100,15 @@ def make_config(tmp_path: Path, **overrides: Any) -> SidecarConfig:
     config = SidecarConfig(broker_url="http://broker.test", audiences=(AudienceSpec("orders-db", ("read",)),),
                            sa_token_file=sa, token_dir=tmp_path / "tokens", ttl=60, file_mode=0o640,
                            refresh_after=(0.5, 0.5), backoff_initial=0.05, backoff_max=0.2, expiry_margin=0.1,
-                           request_timeout=2.0, shutdown_timeout=1.0)
+                           request_timeout=2.0, shutdown_timeout=1.0, reask_jitter=0.0)
     return replace(config, **overrides)
 
 
 def run_agent(config: SidecarConfig, broker: FakeBroker,
-              body: Callable[[Agent], Awaitable[None]], shutdown: bool = True) -> Agent:
+              body: Callable[[Agent], Awaitable[None]], shutdown: bool = True,
+              rng: random.Random | None = None) -> Agent:
     async def main() -> Agent:
-        agent = Agent(config, BrokerClient(config, transport=broker.transport()))
+        agent = Agent(config, BrokerClient(config, transport=broker.transport()), rng=rng)
         await agent.start()
         try:
             await body(agent)
@@ -305,6 +307,56 @@ def test_on_revoked_removes_the_file_at_once_and_asks_again(tmp_path: Path) -> N
     agent = run_agent(config, broker, body)
     assert len(broker.forms) == 2
     assert 'jitmesh_sidecar_tokens_revoked_total{audience="orders-db"} 1.0' in agent.metrics.render().decode()
+
+
+class FixedUniform(random.Random):
+    """uniform(a, b) answers a fixed fraction of the way from a to b."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__(0)
+        self.fraction = fraction
+        self.calls: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.calls.append((a, b))
+        return a + (b - a) * self.fraction
+
+
+def test_after_a_revocation_the_new_request_waits_a_random_part_of_the_jitter(tmp_path: Path) -> None:
+    broker = FakeBroker()
+    config = make_config(tmp_path, reask_jitter=1.0, backoff_initial=5, backoff_max=5)
+    path = tmp_path / "tokens" / "orders-db"
+    rng = FixedUniform(0.6)
+    waited: list[float] = []
+
+    async def body(agent: Agent) -> None:
+        await eventually(lambda: path.exists())
+        revoked_at = time.monotonic()
+        agent.on_revoked("orders-db", reason="audience revoked")
+        assert not path.exists()  # the file goes at once, whatever the jitter
+        await asyncio.sleep(0.4)
+        assert len(broker.forms) == 1 and not path.exists()  # not asked again yet
+        await eventually(lambda: path.exists(), timeout=2)
+        waited.append(time.monotonic() - revoked_at)
+
+    run_agent(config, broker, body, rng=rng)
+    assert (0.0, 1.0) in rng.calls
+    assert 0.6 <= waited[0] < 1.5 and len(broker.forms) == 2
+
+
+def test_a_stop_during_the_jitter_wait_ends_at_once_without_asking(tmp_path: Path) -> None:
+    broker = FakeBroker()
+    config = make_config(tmp_path, reask_jitter=30.0)
+    path = tmp_path / "tokens" / "orders-db"
+
+    async def body(agent: Agent) -> None:
+        await eventually(lambda: path.exists())
+        agent.on_revoked("orders-db")
+        await asyncio.sleep(0.05)
+
+    started = time.monotonic()
+    run_agent(config, broker, body, rng=FixedUniform(1.0))
+    assert time.monotonic() - started < 5 and len(broker.forms) == 1 and not path.exists()
 
 
 def test_answer_in_flight_during_a_revocation_is_discarded(tmp_path: Path) -> None:

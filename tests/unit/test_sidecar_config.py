@@ -40,14 +40,23 @@ def test_defaults_of_the_optional_variables(env: dict[str, str]) -> None:
     c = SidecarConfig.from_env(env)
     assert c.ttl is None and c.listen_port == 8099 and str(c.token_dir) == "/var/run/jitmesh"
     assert c.file_mode == 0o644 and c.file_gid is None and c.refresh_after == (0.5, 0.8)
+    assert c.reask_jitter == 1.0
 
 
 def test_extras_are_read(env: dict[str, str]) -> None:
     env.update({"JITMESH_FILE_MODE": "0640", "JITMESH_FILE_GROUP": "0", "JITMESH_REFRESH_AFTER": "0.6-0.7",
-                "JITMESH_BACKOFF_INITIAL": "0.5", "JITMESH_BACKOFF_MAX": "10", "JITMESH_EXPIRY_MARGIN": "0"})
+                "JITMESH_BACKOFF_INITIAL": "0.5", "JITMESH_BACKOFF_MAX": "10", "JITMESH_EXPIRY_MARGIN": "0",
+                "JITMESH_REASK_JITTER": "0"})
     c = SidecarConfig.from_env(env)
     assert (c.file_mode, c.file_gid, c.refresh_after) == (0o640, 0, (0.6, 0.7))
-    assert (c.backoff_initial, c.backoff_max, c.expiry_margin) == (0.5, 10.0, 0.0)
+    assert (c.backoff_initial, c.backoff_max, c.expiry_margin, c.reask_jitter) == (0.5, 10.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "inf", "nan"])
+def test_a_bad_reask_jitter_is_refused_by_name(env: dict[str, str], value: str) -> None:
+    env["JITMESH_REASK_JITTER"] = value
+    with pytest.raises(ConfigError, match="JITMESH_REASK_JITTER"):
+        SidecarConfig.from_env(env)
 
 
 def test_config_is_frozen(env: dict[str, str]) -> None:
