@@ -48,7 +48,7 @@ from pdp.exchange import (
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient
 from pdp.request_body import read_body
-from pdp.revocation import RevocationIndex
+from pdp.revocation import PURGE_EVERY, RevocationIndex
 from pdp.shadow_live import LiveShadow, live_report
 from pdp.store.base import Revocation, Store, StoreError, open_store_from_url
 from pdp.tokens import KeyRing
@@ -322,7 +322,7 @@ def build_attestor(config: BrokerConfig) -> Attestor:
     return JWKSAttestor(source, config.subject_issuer, config.subject_audience, pods)
 
 
-async def _every(interval: float, job: Callable[[], Awaitable[None]], name: str) -> None:
+async def _every(interval: float, job: Callable[[], Awaitable[object]], name: str) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
@@ -364,6 +364,7 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         broker.tasks = [
             asyncio.create_task(_every(key_interval, lambda: keys.refresh(clock()), "keys.refresh")),
             asyncio.create_task(revocations.run()),
+            asyncio.create_task(_every(PURGE_EVERY, lambda: revocations.purge(clock()), "revocations.purge")),
             *([asyncio.create_task(shadow.run())] if shadow else []),
         ]
         app.state.broker = broker

@@ -24,6 +24,14 @@ class RevocationIndexStale(Exception):
     """The index has not been refreshed from the store recently enough to trust."""
 
 
+# A jti (or pod) revocation names tokens that expire; an hour after the last of them expired
+# (resource servers allow some clock skew), it can refuse nothing more and is purged with its
+# events. Lifted revocations are purged a month after the lift; the audit trail keeps both.
+EXPIRED_GRACE = 3600.0
+LIFTED_RETENTION = 30 * 86400.0
+PURGE_EVERY = 3600.0
+
+
 class RevocationIndex:
     def __init__(self, store: Store, max_staleness: float = 30.0, full_reload_every: float = 60.0) -> None:
         self.store = store
@@ -90,18 +98,27 @@ class RevocationIndex:
 
     async def load(self) -> None:
         """Reload everything: the active revocations and the event log position."""
-        seq = self.seq
-        while True:
-            events = await self.store.revocation_events(after_seq=seq, limit=1000)
-            if not events:
-                break
-            seq = events[-1].seq
+        seq = max(self.seq, await self.store.last_revocation_seq())  # events after it are applied later
         active = await self.store.active_revocations()
         self._by_kind, self._by_id = {}, {}
         for r in active:
             self.add(r)
         self.seq = seq
         self._loaded_at = self.refreshed_at = time.monotonic()
+
+    async def purge(self, now: float) -> int:
+        """Purge what can no longer matter from the store (see EXPIRED_GRACE) and from this
+        index; how many revocations the store dropped."""
+        expired_before = now - EXPIRED_GRACE
+        purged = await self.store.purge_revocations(expired_before, now - LIFTED_RETENTION)
+        keep = [r for r in self._by_id.values() if r.expires_at is None or r.expires_at >= expired_before]
+        if len(keep) != len(self._by_id):
+            self._by_kind, self._by_id = {}, {}
+            for r in keep:
+                self.add(r)
+        if purged:
+            log.info("revocations.purged", count=purged, expired_before=expired_before)
+        return purged
 
     async def refresh(self, wait: float = 0.0) -> None:
         """Apply new events (waiting up to `wait` seconds for one); reload in full now and then."""

@@ -149,6 +149,17 @@ class Store(abc.ABC):
         """Events with seq > after_seq, oldest first."""
 
     @abc.abstractmethod
+    async def last_revocation_seq(self) -> int:
+        """The seq of the newest event in the log, 0 when it is empty."""
+
+    @abc.abstractmethod
+    async def purge_revocations(self, expired_before: float, lifted_before: float) -> int:
+        """Delete the revocations that can no longer matter, with their events: those whose
+        `expires_at` (the revoked token's own expiry) is before `expired_before`, and those
+        lifted before `lifted_before`. Returns how many revocations went. Active revocations
+        without an expiry (subject, pod, audience) are never purged."""
+
+    @abc.abstractmethod
     async def wait_revocation_events(self, after_seq: int, timeout: float) -> list[RevocationEvent]:
         """Like `revocation_events`, but when there are none yet, wait up to `timeout`
         seconds for one, including one written by another process or replica sharing

@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from pdp import shadow_store
 from pdp.shadow import ShadowCount, ShadowSample
+from pdp.store import records
 from pdp.store.base import AuditRecord, Revocation, RevocationEvent, SigningKey, Store, StoreError
 from pdp.store.records import (
     audit_query,
@@ -87,6 +88,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             revocation jsonb NOT NULL)""",
     ),
     shadow_store.MIGRATION,
+    records.REVOCATION_PURGE_MIGRATION,
 )
 
 # advisory lock keys (arbitrary, fixed): "jitm" followed by a small number
@@ -490,6 +492,21 @@ class PostgresStore(Store):
             cur = await conn.execute("SELECT seq, action, time, revocation FROM revocation_events "
                                      "WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, clamp_limit(limit)))
             return [_event(r) for r in await cur.fetchall()]
+
+    @bounded
+    async def last_revocation_seq(self) -> int:
+        async with self._conn("reading the newest revocation event") as conn:
+            cur = await conn.execute("SELECT max(seq) FROM revocation_events")
+            row = await cur.fetchone()
+            return int(row["max"] or 0) if row else 0
+
+    @bounded
+    async def purge_revocations(self, expired_before: float, lifted_before: float) -> int:
+        params = (expired_before, lifted_before)
+        async with self._conn("purging expired and lifted revocations") as conn, conn.transaction():
+            await conn.execute(records.purge_sql(records.PURGE_REVOCATION_EVENTS, "%s"), params)
+            cur = await conn.execute(records.purge_sql(records.PURGE_REVOCATIONS, "%s"), params)
+            return cur.rowcount
 
     async def wait_revocation_events(self, after_seq: int, timeout: float) -> list[RevocationEvent]:
         loop = asyncio.get_running_loop()

@@ -104,3 +104,21 @@ def audit_query(select: str, placeholder: str, *, since: float | None, until: fl
 
 def clamp_limit(limit: int, ceiling: int = 10_000) -> int:
     return max(0, min(int(limit), ceiling))
+
+
+# --- revocation purge: the same statements on both stores ------------------------------------
+
+# Indexes for the purge (a later migration of both stores).
+REVOCATION_PURGE_MIGRATION: tuple[str, ...] = (
+    "CREATE INDEX revocations_expires ON revocations (expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE INDEX revocations_lifted ON revocations (lifted_at) WHERE lifted_at IS NOT NULL",
+    "CREATE INDEX revocation_events_revocation ON revocation_events (revocation_id)",
+)
+PURGE_REVOCATION_EVENTS = ("DELETE FROM revocation_events WHERE revocation_id IN "
+                           "(SELECT id FROM revocations WHERE expires_at < {p} OR lifted_at < {p})")
+PURGE_REVOCATIONS = "DELETE FROM revocations WHERE expires_at < {p} OR lifted_at < {p}"
+
+
+def purge_sql(template: str, placeholder: str) -> str:
+    """A purge statement with the driver's placeholder (`?` for sqlite3, `%s` for psycopg)."""
+    return template.format(p=placeholder)

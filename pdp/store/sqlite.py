@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from pdp import shadow_store
 from pdp.shadow import ShadowCount, ShadowSample
+from pdp.store import records
 from pdp.store.base import AuditRecord, Revocation, RevocationEvent, SigningKey, Store, StoreError
 from pdp.store.records import (
     audit_query,
@@ -79,6 +80,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             revocation TEXT NOT NULL)""",
     ),
     shadow_store.MIGRATION,
+    records.REVOCATION_PURGE_MIGRATION,
 )
 
 MAX_BATCH = 512            # writes per transaction
@@ -483,6 +485,17 @@ class SQLiteStore(Store):
             "SELECT seq, action, time, revocation FROM revocation_events WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, clamp_limit(limit))).fetchall())
         return [_event(r) for r in rows]
+
+    async def last_revocation_seq(self) -> int:
+        row = await self._read(lambda c: c.execute("SELECT max(seq) FROM revocation_events").fetchone())
+        return int(row[0] or 0)
+
+    async def purge_revocations(self, expired_before: float, lifted_before: float) -> int:
+        def purge(c: sqlite3.Connection) -> int:
+            params = (expired_before, lifted_before)
+            c.execute(records.purge_sql(records.PURGE_REVOCATION_EVENTS, "?"), params)
+            return c.execute(records.purge_sql(records.PURGE_REVOCATIONS, "?"), params).rowcount
+        return await self._write(purge)
 
     async def wait_revocation_events(self, after_seq: int, timeout: float) -> list[RevocationEvent]:
         loop = asyncio.get_running_loop()

@@ -320,6 +320,50 @@ def test_revocation_events_after_seq_are_the_later_ones_oldest_first(store_url: 
     assert later == everything[1:] and one == everything[1:2]
 
 
+def test_last_revocation_seq_is_the_newest_event_or_zero(store_url: str) -> None:
+    async def body(s: Store) -> tuple[int, int]:
+        empty = await s.last_revocation_seq()
+        await s.add_revocation(revocation(rid="r1"))
+        lifted = await s.lift_revocation("r1", "admin:bob", 7000.0)
+        assert lifted is not None
+        return empty, await s.last_revocation_seq() - lifted.seq
+    assert with_store(store_url, body) == (0, 0)
+
+
+def test_purge_drops_expired_and_long_lifted_revocations_with_their_events_and_keeps_the_rest(
+        store_url: str) -> None:
+    def rev(rid: str, kind: str, expires_at: float | None) -> Revocation:
+        return Revocation(id=rid, kind=kind, value=f"value-{rid}", reason="r",  # type: ignore[arg-type]
+                          created_at=1000.0, created_by="admin:alice", expires_at=expires_at)
+
+    async def body(s: Store) -> tuple[Any, ...]:
+        await s.add_revocation(rev("jti-live", "jti", 2500.0))
+        await s.add_revocation(rev("jti-at-the-edge", "jti", 2000.0))  # not before the cut: kept
+        await s.add_revocation(rev("subject-forever", "subject", None))
+        await s.add_revocation(rev("audience-lifted-long-ago", "audience", None))
+        await s.add_revocation(rev("audience-lifted-lately", "audience", None))
+        await s.lift_revocation("audience-lifted-long-ago", "admin:bob", 1100.0)
+        await s.lift_revocation("audience-lifted-lately", "admin:bob", 1900.0)
+        await s.add_revocation(rev("jti-expired", "jti", 1500.0))  # the newest event, and purged
+        newest = await s.last_revocation_seq()
+        purged = await s.purge_revocations(expired_before=2000.0, lifted_before=1500.0)
+        again = await s.purge_revocations(expired_before=2000.0, lifted_before=1500.0)
+        return (purged, again, [r.id for r in await s.active_revocations()],
+                [(e.action, e.revocation.id) for e in await s.revocation_events()],
+                await s.get_revocation("jti-expired"), await s.get_revocation("audience-lifted-lately"),
+                newest)
+    purged, again, active, events, expired, lately, newest = with_store(store_url, body)
+    assert (purged, again) == (2, 0)
+    assert sorted(active) == ["jti-at-the-edge", "jti-live", "subject-forever"]
+    assert events == [("revoked", "jti-live"), ("revoked", "jti-at-the-edge"), ("revoked", "subject-forever"),
+                      ("revoked", "audience-lifted-lately"), ("lifted", "audience-lifted-lately")]
+    assert expired is None and lately is not None and lately.lifted_at == 1900.0
+
+    async def later(s: Store) -> int:  # seq never goes back: a new event comes after every purged one
+        return (await s.add_revocation(rev("jti-new", "jti", 9000.0))).seq
+    assert with_store(store_url, later) > newest
+
+
 def test_wait_revocation_events_returns_existing_events_at_once(store_url: str) -> None:
     async def body(s: Store) -> tuple[list[Any], float]:
         await s.add_revocation(revocation(rid="r1"))

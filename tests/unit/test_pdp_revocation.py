@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pdp.admin import AdminTokens, parse_admin_tokens
-from pdp.revocation import RevocationIndex, RevocationIndexStale
+from pdp.revocation import EXPIRED_GRACE, RevocationIndex, RevocationIndexStale
 from pdp.store.base import Revocation, RevocationKind
 from tests.fixtures.broker import MemoryStore
 
@@ -56,6 +57,42 @@ def test_token_revoked_by_jti_or_by_its_subject() -> None:
     assert index.token_revoked({"jti": "j", "sub": "s", "aud": "a"}) is not None
     assert index.token_revoked({"jti": "k", "sub": "s2", "aud": "a"}) is not None
     assert index.token_revoked({"jti": "k", "sub": "s", "aud": "a"}) is None
+
+
+def test_purge_forgets_revocations_of_tokens_expired_past_the_grace_in_the_store_and_the_index() -> None:
+    store = MemoryStore()
+    now = 100_000.0
+    expired = Revocation(id="old", kind="jti", value="j-old", reason="r", created_at=1.0, created_by="t",
+                         expires_at=now - EXPIRED_GRACE - 1)
+    recent = Revocation(id="recent", kind="jti", value="j-recent", reason="r", created_at=1.0, created_by="t",
+                        expires_at=now - EXPIRED_GRACE + 1)  # expired, but within the grace: still refused
+    for r in (expired, recent, rev("s", "subject", "s")):
+        asyncio.run(store.add_revocation(r))
+    index = RevocationIndex(store)
+    asyncio.run(index.load())
+    assert index.token_revoked({"jti": "j-old", "sub": "x", "aud": "a"}) is not None
+    assert asyncio.run(index.purge(now)) == 1
+    assert index.token_revoked({"jti": "j-old", "sub": "x", "aud": "a"}) is None
+    assert index.token_revoked({"jti": "j-recent", "sub": "x", "aud": "a"}) is not None
+    assert index.refusal("s", None, "a") is not None
+    assert sorted(store.revocations) == ["recent", "s"]
+    assert [e.revocation.id for e in store.events] == ["recent", "s"]
+
+
+def test_load_starts_after_the_newest_event_without_reading_the_log() -> None:
+    store = MemoryStore()
+    for i in range(5):
+        asyncio.run(store.add_revocation(rev(str(i), "subject", f"s{i}")))
+    read: list[int] = []
+    original = store.revocation_events
+
+    async def counting(after_seq: int = 0, limit: int = 1000) -> list[Any]:
+        read.append(after_seq)
+        return await original(after_seq, limit)
+    store.revocation_events = counting  # type: ignore[method-assign]
+    index = RevocationIndex(store)
+    asyncio.run(index.load())
+    assert index.seq == 5 and read == []
 
 
 def test_never_loaded_index_is_stale() -> None:
