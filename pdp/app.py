@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE
 from jitmesh.log import get_logger
-from pdp import revocation_api
+from pdp import approvals_api, revocation_api
 from pdp.admin import AdminTokens
 from pdp.attestation import (
     JWKSURL,
@@ -397,5 +397,6 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         Route("/v1/admin/audit", audit_endpoint),
         Route("/v1/admin/shadow/report", shadow_report_endpoint),
         *revocation_api.routes(guarded),
+        *approvals_api.routes(guarded),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

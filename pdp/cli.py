@@ -16,7 +16,7 @@ import httpx
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from jitmesh.log import configure, get_logger
-from pdp import revoke_cli, shadow_cli
+from pdp import approvals_cli, revoke_cli, shadow_cli
 from pdp.client import AdminTokenFileError, admin_headers, error_text
 from pdp.config import BrokerConfig, ConfigError, add_broker_flags
 from pdp.store.base import StoreError, open_store_from_url
@@ -167,3 +167,4 @@ def register(sub: Any) -> None:
 
     shadow_cli.register(sub)  # `shadow report`, `shadow replay` (pdp/shadow_cli.py)
     revoke_cli.register(sub)  # `revoke` (pdp/revoke_cli.py)
+    approvals_cli.register(sub)  # `approvals` (pdp/approvals_cli.py)

@@ -64,6 +64,7 @@ class BrokerConfig:
     max_ttl: int = 3600
     default_ttl: int = 300
     key_rotation: int = 86400
+    approval_ttl: int = 3600  # how long an approved access request covers new tokens
     kubeconfig: Path | None = None
     pod_lookup: bool = False
     opa_timeout: float = 1.0
@@ -101,6 +102,7 @@ class BrokerConfig:
         if default_ttl > max_ttl:
             raise ConfigError(f"--default-ttl {default_ttl} is longer than --max-ttl {max_ttl}")
         key_rotation = _positive(args.key_rotation, "--key-rotation")
+        approval_ttl = _positive(getattr(args, "approval_ttl", 3600), "--approval-ttl")
         if not 0 < args.opa_timeout <= 30:
             raise ConfigError(f"--opa-timeout {args.opa_timeout}: expected seconds in (0, 30]")
         return cls(
@@ -108,8 +110,8 @@ class BrokerConfig:
             shadow_policy_path=shadow, subject_audience=args.subject_audience, attestation=attestation,
             jwks_file=jwks_file, jwks_url=jwks_url, subject_issuer=args.subject_issuer, store_url=args.store,
             admin_token_file=admin, max_ttl=max_ttl, default_ttl=default_ttl, key_rotation=key_rotation,
-            kubeconfig=kubeconfig, pod_lookup=bool(args.pod_lookup), opa_timeout=float(args.opa_timeout),
-            enforcement=args.enforcement,
+            approval_ttl=approval_ttl, kubeconfig=kubeconfig, pod_lookup=bool(args.pod_lookup),
+            opa_timeout=float(args.opa_timeout), enforcement=args.enforcement,
         )
 
 
@@ -149,5 +151,8 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--max-ttl", type=int, default=3600, help="longest token lifetime in seconds (default %(default)s)")
     p.add_argument("--default-ttl", type=int, default=None,
                    help="lifetime when none is asked (default 300, at most --max-ttl)")
+    p.add_argument("--approval-ttl", type=int, default=3600,
+                   help="how long a human approval of an access request covers new tokens, in seconds "
+                        "(default %(default)s)")
     p.add_argument("--key-rotation", type=int, default=86400,
                    help="rotate the signing key every SECONDS (default %(default)s)")

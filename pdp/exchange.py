@@ -22,13 +22,13 @@ from jitmesh.log import get_logger
 from pdp.attestation import AttestationError, AttestationUnavailable, Attestor, Subject
 from pdp.audit import Auditor, decision_record
 from pdp.config import BrokerConfig
-from pdp.decision import Decision, MalformedDecision, grant, parse_decision, policy_input
+from pdp.decision import Decision, MalformedDecision, grant, parse_decision, policy_input, rfc3339
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient, OPAUnavailable
 from pdp.revocation import RevocationIndex, RevocationIndexStale
 from pdp.shadow import DRY_RUN_EVENT, dry_run_decision
 from pdp.shadow_live import LiveShadow
-from pdp.store.base import AuditRecord, StoreError
+from pdp.store.base import AccessRequest, AuditRecord, StoreError
 from pdp.tokens import KeyRing, access_token_claims
 
 log = get_logger("pdp.exchange")
@@ -39,12 +39,27 @@ MAX_AUDIENCE_CHARS = 256
 MAX_SCOPES = 64
 RETRY_AFTER_SECONDS = 2
 PENDING_INTERVAL_SECONDS = 5
+PENDING_LIFETIME_SECONDS = 86400  # an access request nobody answered lapses after a day; the next ask opens a new one
+
+
+def covers(request: AccessRequest, subject: str, audience: str, scopes: tuple[str, ...], now: float) -> bool:
+    """Whether `request` is about exactly this subject, audience and (sorted) scopes and has not lapsed."""
+    return ((request.subject, request.audience, request.scopes) == (subject, audience, scopes)
+            and request.expires_at > now)
+
+
+def approval_input(request: AccessRequest) -> dict[str, Any]:
+    """`input.approval` for a decided access request (SPEC section 3; null while none is decided)."""
+    return {"access_request_id": request.id, "approved": request.status == "approved", "by": request.decided_by,
+            "at": rfc3339(request.decided_at) if request.decided_at is not None else None,
+            "reason": request.reason, "expires_at": rfc3339(request.expires_at)}
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _AUDIENCE = re.compile(r"[\x21-\x7e]+")
 _SINGLE = ("grant_type", "subject_token", "subject_token_type", "scope", "requested_ttl",
-           "requested_token_type")
+           "requested_token_type", "access_request_id")
+_ACCESS_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,7 @@ class TokenRequest:
     audience: str
     scopes: tuple[str, ...]
     requested_ttl: int | None
+    access_request_id: str | None = None  # from an earlier authorization_pending answer
 
 
 @dataclass(frozen=True)
@@ -171,7 +187,12 @@ def parse_token_request(params: Mapping[str, list[str]]) -> TokenRequest:
         if not raw_ttl.isascii() or not raw_ttl.isdigit() or len(raw_ttl) > 9 or int(raw_ttl) <= 0:
             raise invalid_request(f"requested_ttl {raw_ttl!r:.40} must be a positive whole number of seconds")
         ttl = int(raw_ttl)
-    return TokenRequest(subject_token=subject_token, audience=audience, scopes=scopes, requested_ttl=ttl)
+    request_id = one("access_request_id") or None
+    if request_id is not None and not _ACCESS_REQUEST_ID.fullmatch(request_id):
+        raise invalid_request(f"access_request_id {request_id!r:.80} is malformed: expected the id of an "
+                              "authorization_pending answer (letters, digits and '-', at most 64)")
+    return TokenRequest(subject_token=subject_token, audience=audience, scopes=scopes, requested_ttl=ttl,
+                        access_request_id=request_id)
 
 
 class TokenExchange:
@@ -255,6 +276,39 @@ class TokenExchange:
 
         # what does the policy say
         doc = policy_input(subject, req.audience, req.scopes, req.requested_ttl, now, client_ip)
+        asked = await self._ask(doc, decision_id, now, subject_record)
+        if isinstance(asked, OAuthError):
+            return asked
+        decision, raw_decision = asked
+        if decision.approval_required:  # a human must say yes: is there an answer yet?
+            request = await self._access_request(req, subject, pod_uid, now, decision_id, subject_record)
+            if isinstance(request, OAuthError):
+                return request
+            if request.status == "pending":
+                return await self._pending(decision, request, decision_id, subject_record, doc, raw_decision)
+            doc = policy_input(subject, req.audience, req.scopes, req.requested_ttl, now, client_ip,
+                               approval=approval_input(request))
+            asked = await self._ask(doc, decision_id, now, subject_record)
+            if isinstance(asked, OAuthError):
+                return asked
+            decision, raw_decision = asked
+            if decision.approval_required:  # the policy did not take the answer: still pending
+                return await self._pending(decision, request, decision_id, subject_record, doc, raw_decision)
+        if not decision.allow and self.config.enforcement == "dry-run":
+            return await self._dry_run(req, subject, decision, decision_id, now, subject_record, doc, raw_decision)
+        if not decision.allow:
+            reasons = "; ".join(decision.reasons) or "the policy did not allow this request"
+            err = OAuthError(403, "access_denied", reasons, decision_id)
+            self.metrics.denied.labels("access_denied").inc()
+            return await self._audit_refusal(
+                subject_record("denied", error=err.error, error_description=reasons, reasons=decision.reasons,
+                               policy_input=doc, raw_decision=raw_decision), err)
+        return await self._issue(req, subject, decision, decision_id, now, subject_record, doc, raw_decision)
+
+    async def _ask(self, doc: dict[str, Any], decision_id: str, now: float,
+                   subject_record: Callable[..., AuditRecord]) -> tuple[Decision, Any] | OAuthError:
+        """The policy's decision on `doc` and its raw document, or the audited refusal."""
+        policy_path = self.config.policy_path
         started = time.perf_counter()
         try:
             raw = await (self.opa.query(policy_path, doc) if self.shadow is None
@@ -275,31 +329,46 @@ class TokenExchange:
             return await self._audit_refusal(
                 subject_record("error", error="policy_error", error_description=str(exc), policy_input=doc,
                                raw_decision=raw.get("result")), err)
-        raw_decision = raw["result"]
-        if decision.approval_required:
-            return await self._pending(decision, decision_id, subject_record, doc, raw_decision)
-        if not decision.allow and self.config.enforcement == "dry-run":
-            return await self._dry_run(req, subject, decision, decision_id, now, subject_record, doc, raw_decision)
-        if not decision.allow:
-            reasons = "; ".join(decision.reasons) or "the policy did not allow this request"
-            err = OAuthError(403, "access_denied", reasons, decision_id)
-            self.metrics.denied.labels("access_denied").inc()
-            return await self._audit_refusal(
-                subject_record("denied", error=err.error, error_description=reasons, reasons=decision.reasons,
-                               policy_input=doc, raw_decision=raw_decision), err)
-        return await self._issue(req, subject, decision, decision_id, now, subject_record, doc, raw_decision)
+        return decision, raw["result"]
 
-    async def _pending(self, decision: Decision, decision_id: str, subject_record: Callable[..., AuditRecord],
-                       doc: dict[str, Any], raw_decision: Any) -> OAuthError:
-        # The approval workflow itself is not built yet: the request is recorded and stays pending.
-        request_id = str(uuid.uuid4())
+    async def _access_request(self, req: TokenRequest, subject: Subject, pod_uid: str | None, now: float,
+                              decision_id: str,
+                              subject_record: Callable[..., AuditRecord]) -> AccessRequest | OAuthError:
+        """The access request this token request falls under: the one it names when that one
+        is for the same subject, audience and scopes and has not lapsed; else the newest such
+        one; else a new pending one. A store error fails closed (503, audited)."""
+        store = self.auditor.store
+        scopes = tuple(sorted(req.scopes))
+        try:
+            found = await store.get_access_request(req.access_request_id) if req.access_request_id else None
+            if found is not None and not covers(found, subject.sub, req.audience, scopes, now):
+                found = None
+            if found is None:
+                found = await store.find_access_request(subject.sub, req.audience, scopes, now)
+            if found is None:
+                found = AccessRequest(id=str(uuid.uuid4()), subject=subject.sub, audience=req.audience,
+                                      scopes=scopes, created_at=now, expires_at=now + PENDING_LIFETIME_SECONDS,
+                                      pod_uid=pod_uid)
+                await store.add_access_request(found)
+                log.info("access_request.created", access_request_id=found.id, subject=subject.sub,
+                         audience=req.audience, scopes=" ".join(scopes), decision_id=decision_id)
+        except StoreError as exc:
+            err = unavailable(f"access requests cannot be read or written right now: {exc}", decision_id)
+            self.metrics.errors.labels("store_unavailable").inc()
+            return await self._audit_refusal(subject_record("error", error=err.error, error_description=str(exc)),
+                                             err)
+        return found
+
+    async def _pending(self, decision: Decision, request: AccessRequest, decision_id: str,
+                       subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
+                       raw_decision: Any) -> OAuthError:
         err = OAuthError(400, "authorization_pending",
                          "; ".join(decision.reasons) or "a human approval is required before a token is issued",
-                         decision_id, extra={"access_request_id": request_id, "interval": PENDING_INTERVAL_SECONDS})
+                         decision_id, extra={"access_request_id": request.id, "interval": PENDING_INTERVAL_SECONDS})
         self.metrics.denied.labels("authorization_pending").inc()
         return await self._audit_refusal(
             subject_record("pending", reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision,
-                           extra={"access_request_id": request_id}), err)
+                           extra={"access_request_id": request.id}), err)
 
     async def _dry_run(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
                        subject_record: Callable[..., AuditRecord], doc: dict[str, Any],

@@ -1,5 +1,6 @@
 from pdp.store.base import (
     REVOCATION_KINDS,
+    AccessRequest,
     AuditRecord,
     Revocation,
     RevocationEvent,
@@ -12,6 +13,7 @@ from pdp.store.base import (
 
 __all__ = [
     "REVOCATION_KINDS",
+    "AccessRequest",
     "AuditRecord",
     "Revocation",
     "RevocationEvent",

@@ -69,6 +69,28 @@ class Revocation:
         return self.lifted_at is None
 
 
+AccessRequestStatus = Literal["pending", "approved", "denied"]
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """A request that the policy sent to a human (`approval_required`). Pending until an
+    admin approves or denies it; `expires_at` is when a pending request lapses, and when an
+    approved one stops covering new tokens."""
+
+    id: str
+    subject: str
+    audience: str
+    scopes: tuple[str, ...]  # sorted
+    created_at: float
+    expires_at: float
+    pod_uid: str | None = None
+    status: AccessRequestStatus = "pending"
+    decided_by: str | None = None
+    decided_at: float | None = None
+    reason: str | None = None
+
+
 @dataclass(frozen=True)
 class RevocationEvent:
     """An entry of the revocation event log; `seq` is the SSE event id, increasing,
@@ -164,6 +186,31 @@ class Store(abc.ABC):
         """Like `revocation_events`, but when there are none yet, wait up to `timeout`
         seconds for one, including one written by another process or replica sharing
         the store (PostgreSQL: LISTEN/NOTIFY; SQLite: in-process wake-up plus polling)."""
+
+    # access requests (human approvals, pdp/approvals.py)
+    @abc.abstractmethod
+    async def add_access_request(self, request: AccessRequest) -> None: ...
+
+    @abc.abstractmethod
+    async def get_access_request(self, request_id: str) -> AccessRequest | None: ...
+
+    @abc.abstractmethod
+    async def find_access_request(self, subject: str, audience: str, scopes: tuple[str, ...],
+                                  now: float) -> AccessRequest | None:
+        """The newest request of this subject for exactly this audience and scopes that has
+        not lapsed at `now`, whatever its status."""
+
+    @abc.abstractmethod
+    async def decide_access_request(self, request_id: str, status: AccessRequestStatus, decided_by: str,
+                                    decided_at: float, reason: str | None,
+                                    expires_at: float) -> AccessRequest | None:
+        """Approve or deny a pending request that has not lapsed at `decided_at`; None when
+        there is no such request (unknown, decided already, or lapsed)."""
+
+    @abc.abstractmethod
+    async def list_access_requests(self, status: AccessRequestStatus | None, now: float,
+                                   limit: int = 100) -> list[AccessRequest]:
+        """Newest first; pending ones only while they have not lapsed."""
 
     # shadow mode (pdp/shadow.py, SQL in pdp/shadow_store.py)
     async def record_shadow(self, counts: list[ShadowCount], samples: list[ShadowSample],

@@ -32,7 +32,16 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from pdp import shadow_store
 from pdp.shadow import ShadowCount, ShadowSample
 from pdp.store import records
-from pdp.store.base import AuditRecord, Revocation, RevocationEvent, SigningKey, Store, StoreError
+from pdp.store.base import (
+    AccessRequest,
+    AccessRequestStatus,
+    AuditRecord,
+    Revocation,
+    RevocationEvent,
+    SigningKey,
+    Store,
+    StoreError,
+)
 from pdp.store.records import (
     audit_query,
     check_revocation,
@@ -89,6 +98,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     shadow_store.MIGRATION,
     records.REVOCATION_PURGE_MIGRATION,
+    records.ACCESS_REQUESTS_MIGRATION,
 )
 
 # advisory lock keys (arbitrary, fixed): "jitm" followed by a small number
@@ -492,6 +502,55 @@ class PostgresStore(Store):
             cur = await conn.execute("SELECT seq, action, time, revocation FROM revocation_events "
                                      "WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, clamp_limit(limit)))
             return [_event(r) for r in await cur.fetchall()]
+
+    # access requests: the SQL lives in pdp/store/records.py, shared with SQLite
+
+    @bounded
+    async def add_access_request(self, request: AccessRequest) -> None:
+        records.check_access_request(request)
+        async with self._conn(f"adding access request {request.id!r}") as conn:
+            try:
+                await conn.execute(records.INSERT_ACCESS_REQUEST.format(p="%s"), records.access_request_row(request))
+            except pg_errors.UniqueViolation:
+                raise StoreError(f"access request {request.id!r} already exists; ids must be unique") from None
+
+    @bounded
+    async def get_access_request(self, request_id: str) -> AccessRequest | None:
+        async with self._conn(f"reading access request {request_id!r}") as conn, \
+                conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(records.SELECT_ACCESS_REQUEST.format(p="%s"), (request_id,))
+            row = await cur.fetchone()
+            return None if row is None else records.access_request_of(row)
+
+    @bounded
+    async def find_access_request(self, subject: str, audience: str, scopes: tuple[str, ...],
+                                  now: float) -> AccessRequest | None:
+        async with self._conn("finding an access request") as conn, conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(records.FIND_ACCESS_REQUEST.format(p="%s"), (subject, audience, " ".join(scopes), now))
+            row = await cur.fetchone()
+            return None if row is None else records.access_request_of(row)
+
+    @bounded
+    async def decide_access_request(self, request_id: str, status: AccessRequestStatus, decided_by: str,
+                                    decided_at: float, reason: str | None,
+                                    expires_at: float) -> AccessRequest | None:
+        async with self._conn(f"deciding access request {request_id!r}") as conn, conn.transaction(), \
+                conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(records.DECIDE_ACCESS_REQUEST.format(p="%s"),
+                              (status, decided_by, decided_at, reason, expires_at, request_id, decided_at))
+            if cur.rowcount != 1:
+                return None
+            await cur.execute(records.SELECT_ACCESS_REQUEST.format(p="%s"), (request_id,))
+            row = await cur.fetchone()
+            return None if row is None else records.access_request_of(row)
+
+    @bounded
+    async def list_access_requests(self, status: AccessRequestStatus | None, now: float,
+                                   limit: int = 100) -> list[AccessRequest]:
+        statement, params = records.list_access_sql(status, now, clamp_limit(limit), "%s")
+        async with self._conn("listing access requests") as conn, conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(statement, params)
+            return [records.access_request_of(r) for r in await cur.fetchall()]
 
     @bounded
     async def last_revocation_seq(self) -> int:

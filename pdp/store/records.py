@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from pdp.store.base import REVOCATION_KINDS, AuditRecord, Revocation, StoreError
+from pdp.store.base import REVOCATION_KINDS, AccessRequest, AuditRecord, Revocation, StoreError
 
 
 def _compact_json(details: Any) -> str:
@@ -122,3 +122,73 @@ PURGE_REVOCATIONS = "DELETE FROM revocations WHERE expires_at < {p} OR lifted_at
 def purge_sql(template: str, placeholder: str) -> str:
     """A purge statement with the driver's placeholder (`?` for sqlite3, `%s` for psycopg)."""
     return template.format(p=placeholder)
+
+
+# --- access requests: the same table and statements on both stores ---------------------------
+
+ACCESS_REQUESTS_MIGRATION: tuple[str, ...] = (
+    """CREATE TABLE access_requests (
+        id text PRIMARY KEY,
+        subject text NOT NULL,
+        audience text NOT NULL,
+        scopes text NOT NULL,
+        pod_uid text,
+        created_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        status text NOT NULL CHECK (status IN ('pending', 'approved', 'denied')),
+        decided_by text,
+        decided_at double precision,
+        reason text)""",
+    "CREATE INDEX access_requests_subject ON access_requests (subject, audience, created_at)",
+    "CREATE INDEX access_requests_status ON access_requests (status, created_at)",
+)
+_ACCESS_COLUMNS = ("id", "subject", "audience", "scopes", "pod_uid", "created_at", "expires_at", "status",
+                   "decided_by", "decided_at", "reason")
+INSERT_ACCESS_REQUEST = ("INSERT INTO access_requests (id, subject, audience, scopes, pod_uid, created_at, "
+                         "expires_at, status, decided_by, decided_at, reason) "
+                         "VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
+SELECT_ACCESS_REQUEST = ("SELECT id, subject, audience, scopes, pod_uid, created_at, expires_at, status, "
+                         "decided_by, decided_at, reason FROM access_requests WHERE id = {p}")
+FIND_ACCESS_REQUEST = ("SELECT id, subject, audience, scopes, pod_uid, created_at, expires_at, status, "
+                       "decided_by, decided_at, reason FROM access_requests "
+                       "WHERE subject = {p} AND audience = {p} AND scopes = {p} AND expires_at > {p} "
+                       "ORDER BY created_at DESC, id LIMIT 1")
+DECIDE_ACCESS_REQUEST = ("UPDATE access_requests SET status = {p}, decided_by = {p}, decided_at = {p}, "
+                         "reason = {p}, expires_at = {p} "
+                         "WHERE id = {p} AND status = 'pending' AND expires_at > {p}")
+_LIST_ACCESS = ("SELECT id, subject, audience, scopes, pod_uid, created_at, expires_at, status, "
+                "decided_by, decided_at, reason FROM access_requests "
+                "WHERE (status <> 'pending' OR expires_at > {p}) ")
+LIST_ACCESS_REQUESTS = _LIST_ACCESS + "ORDER BY created_at DESC, id LIMIT {p}"
+LIST_ACCESS_REQUESTS_BY_STATUS = _LIST_ACCESS + "AND status = {p} ORDER BY created_at DESC, id LIMIT {p}"
+
+
+def list_access_sql(status: str | None, now: float, limit: int, placeholder: str) -> tuple[str, tuple[Any, ...]]:
+    """The statement and parameters listing access requests, for the driver's placeholder."""
+    if status is None:
+        return LIST_ACCESS_REQUESTS.format(p=placeholder), (now, limit)
+    return LIST_ACCESS_REQUESTS_BY_STATUS.format(p=placeholder), (now, status, limit)
+
+
+def check_access_request(request: AccessRequest) -> None:
+    if not request.id or not request.subject or not request.audience:
+        raise StoreError(f"access request {request.id!r}: id, subject and audience must be non-empty")
+    for text in (request.id, request.subject, request.audience, *request.scopes, request.pod_uid or "",
+                 request.decided_by or "", request.reason or ""):
+        if "\x00" in text:
+            raise StoreError(f"access request {request.id!r}: a field contains a NUL character")
+
+
+def access_request_row(r: AccessRequest) -> tuple[Any, ...]:
+    return (r.id, r.subject, r.audience, " ".join(r.scopes), r.pod_uid, r.created_at, r.expires_at, r.status,
+            r.decided_by, r.decided_at, r.reason)
+
+
+def access_request_of(row: Any) -> AccessRequest:
+    """From a row in column order (a tuple, sqlite3.Row or psycopg dict row)."""
+    values = [row[k] for k in _ACCESS_COLUMNS] if isinstance(row, dict) else list(row)
+    rid, subject, audience, scopes, pod_uid, created_at, expires_at, status, decided_by, decided_at, reason = values
+    return AccessRequest(id=rid, subject=subject, audience=audience, scopes=tuple(scopes.split()), pod_uid=pod_uid,
+                         created_at=float(created_at), expires_at=float(expires_at), status=status,
+                         decided_by=decided_by, decided_at=None if decided_at is None else float(decided_at),
+                         reason=reason)

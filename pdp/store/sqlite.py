@@ -24,7 +24,16 @@ from typing import Any, Literal, TypeVar, cast
 from pdp import shadow_store
 from pdp.shadow import ShadowCount, ShadowSample
 from pdp.store import records
-from pdp.store.base import AuditRecord, Revocation, RevocationEvent, SigningKey, Store, StoreError
+from pdp.store.base import (
+    AccessRequest,
+    AccessRequestStatus,
+    AuditRecord,
+    Revocation,
+    RevocationEvent,
+    SigningKey,
+    Store,
+    StoreError,
+)
 from pdp.store.records import (
     audit_query,
     check_revocation,
@@ -81,6 +90,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     shadow_store.MIGRATION,
     records.REVOCATION_PURGE_MIGRATION,
+    records.ACCESS_REQUESTS_MIGRATION,
 )
 
 MAX_BATCH = 512            # writes per transaction
@@ -485,6 +495,47 @@ class SQLiteStore(Store):
             "SELECT seq, action, time, revocation FROM revocation_events WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, clamp_limit(limit))).fetchall())
         return [_event(r) for r in rows]
+
+    # access requests: the SQL lives in pdp/store/records.py, shared with PostgreSQL
+
+    async def add_access_request(self, request: AccessRequest) -> None:
+        records.check_access_request(request)
+
+        def insert(c: sqlite3.Connection) -> None:
+            try:
+                c.execute(records.INSERT_ACCESS_REQUEST.format(p="?"), records.access_request_row(request))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"access request {request.id!r} already exists; ids must be unique") from None
+        await self._write(insert)
+
+    async def get_access_request(self, request_id: str) -> AccessRequest | None:
+        row = await self._read(lambda c: c.execute(records.SELECT_ACCESS_REQUEST.format(p="?"),
+                                                   (request_id,)).fetchone())
+        return None if row is None else records.access_request_of(tuple(row))
+
+    async def find_access_request(self, subject: str, audience: str, scopes: tuple[str, ...],
+                                  now: float) -> AccessRequest | None:
+        row = await self._read(lambda c: c.execute(records.FIND_ACCESS_REQUEST.format(p="?"),
+                                                   (subject, audience, " ".join(scopes), now)).fetchone())
+        return None if row is None else records.access_request_of(tuple(row))
+
+    async def decide_access_request(self, request_id: str, status: AccessRequestStatus, decided_by: str,
+                                    decided_at: float, reason: str | None,
+                                    expires_at: float) -> AccessRequest | None:
+        def decide(c: sqlite3.Connection) -> AccessRequest | None:
+            cur = c.execute(records.DECIDE_ACCESS_REQUEST.format(p="?"),
+                            (status, decided_by, decided_at, reason, expires_at, request_id, decided_at))
+            if cur.rowcount != 1:
+                return None
+            row = c.execute(records.SELECT_ACCESS_REQUEST.format(p="?"), (request_id,)).fetchone()
+            return records.access_request_of(tuple(row))
+        return await self._write(decide)
+
+    async def list_access_requests(self, status: AccessRequestStatus | None, now: float,
+                                   limit: int = 100) -> list[AccessRequest]:
+        statement, params = records.list_access_sql(status, now, clamp_limit(limit), "?")
+        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
+        return [records.access_request_of(tuple(r)) for r in rows]
 
     async def last_revocation_seq(self) -> int:
         row = await self._read(lambda c: c.execute("SELECT max(seq) FROM revocation_events").fetchone())

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from jitmesh.procs import free_port
-from pdp.store import AuditRecord, Revocation, SigningKey, Store, StoreError, open_store_from_url
+from pdp.store import AccessRequest, AuditRecord, Revocation, SigningKey, Store, StoreError, open_store_from_url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -362,6 +362,73 @@ def test_purge_drops_expired_and_long_lifted_revocations_with_their_events_and_k
     async def later(s: Store) -> int:  # seq never goes back: a new event comes after every purged one
         return (await s.add_revocation(rev("jti-new", "jti", 9000.0))).seq
     assert with_store(store_url, later) > newest
+
+
+# access requests
+
+def access(rid: str, subject: str = "system:serviceaccount:payments:api", audience: str = "ledger",
+           scopes: tuple[str, ...] = ("read", "write"), created_at: float = 1000.0,
+           expires_at: float = 2000.0) -> AccessRequest:
+    return AccessRequest(id=rid, subject=subject, audience=audience, scopes=scopes, created_at=created_at,
+                         expires_at=expires_at, pod_uid="uid-1")
+
+
+def test_access_request_round_trips_and_duplicate_ids_are_a_store_error(store_url: str) -> None:
+    async def body(s: Store) -> tuple[Any, ...]:
+        await s.add_access_request(access("a1"))
+        with pytest.raises(StoreError, match="already exists"):
+            await s.add_access_request(access("a1"))
+        return await s.get_access_request("a1"), await s.get_access_request("nope")
+    got, missing = with_store(store_url, body)
+    assert got == access("a1") and missing is None
+
+
+def test_find_access_request_is_the_newest_unlapsed_one_for_exactly_that_subject_audience_and_scopes(
+        store_url: str) -> None:
+    async def body(s: Store) -> tuple[Any, ...]:
+        await s.add_access_request(access("old", created_at=1000.0))
+        await s.add_access_request(access("new", created_at=1100.0))
+        await s.add_access_request(access("lapsed", created_at=1200.0, expires_at=1400.0))
+        await s.add_access_request(access("other-scopes", scopes=("read",), created_at=1300.0))
+        await s.add_access_request(access("other-sub", subject="system:serviceaccount:x:y", created_at=1300.0))
+        sub, aud = "system:serviceaccount:payments:api", "ledger"
+        return (await s.find_access_request(sub, aud, ("read", "write"), 1500.0),
+                await s.find_access_request(sub, aud, ("read",), 1500.0),
+                await s.find_access_request(sub, "orders-db", ("read", "write"), 1500.0),
+                await s.find_access_request(sub, aud, ("read", "write"), 2500.0))
+    newest, narrower, other_audience, all_lapsed = with_store(store_url, body)
+    assert newest.id == "new" and narrower.id == "other-scopes"
+    assert other_audience is None and all_lapsed is None
+
+
+def test_deciding_an_access_request_happens_once_and_never_after_it_lapsed(store_url: str) -> None:
+    async def body(s: Store) -> tuple[Any, ...]:
+        await s.add_access_request(access("a1"))
+        await s.add_access_request(access("a2", expires_at=1500.0))
+        approved = await s.decide_access_request("a1", "approved", "admin:alice", 1200.0, "ticket 42", 4800.0)
+        again = await s.decide_access_request("a1", "denied", "admin:bob", 1300.0, "no", 1300.0)
+        lapsed = await s.decide_access_request("a2", "approved", "admin:alice", 1600.0, None, 5000.0)
+        unknown = await s.decide_access_request("nope", "approved", "admin:alice", 1200.0, None, 5000.0)
+        return approved, again, lapsed, unknown, await s.get_access_request("a1")
+    approved, again, lapsed, unknown, stored = with_store(store_url, body)
+    assert (approved.status, approved.decided_by, approved.decided_at, approved.reason, approved.expires_at) == (
+        "approved", "admin:alice", 1200.0, "ticket 42", 4800.0)
+    assert again is None and lapsed is None and unknown is None and stored == approved
+
+
+def test_access_requests_are_listed_newest_first_by_status_without_lapsed_pending_ones(store_url: str) -> None:
+    async def body(s: Store) -> tuple[Any, ...]:
+        await s.add_access_request(access("p1", created_at=1000.0))
+        await s.add_access_request(access("p2", created_at=1100.0))
+        await s.add_access_request(access("lapsed", created_at=1050.0, expires_at=1400.0))
+        await s.add_access_request(access("d1", created_at=900.0))
+        await s.decide_access_request("d1", "denied", "admin:bob", 1000.0, "no", 1000.0)
+        return (await s.list_access_requests("pending", 1500.0), await s.list_access_requests(None, 1500.0),
+                await s.list_access_requests("denied", 1500.0), await s.list_access_requests(None, 1500.0, limit=1))
+    pending, everything, denied, one = with_store(store_url, body)
+    assert [r.id for r in pending] == ["p2", "p1"]
+    assert [r.id for r in everything] == ["p2", "p1", "d1"]
+    assert [r.id for r in denied] == ["d1"] and [r.id for r in one] == ["p2"]
 
 
 def test_wait_revocation_events_returns_existing_events_at_once(store_url: str) -> None:

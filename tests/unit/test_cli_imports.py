@@ -22,5 +22,6 @@ def test_every_subcommand_is_still_registered() -> None:
     from jitmesh.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert {"up", "broker", "token", "revoke", "audit", "shadow", "injector", "certs", "sidecar", "policy"} <= set(
-        sub.choices)  # type: ignore[attr-defined]
+    expected = {"up", "broker", "token", "revoke", "approvals", "audit", "shadow", "injector", "certs", "sidecar",
+                "policy"}
+    assert expected <= set(sub.choices)  # type: ignore[attr-defined]

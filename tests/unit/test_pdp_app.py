@@ -105,6 +105,29 @@ def test_audit_store_failure_on_a_deny_is_503(store: MemoryStore) -> None:
         assert exchange(c).status_code == 503
 
 
+PENDING = {"result": {"allow": False, "approval_required": True, "reasons": ["needs a human"]}}
+
+
+def test_approval_needed_with_the_access_request_store_failing_is_503_audited_and_no_token(
+        store: MemoryStore) -> None:
+    with client_for(store, PENDING) as c:
+        store.fail_access = True
+        r = exchange(c)
+    assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable" and "access_token" not in r.json()
+    assert "access requests cannot be read or written" in r.json()["error_description"]
+    assert store.audit[-1].event == "error" and store.access_requests == {}
+
+
+def test_approval_needed_opens_one_access_request_and_every_poll_names_it(store: MemoryStore) -> None:
+    with client_for(store, PENDING) as c:
+        first = exchange(c).json()
+        again = exchange(c, access_request_id=first["access_request_id"]).json()
+    assert first["error"] == again["error"] == "authorization_pending"
+    assert first["access_request_id"] == again["access_request_id"] and list(store.access_requests) == [
+        first["access_request_id"]]
+    assert [r.event for r in store.audit] == ["pending", "pending"]
+
+
 def test_store_down_makes_readyz_503(client: TestClient, store: MemoryStore) -> None:
     store.fail_all = True
     r = client.get("/readyz")

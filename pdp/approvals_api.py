@@ -1,0 +1,137 @@
+"""Human approval of access requests (the broker's side of `authorization_pending`).
+
+When the policy answers `approval_required`, the broker opens an access request for the
+subject, audience and scopes (pdp/exchange.py) and answers `authorization_pending` with its
+id; the sidecar polls with that id at the broker's interval. An admin lists the pending
+requests and approves or denies one:
+
+- `GET /v1/admin/access-requests?status=pending|approved|denied&limit=N`
+- `POST /v1/admin/access-requests/{id}/approve` and `.../deny`, JSON `{"reason": "..."}`
+  (required to deny, optional to approve: a ticket number, say).
+
+The next poll runs the policy again with `input.approval` set (SPEC section 3): the shipped
+policy then allows, or denies with "the approval ... was refused". An approval covers new
+tokens for that subject, audience and scopes for `--approval-ttl` seconds; a refusal stands
+as long. Every decision is audited with the admin who made it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, cast, get_args
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from jitmesh.log import get_logger
+from pdp.audit import Auditor
+from pdp.decision import rfc3339
+from pdp.exchange import OAuthError, invalid_request
+from pdp.request_body import read_body
+from pdp.revocation_api import admin_record, broker_of, require_admin
+from pdp.store.base import AccessRequest, AccessRequestStatus, StoreError
+
+log = get_logger("pdp.approvals")
+
+MAX_DECISION_BODY: Final = 16 * 1024
+MAX_REASON_CHARS: Final = 1000
+STATUSES: Final[tuple[str, ...]] = get_args(AccessRequestStatus)
+
+
+def access_request_json(r: AccessRequest) -> dict[str, Any]:
+    return {"id": r.id, "subject": r.subject, "audience": r.audience, "scopes": list(r.scopes), "pod_uid": r.pod_uid,
+            "status": r.status, "created_at": rfc3339(r.created_at), "expires_at": rfc3339(r.expires_at),
+            "decided_by": r.decided_by, "decided_at": rfc3339(r.decided_at) if r.decided_at is not None else None,
+            "reason": r.reason}
+
+
+def parse_reason(body: bytes, content_type: str | None, required: bool) -> str | None:
+    """The `reason` of an approve or deny body, strictly; an empty body is no reason."""
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if not body.strip():
+        doc: Any = {}
+    elif media != "application/json":
+        raise invalid_request(f"the body must be application/json, not {media!r:.80}")
+    else:
+        try:
+            doc = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise invalid_request(f"the body is not valid JSON: {exc}"[:200]) from None
+    if not isinstance(doc, dict):
+        raise invalid_request(f'the body must be a JSON object like {{"reason": "..."}}, not a {type(doc).__name__}')
+    unknown = sorted(set(doc) - {"reason"})
+    if unknown:
+        raise invalid_request(f"unknown field(s) {', '.join(repr(u)[:60] for u in unknown[:5])}; expected reason")
+    reason = doc.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or "\x00" in reason):
+        raise invalid_request(f"reason must be a string of at most {MAX_REASON_CHARS} characters")
+    reason = reason.strip() if reason else None
+    if required and not reason:
+        raise invalid_request("a reason is required to deny: say why, it goes into the audit trail and to the workload")
+    return reason
+
+
+async def list_access_requests(request: Request) -> Response:
+    broker = broker_of(request)
+    await require_admin(request, "access_request.list")
+    status = request.query_params.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise invalid_request(f"status {status!r:.40}: expected one of {', '.join(STATUSES)}")
+    raw_limit = request.query_params.get("limit") or "100"
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise invalid_request(f"limit {raw_limit!r:.20}: expected a whole number from 1 to 1000")
+    found = await broker.store.list_access_requests(cast(AccessRequestStatus | None, status), broker.clock(),
+                                                    int(raw_limit))
+    return JSONResponse({"access_requests": [access_request_json(r) for r in found]},
+                        headers={"Cache-Control": "no-store"})
+
+
+async def _decide(request: Request, status: AccessRequestStatus) -> Response:
+    broker = broker_of(request)
+    admin = await require_admin(request)
+    rid = request.path_params["request_id"]
+    reason = parse_reason(await read_body(request, MAX_DECISION_BODY), request.headers.get("content-type"),
+                          required=status == "denied")
+    now = broker.clock()
+    decided = await broker.store.decide_access_request(rid, status, admin.who, now, reason,
+                                                       now + broker.config.approval_ttl)
+    action = "access_request.approve" if status == "approved" else "access_request.deny"
+    if decided is None:
+        existing = await broker.store.get_access_request(rid)
+        if existing is None:
+            raise OAuthError(404, "not_found", f"no access request with id {rid!r:.80}; "
+                             "GET /v1/admin/access-requests?status=pending lists the open ones")
+        why = (f"it was {existing.status} by {existing.decided_by}" if existing.status != "pending"
+               else "it lapsed unanswered; the workload's next request opens a new one")
+        raise OAuthError(409, "conflict", f"access request {rid} cannot be {status}: {why}")
+    record = admin_record(admin.who, admin.via, action, now, event=f"access_{status}",
+                          details={"access_request_id": rid, "reason": reason, "by": admin.who,
+                                   "covers_until": rfc3339(decided.expires_at)},
+                          subject=decided.subject, audience=decided.audience, pod_uid=decided.pod_uid)
+    try:
+        await broker.auditor.write(record)
+    except StoreError as exc:
+        Auditor.log(record, persisted=False)
+        raise StoreError(f"access request {rid} is {status}, but its audit record could not be written: {exc}") \
+            from None
+    log.warning(f"access_request.{status}", access_request_id=rid, subject=decided.subject,
+                audience=decided.audience, scopes=" ".join(decided.scopes), actor=admin.who, reason=reason)
+    return JSONResponse(access_request_json(decided), headers={"Cache-Control": "no-store"})
+
+
+async def approve(request: Request) -> Response:
+    return await _decide(request, "approved")
+
+
+async def deny(request: Request) -> Response:
+    return await _decide(request, "denied")
+
+
+def routes(guarded: Any) -> list[Route]:
+    """The routes, each wrapped by the app's `guarded` (errors -> OAuth JSON, never a 500)."""
+    return [
+        Route("/v1/admin/access-requests", guarded(list_access_requests), methods=["GET"]),
+        Route("/v1/admin/access-requests/{request_id}/approve", guarded(approve), methods=["POST"]),
+        Route("/v1/admin/access-requests/{request_id}/deny", guarded(deny), methods=["POST"]),
+    ]
