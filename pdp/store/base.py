@@ -208,6 +208,11 @@ class Store(abc.ABC):
         there is no such request (unknown, decided already, or lapsed)."""
 
     @abc.abstractmethod
+    async def purge_access_requests(self, before: float) -> int:
+        """Delete the access requests that lapsed (or whose approval or refusal ran out)
+        before `before`; how many went. The audit trail keeps every decision."""
+
+    @abc.abstractmethod
     async def list_access_requests(self, status: AccessRequestStatus | None, now: float,
                                    limit: int = 100) -> list[AccessRequest]:
         """Newest first; pending ones only while they have not lapsed."""

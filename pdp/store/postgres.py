@@ -545,6 +545,12 @@ class PostgresStore(Store):
             return None if row is None else records.access_request_of(row)
 
     @bounded
+    async def purge_access_requests(self, before: float) -> int:
+        async with self._conn("purging access requests") as conn:
+            cur = await conn.execute(records.PURGE_ACCESS_REQUESTS.format(p="%s"), (before,))
+            return cur.rowcount
+
+    @bounded
     async def list_access_requests(self, status: AccessRequestStatus | None, now: float,
                                    limit: int = 100) -> list[AccessRequest]:
         statement, params = records.list_access_sql(status, now, clamp_limit(limit), "%s")

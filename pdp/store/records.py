@@ -163,6 +163,9 @@ LIST_ACCESS_REQUESTS = _LIST_ACCESS + "ORDER BY created_at DESC, id LIMIT {p}"
 LIST_ACCESS_REQUESTS_BY_STATUS = _LIST_ACCESS + "AND status = {p} ORDER BY created_at DESC, id LIMIT {p}"
 
 
+PURGE_ACCESS_REQUESTS = "DELETE FROM access_requests WHERE expires_at < {p}"
+
+
 def list_access_sql(status: str | None, now: float, limit: int, placeholder: str) -> tuple[str, tuple[Any, ...]]:
     """The statement and parameters listing access requests, for the driver's placeholder."""
     if status is None:

@@ -531,6 +531,9 @@ class SQLiteStore(Store):
             return records.access_request_of(tuple(row))
         return await self._write(decide)
 
+    async def purge_access_requests(self, before: float) -> int:
+        return await self._write(lambda c: c.execute(records.PURGE_ACCESS_REQUESTS.format(p="?"), (before,)).rowcount)
+
     async def list_access_requests(self, status: AccessRequestStatus | None, now: float,
                                    limit: int = 100) -> list[AccessRequest]:
         statement, params = records.list_access_sql(status, now, clamp_limit(limit), "?")

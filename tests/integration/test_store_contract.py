@@ -416,6 +416,17 @@ def test_deciding_an_access_request_happens_once_and_never_after_it_lapsed(store
     assert again is None and lapsed is None and unknown is None and stored == approved
 
 
+def test_purge_drops_access_requests_that_ran_out_before_the_cut(store_url: str) -> None:
+    async def body(s: Store) -> tuple[Any, ...]:
+        await s.add_access_request(access("old", expires_at=1500.0))
+        await s.add_access_request(access("edge", expires_at=2000.0))
+        await s.add_access_request(access("live", expires_at=2500.0))
+        return (await s.purge_access_requests(2000.0), await s.get_access_request("old"),
+                await s.get_access_request("edge"), await s.get_access_request("live"))
+    count, old, edge, live = with_store(store_url, body)
+    assert count == 1 and old is None and edge is not None and live is not None
+
+
 def test_access_requests_are_listed_newest_first_by_status_without_lapsed_pending_ones(store_url: str) -> None:
     async def body(s: Store) -> tuple[Any, ...]:
         await s.add_access_request(access("p1", created_at=1000.0))
