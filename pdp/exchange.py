@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -280,6 +280,7 @@ class TokenExchange:
         if isinstance(asked, OAuthError):
             return asked
         decision, raw_decision = asked
+        not_after: float | None = None  # an approval's end: no token outlives it
         if decision.approval_required:  # a human must say yes: is there an answer yet?
             request = await self._access_request(req, subject, pod_uid, now, decision_id, subject_record)
             if isinstance(request, OAuthError):
@@ -294,6 +295,7 @@ class TokenExchange:
             decision, raw_decision = asked
             if decision.approval_required:  # the policy did not take the answer: still pending
                 return await self._pending(decision, request, decision_id, subject_record, doc, raw_decision)
+            not_after = request.expires_at if request.status == "approved" else None
         if not decision.allow and self.config.enforcement == "dry-run":
             return await self._dry_run(req, subject, decision, decision_id, now, subject_record, doc, raw_decision)
         if not decision.allow:
@@ -303,7 +305,8 @@ class TokenExchange:
             return await self._audit_refusal(
                 subject_record("denied", error=err.error, error_description=reasons, reasons=decision.reasons,
                                policy_input=doc, raw_decision=raw_decision), err)
-        return await self._issue(req, subject, decision, decision_id, now, subject_record, doc, raw_decision)
+        return await self._issue(req, subject, decision, decision_id, now, subject_record, doc, raw_decision,
+                                 not_after=not_after)
 
     async def _ask(self, doc: dict[str, Any], decision_id: str, now: float,
                    subject_record: Callable[..., AuditRecord]) -> tuple[Decision, Any] | OAuthError:
@@ -382,8 +385,10 @@ class TokenExchange:
 
     async def _issue(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
                      subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
-                     raw_decision: Any, event: str = "issued") -> Issued | OAuthError:
+                     raw_decision: Any, event: str = "issued", not_after: float | None = None) -> Issued | OAuthError:
         granted = grant(decision, req.scopes, req.requested_ttl, self.config.default_ttl, self.config.max_ttl)
+        if not_after is not None:
+            granted = replace(granted, ttl=max(1, min(granted.ttl, int(not_after - now))))
         claims = access_token_claims(issuer=self.config.issuer, subject=subject, audience=req.audience,
                                      scopes=granted.scopes, ttl=granted.ttl, now=now, decision_id=decision_id)
         token = self.keys.sign(claims)

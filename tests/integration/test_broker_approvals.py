@@ -71,6 +71,7 @@ def test_pending_until_approved_then_issued_and_refreshes_need_no_new_approval(b
     assert r.status_code == 200, r.text
     claims = jwt.decode(r.json()["access_token"], options={"verify_signature": False})
     assert claims["aud"] == "ledger" and claims["scope"] == "read write"
+    assert claims["exp"] - claims["iat"] <= 120  # 300 s asked, but no token outlives the approval (--approval-ttl)
     assert ask(broker).status_code == 200  # a refresh within --approval-ttl needs no new approval
 
     records = admin(broker, "GET", "/v1/admin/audit", params={"event": "access_approved", "limit": 100}).json()
