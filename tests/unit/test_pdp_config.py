@@ -52,6 +52,7 @@ def test_shadow_policy_path_is_kept(jwks: str) -> None:
     (["--default-ttl", "-1"], "--default-ttl"),
     (["--max-ttl", "60", "--default-ttl", "120"], "--default-ttl"),
     (["--key-rotation", "0"], "--key-rotation"),
+    (["--approval-ttl", "0"], "--approval-ttl"),
     (["--listen", "8080"], "--listen"),
     (["--issuer", "not a url"], "--issuer"),
     (["--opa-timeout", "0"], "--opa-timeout"),
