@@ -170,7 +170,7 @@ def run(workdir: Path, duration: float = 5.0, say: Callable[[str], None] = print
     try:
         tls = ssl.create_default_context(cafile=str(certs.ca_file))
         for p, proc in ((port, injector), (floor_port, floor)):
-            wait_http(f"https://127.0.0.1:{p}/readyz", timeout=30, proc=proc.proc, verify=tls)  # type: ignore[arg-type]
+            wait_http(f"https://127.0.0.1:{p}/readyz", timeout=30, proc=proc.proc, verify=tls)
         webhook, baseline = Endpoint(port, tls), Endpoint(floor_port, tls)
         for i in range(WARMUP_REQUESTS):
             webhook.post(bodies[i % len(bodies)])

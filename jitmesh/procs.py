@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ class ProcessFailed(RuntimeError):
 
 
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
-              verify: bool | str = True, ok: Sequence[int] = (200,)) -> None:
+              verify: bool | ssl.SSLContext = True, ok: Sequence[int] = (200,)) -> None:
     """Poll `url` until it answers one of `ok`; fail early if `proc` exits."""
     deadline = time.monotonic() + timeout
     last = "no answer"

@@ -46,6 +46,8 @@ def run_broker(args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.listen_host, port=config.listen_port, loop="uvloop", http="httptools",
         lifespan="on", access_log=False, log_config=None, server_header=False, timeout_graceful_shutdown=5,
+        ssl_certfile=str(config.tls_cert_file) if config.tls_cert_file else None,
+        ssl_keyfile=str(config.tls_key_file) if config.tls_key_file else None,
     ))
     app.state.uvicorn_server = server  # event streams end when it shuts down (pdp/revocation_events.py)
     server.run()

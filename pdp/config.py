@@ -65,6 +65,8 @@ class BrokerConfig:
     default_ttl: int = 300
     key_rotation: int = 86400
     approval_ttl: int = 3600  # how long an approved access request covers new tokens
+    tls_cert_file: Path | None = None  # serve HTTPS with this certificate and key (both or neither)
+    tls_key_file: Path | None = None
     kubeconfig: Path | None = None
     pod_lookup: bool = False
     opa_timeout: float = 1.0
@@ -74,7 +76,9 @@ class BrokerConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BrokerConfig:
         host, port = parse_listen(args.listen)
-        issuer = _http_url(args.issuer or f"http://{args.listen}", "--issuer")
+        tls_cert, tls_key = _tls_files(getattr(args, "tls_cert_file", None), getattr(args, "tls_key_file", None))
+        scheme = "https" if tls_cert else "http"
+        issuer = _http_url(args.issuer or f"{scheme}://{args.listen}", "--issuer")
         opa_url = _http_url(args.opa_url, "--opa-url")
         policy_path = _policy_path(args.policy_path, "--policy-path")
         shadow = _policy_path(args.shadow_policy_path, "--shadow-policy-path") if args.shadow_policy_path else None
@@ -112,7 +116,21 @@ class BrokerConfig:
             admin_token_file=admin, max_ttl=max_ttl, default_ttl=default_ttl, key_rotation=key_rotation,
             approval_ttl=approval_ttl, kubeconfig=kubeconfig, pod_lookup=bool(args.pod_lookup),
             opa_timeout=float(args.opa_timeout), enforcement=args.enforcement,
+            tls_cert_file=tls_cert, tls_key_file=tls_key,
         )
+
+
+def _tls_files(cert: str | None, key: str | None) -> tuple[Path | None, Path | None]:
+    """--tls-cert-file and --tls-key-file: both (HTTPS) or neither (plain HTTP)."""
+    if not cert and not key:
+        return None, None
+    if not cert or not key:
+        given, missing = ("--tls-cert-file", "--tls-key-file") if cert else ("--tls-key-file", "--tls-cert-file")
+        raise ConfigError(f"{given} needs {missing} too: HTTPS takes the certificate and its private key")
+    for flag, value in (("--tls-cert-file", cert), ("--tls-key-file", key)):
+        if not Path(value).is_file():
+            raise ConfigError(f"{flag} {value!r}: no such file")
+    return Path(cert), Path(key)
 
 
 def _policy_path(value: str, flag: str) -> str:
@@ -125,6 +143,9 @@ def _policy_path(value: str, flag: str) -> str:
 def add_broker_flags(p: Any) -> None:
     """The `jitmesh broker` flags; each is also `JITMESH_<FLAG>`."""
     p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT to serve on (default %(default)s)")
+    p.add_argument("--tls-cert-file", default=None,
+                   help="serve HTTPS with this certificate (PEM), e.g. from `jitmesh certs`; needs --tls-key-file")
+    p.add_argument("--tls-key-file", default=None, help="the private key (PEM) of --tls-cert-file")
     p.add_argument("--issuer", default=None, help="the `iss` of issued tokens (default http://LISTEN)")
     p.add_argument("--opa-url", default="http://127.0.0.1:8181", help="OPA base URL (default %(default)s)")
     p.add_argument("--opa-timeout", type=float, default=1.0, help="seconds to wait for OPA (default %(default)s)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,9 +33,11 @@ class BrokerProcess(ManagedProcess):
 
     def __init__(self, *, flags: Mapping[str, object], log_path: Path, port: int | None = None,
                  python: str = sys.executable, extra_args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, ca_file: Path | None = None) -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # with tls_cert_file in `flags` it serves HTTPS; `ca_file` is then what verifies it
+        self.url = f"{'https' if flags.get('tls_cert_file') else 'http'}://127.0.0.1:{self.port}"
+        self.ca_file = ca_file
         self.flags = {"listen": f"127.0.0.1:{self.port}", **flags}
         base = os.environ if env is None else env
         # the broker is configured by the flags given here, not by a stray JITMESH_* variable
@@ -44,7 +47,8 @@ class BrokerProcess(ManagedProcess):
     def start(self, timeout: float = 30.0) -> BrokerProcess:
         super().start()
         try:
-            wait_http(f"{self.url}/readyz", timeout=timeout, proc=self.proc)
+            wait_http(f"{self.url}/readyz", timeout=timeout, proc=self.proc,
+                      verify=ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True)
         except Exception:
             self.stop()
             raise RuntimeError(f"broker did not start: {self.output()[-3000:]}") from None

@@ -73,9 +73,8 @@ def jwt_claims(token: str) -> dict[str, Any]:
 class BrokerClient:
     def __init__(self, config: SidecarConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._config = config
-        verify: bool | str = str(config.broker_ca_file) if config.broker_ca_file else True
         self._http = httpx.AsyncClient(
-            timeout=config.request_timeout, verify=verify, transport=transport,
+            timeout=config.request_timeout, verify=config.tls_verify(), transport=transport,
             headers={"User-Agent": f"jitmesh-sidecar/{__version__}", "Accept": "application/json"},
         )
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import grp
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,10 @@ class SidecarConfig:
     request_timeout: float = 10.0
     shutdown_timeout: float = 1.5
     broker_ca_file: Path | None = None
+
+    def tls_verify(self) -> ssl.SSLContext | bool:
+        """What verifies an https broker: the JITMESH_BROKER_CA_FILE bundle, else the system's CAs."""
+        return ssl.create_default_context(cafile=str(self.broker_ca_file)) if self.broker_ca_file else True
 
     @property
     def token_endpoint(self) -> str:
@@ -281,4 +286,9 @@ def _ca_file(raw: str | None) -> Path | None:
     path = Path(raw.strip())
     if not os.access(path, os.R_OK) or not path.is_file():
         raise ConfigError(f"{ENV_BROKER_CA_FILE}={raw!r} is not a readable PEM file")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{ENV_BROKER_CA_FILE}={raw!r} holds no usable PEM certificate: {exc.reason or exc}") \
+            from None
     return path

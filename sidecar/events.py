@@ -116,9 +116,9 @@ class RevocationSubscriber:
         self.applied = 0
         self.audiences = [a.audience for a in config.audiences]
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not secrets
-        verify: bool | str = str(config.broker_ca_file) if config.broker_ca_file else True
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(config.request_timeout, read=READ_TIMEOUT), verify=verify, transport=transport,
+            timeout=httpx.Timeout(config.request_timeout, read=READ_TIMEOUT), verify=config.tls_verify(),
+            transport=transport,
             headers={"User-Agent": f"jitmesh-sidecar/{__version__}"})
 
     @property

@@ -60,10 +60,20 @@ def test_shadow_policy_path_is_kept(jwks: str) -> None:
     (["--store", "redis://x"], "--store"),
     (["--admin-token-file", "/no/such/file"], "--admin-token-file"),
     (["--subject-audience", " "], "--subject-audience"),
+    (["--tls-key-file", "/no/such/key"], "--tls-key-file needs --tls-cert-file"),
+    (["--tls-cert-file", "/no/such/cert", "--tls-key-file", "/no/such/key"], "--tls-cert-file '/no/such/cert'"),
 ])
 def test_bad_value_is_refused_naming_its_flag(jwks: str, argv: list[str], flag: str) -> None:
     with pytest.raises(ConfigError, match=flag):
         parse(["--jwks-file", jwks, *argv])
+
+
+def test_tls_serves_https_and_the_default_issuer_says_so(jwks: str, tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_text("cert")
+    key.write_text("key")
+    c = parse(["--jwks-file", jwks, "--tls-cert-file", str(cert), "--tls-key-file", str(key)])
+    assert (c.tls_cert_file, c.tls_key_file, c.issuer) == (cert, key, "https://127.0.0.1:8080")
 
 
 def test_jwks_mode_needs_exactly_one_key_source(jwks: str) -> None:

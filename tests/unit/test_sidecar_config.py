@@ -52,6 +52,14 @@ def test_extras_are_read(env: dict[str, str]) -> None:
     assert (c.backoff_initial, c.backoff_max, c.expiry_margin, c.reask_jitter) == (0.5, 10.0, 0.0, 0.0)
 
 
+def test_a_ca_file_that_is_not_pem_is_refused_by_name(env: dict[str, str], tmp_path: Path) -> None:
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    env["JITMESH_BROKER_CA_FILE"] = str(garbage)
+    with pytest.raises(ConfigError, match="JITMESH_BROKER_CA_FILE=.*no usable PEM certificate"):
+        SidecarConfig.from_env(env)
+
+
 @pytest.mark.parametrize("value", ["-1", "soon", "inf", "nan"])
 def test_a_bad_reask_jitter_is_refused_by_name(env: dict[str, str], value: str) -> None:
     env["JITMESH_REASK_JITTER"] = value
