@@ -20,6 +20,7 @@ def register(sub: Any) -> None:
     p.add_argument("--tls-cert-file", help="serving certificate (PEM), e.g. from `jitmesh certs`")
     p.add_argument("--tls-key-file", help="its private key (PEM)")
     p.add_argument("--broker-url", help="the broker URL sidecars are told")
+    p.add_argument("--broker-ca-file", help="PEM CA of an https broker, given to every sidecar (JITMESH_BROKER_CA)")
     p.add_argument("--subject-audience", default=DEFAULT_SUBJECT_AUDIENCE,
                    help="audience of the projected ServiceAccount token the sidecar presents")
     p.add_argument("--sidecar-image", default=DEFAULT_SIDECAR_IMAGE)

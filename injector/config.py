@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ class InjectorConfig:
     default_audiences: tuple[str, ...] = ()
     agent_port: int = DEFAULT_AGENT_PORT
     resources: SidecarResources = field(default_factory=SidecarResources)
+    broker_ca_pem: str | None = None  # given to sidecars as JITMESH_BROKER_CA, for an https broker
 
     @property
     def agent_url(self) -> str:
@@ -80,6 +82,7 @@ class ServerConfig:
                 native_sidecars=args.native_sidecars,
                 default_audiences=parse_default_audiences(args.default_audiences),
                 agent_port=_port("--agent-port", args.agent_port),
+                broker_ca_pem=read_broker_ca(getattr(args, "broker_ca_file", None)),
             ),
         )
 
@@ -104,6 +107,22 @@ def parse_broker_url(raw: str | None) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise InjectorConfigError(f"--broker-url={raw!r} is not an http(s) URL with a host and no query")
     return raw.rstrip("/")
+
+
+def read_broker_ca(path: str | None) -> str | None:
+    """The PEM of --broker-ca-file, checked to hold at least one certificate."""
+    if not path:
+        return None
+    try:
+        pem = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InjectorConfigError(f"--broker-ca-file={path!r} cannot be read: {exc}") from None
+    try:
+        ssl.create_default_context(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise InjectorConfigError(f"--broker-ca-file={path!r} holds no usable PEM certificate: "
+                                  f"{getattr(exc, 'reason', None) or exc}") from None
+    return pem
 
 
 def parse_default_audiences(raw: str | list[str] | None) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from injector.volumes import ATTESTATION_MOUNT_PATH, attestation_token_file
 from jitmesh.contract import (
     ATTESTATION_VOLUME,
     ENV_AUDIENCES,
+    ENV_BROKER_CA,
     ENV_BROKER_URL,
     ENV_LISTEN,
     ENV_SA_TOKEN_FILE,
@@ -39,6 +40,8 @@ def sidecar_env(request: InjectionRequest, config: InjectorConfig) -> list[dict[
         {"name": ENV_TOKEN_DIR, "value": request.token_dir},
         {"name": ENV_LISTEN, "value": config.agent_listen},
     ]
+    if config.broker_ca_pem:
+        env.append({"name": ENV_BROKER_CA, "value": config.broker_ca_pem})
     return env
 
 

@@ -38,6 +38,9 @@ ENV_SA_TOKEN_FILE: Final = "JITMESH_SA_TOKEN_FILE"
 ENV_TOKEN_DIR: Final = "JITMESH_TOKEN_DIR"
 ENV_LISTEN: Final = "JITMESH_LISTEN"
 ENV_AGENT_URL: Final = "JITMESH_AGENT_URL"
+# Not in the SPEC's list: the broker's CA as PEM text, set by the injector (--broker-ca-file)
+# and read by the sidecar, so an https broker signed by a private CA is verified.
+ENV_BROKER_CA: Final = "JITMESH_BROKER_CA"
 
 
 def scopes_env_name(audience: str) -> str:

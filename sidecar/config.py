@@ -17,6 +17,7 @@ Extras of the sidecar's own (all optional):
 | JITMESH_REQUEST_TIMEOUT | 10 | timeout of one call to the broker, seconds |
 | JITMESH_SHUTDOWN_TIMEOUT | 1.5 | how long SIGTERM waits for the broker to revoke, seconds |
 | JITMESH_BROKER_CA_FILE | unset | PEM bundle to verify an https broker (default: system CAs) |
+| JITMESH_BROKER_CA | unset | the same bundle inline, as PEM text (what the injector sets with --broker-ca-file) |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit
 from jitmesh.contract import (
     DEFAULT_TOKEN_DIR,
     ENV_AUDIENCES,
+    ENV_BROKER_CA,
     ENV_BROKER_URL,
     ENV_LISTEN,
     ENV_SA_TOKEN_FILE,
@@ -95,10 +97,16 @@ class SidecarConfig:
     request_timeout: float = 10.0
     shutdown_timeout: float = 1.5
     broker_ca_file: Path | None = None
+    broker_ca_pem: str | None = None
 
     def tls_verify(self) -> ssl.SSLContext | bool:
-        """What verifies an https broker: the JITMESH_BROKER_CA_FILE bundle, else the system's CAs."""
-        return ssl.create_default_context(cafile=str(self.broker_ca_file)) if self.broker_ca_file else True
+        """What verifies an https broker: the JITMESH_BROKER_CA_FILE or JITMESH_BROKER_CA bundle,
+        else the system's CAs."""
+        if self.broker_ca_file:
+            return ssl.create_default_context(cafile=str(self.broker_ca_file))
+        if self.broker_ca_pem:
+            return ssl.create_default_context(cadata=self.broker_ca_pem)
+        return True
 
     @property
     def token_endpoint(self) -> str:
@@ -138,6 +146,7 @@ class SidecarConfig:
             request_timeout=_seconds(environ, ENV_REQUEST_TIMEOUT, 10.0),
             shutdown_timeout=_seconds(environ, ENV_SHUTDOWN_TIMEOUT, 1.5),
             broker_ca_file=_ca_file(environ.get(ENV_BROKER_CA_FILE)),
+            broker_ca_pem=_ca_pem(environ.get(ENV_BROKER_CA), environ.get(ENV_BROKER_CA_FILE)),
         )
 
 
@@ -278,6 +287,19 @@ def _refresh_after(raw: str) -> tuple[float, float]:
     if not 0.1 <= lo <= hi <= 0.95:
         raise ConfigError(f"{ENV_REFRESH_AFTER}={raw!r}: fractions must satisfy 0.1 <= low <= high <= 0.95")
     return lo, hi
+
+
+def _ca_pem(raw: str | None, file: str | None) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    if file and file.strip():
+        raise ConfigError(f"{ENV_BROKER_CA} and {ENV_BROKER_CA_FILE} are both set; give the broker's CA one way")
+    try:
+        ssl.create_default_context(cadata=raw)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{ENV_BROKER_CA} holds no usable PEM certificate: {getattr(exc, 'reason', None) or exc}") \
+            from None
+    return raw
 
 
 def _ca_file(raw: str | None) -> Path | None:

@@ -60,10 +60,14 @@ def sidecar(broker: BrokerHandle, make_sidecar: Callable[..., SidecarProcess], t
                         extra={"JITMESH_BACKOFF_INITIAL": "0.2", "JITMESH_BACKOFF_MAX": "0.5", **extra})
 
 
+@pytest.mark.parametrize("how", ["file", "inline"])
 def test_a_sidecar_given_the_ca_gets_tokens_and_follows_revocations_over_https(
         broker: BrokerHandle, certs: WebhookCerts, make_sidecar: Callable[..., SidecarProcess],
-        tmp_path: Path) -> None:
-    sc = sidecar(broker, make_sidecar, tmp_path, {"JITMESH_BROKER_CA_FILE": str(certs.ca_file)})
+        tmp_path: Path, how: str) -> None:
+    # inline: JITMESH_BROKER_CA, as the injector sets it from --broker-ca-file
+    given = ({"JITMESH_BROKER_CA_FILE": str(certs.ca_file)} if how == "file"
+             else {"JITMESH_BROKER_CA": certs.ca_file.read_text()})
+    sc = sidecar(broker, make_sidecar, tmp_path, given)
     deadline = time.monotonic() + 20
     while not sc.token_file("orders-db").exists() or not any(
             e.get("event") == "events.subscribed" for e in sc.events()):

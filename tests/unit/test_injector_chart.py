@@ -158,3 +158,42 @@ def test_missing_ca_bundle_is_a_clear_render_error() -> None:
     out = subprocess.run([helm, "template", "jm", str(CHART), "--kube-version", KUBE, "--set", "injector.tls.crt=C",
                           "--set", "injector.tls.key=K"], capture_output=True, text=True)
     assert out.returncode != 0 and "injector.caBundle is required" in out.stderr
+
+
+BROKER_TLS = ["--set", "broker.tls.enabled=true", "--set", "broker.tls.crt=BCRT", "--set", "broker.tls.key=BKEY",
+              "--set", "broker.tls.ca=BCA"]
+
+
+def test_broker_tls_serves_https_and_gives_the_injector_only_the_ca() -> None:
+    docs = render(*REQUIRED, *BROKER_TLS)
+    broker = _one(docs, "Deployment", "jm-jitmesh-broker")["spec"]["template"]["spec"]
+    container = broker["containers"][0]
+    assert {"--tls-cert-file=/etc/jitmesh/tls/tls.crt", "--tls-key-file=/etc/jitmesh/tls/tls.key",
+            "--issuer=https://jm-jitmesh-broker.jitmesh.svc:8080"} <= set(container["args"])
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert {"name": "tls", "secret": {"secretName": "jm-jitmesh-broker-tls", "defaultMode": 0o400}} in broker["volumes"]
+    secret = _one(docs, "Secret", "jm-jitmesh-broker-tls")
+    assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    injector = _one(docs, "Deployment", "jm-jitmesh-injector")["spec"]["template"]["spec"]
+    args = injector["containers"][0]["args"]
+    assert "--broker-url=https://jm-jitmesh-broker.jitmesh.svc:8080" in args
+    assert "--broker-ca-file=/etc/jitmesh/broker-ca/ca.crt" in args
+    ca = next(v for v in injector["volumes"] if v["name"] == "broker-ca")
+    assert ca["secret"] == {"secretName": "jm-jitmesh-broker-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+
+
+def test_broker_stays_plain_http_unless_tls_is_enabled() -> None:
+    docs = render(*REQUIRED)
+    container = _one(docs, "Deployment", "jm-jitmesh-broker")["spec"]["template"]["spec"]["containers"][0]
+    assert not [a for a in container["args"] if a.startswith("--tls-")]
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert not [d for d in docs if d["metadata"]["name"] == "jm-jitmesh-broker-tls"]
+
+
+def test_broker_tls_without_its_certificate_is_a_clear_render_error() -> None:
+    helm = helm_bin()
+    if helm is None:
+        pytest.skip("helm is not built (scripts/tools.sh helm) nor on PATH")
+    out = subprocess.run([helm, "template", "jm", str(CHART), "--kube-version", KUBE, *REQUIRED,
+                          "--set", "broker.tls.enabled=true"], capture_output=True, text=True)
+    assert out.returncode != 0 and "broker.tls.crt is required" in out.stderr

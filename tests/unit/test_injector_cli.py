@@ -23,6 +23,10 @@ def tls(tmp_path: Path) -> list[str]:
     (["--broker-url", "ftp://b"], "--broker-url='ftp://b' is not an http(s) URL"),
     (["--broker-url", "http://b:8080", "--default-audiences", "ok,../x"], "audience '../x' is not valid"),
     (["--broker-url", "http://b:8080", "--agent-port", "70000"], "--agent-port=70000 is not a TCP port"),
+    (["--broker-url", "https://b:8443", "--broker-ca-file", "/no/such/ca.pem"],
+     "--broker-ca-file='/no/such/ca.pem' cannot be read"),
+    (["--broker-url", "https://b:8443", "--broker-ca-file", "/etc/hostname"],
+     "--broker-ca-file='/etc/hostname' holds no usable PEM certificate"),
 ])
 def test_bad_flag_exits_2_naming_it(tls: list[str], args: list[str], problem: str,
                                     capsys: pytest.CaptureFixture[str]) -> None:

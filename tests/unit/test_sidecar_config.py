@@ -52,11 +52,36 @@ def test_extras_are_read(env: dict[str, str]) -> None:
     assert (c.backoff_initial, c.backoff_max, c.expiry_margin, c.reask_jitter) == (0.5, 10.0, 0.0, 0.0)
 
 
+def test_an_inline_ca_is_read_and_builds_the_tls_context(env: dict[str, str], tmp_path: Path) -> None:
+    from injector.certs import write_webhook_certs
+
+    pem = write_webhook_certs(tmp_path / "certs", ["broker.test"], []).ca_file.read_text()
+    env["JITMESH_BROKER_CA"] = pem
+    c = SidecarConfig.from_env(env)
+    context = c.tls_verify()
+    assert c.broker_ca_pem == pem and not isinstance(context, bool)
+    assert [x["subject"] for x in context.get_ca_certs()] == [((("commonName", "jitmesh-webhook-ca"),),)]
+    env["JITMESH_BROKER_CA_FILE"] = str(tmp_path / "certs" / "ca.crt")
+    with pytest.raises(ConfigError, match="are both set"):
+        SidecarConfig.from_env(env)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"JITMESH_BROKER_CA": "not a certificate"}, "JITMESH_BROKER_CA holds no usable PEM certificate"),
+    ({"JITMESH_BROKER_CA": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"},
+     "JITMESH_BROKER_CA holds no usable PEM certificate"),
+])
+def test_a_bad_inline_ca_is_refused_by_name(env: dict[str, str], extra: dict[str, str], message: str) -> None:
+    env.update(extra)
+    with pytest.raises(ConfigError, match=message):
+        SidecarConfig.from_env(env)
+
+
 def test_a_ca_file_that_is_not_pem_is_refused_by_name(env: dict[str, str], tmp_path: Path) -> None:
     garbage = tmp_path / "ca.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
     env["JITMESH_BROKER_CA_FILE"] = str(garbage)
-    with pytest.raises(ConfigError, match="JITMESH_BROKER_CA_FILE=.*no usable PEM certificate"):
+    with pytest.raises(ConfigError, match=r"JITMESH_BROKER_CA_FILE=.*no usable PEM certificate"):
         SidecarConfig.from_env(env)
 
 

@@ -23,5 +23,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "jitmesh.injector.name" -}}{{ include "jitmesh.fullname" . }}-injector{{- end -}}
 
 {{- define "jitmesh.broker.url" -}}
-{{- printf "http://%s.%s.svc:%d" (include "jitmesh.broker.name" .) .Release.Namespace (int .Values.broker.port) -}}
+{{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" .Values.broker.tls.enabled) (include "jitmesh.broker.name" .) .Release.Namespace (int .Values.broker.port) -}}
+{{- end -}}
+
+{{- define "jitmesh.broker.tlsSecret" -}}
+{{- default (printf "%s-tls" (include "jitmesh.broker.name" .)) .Values.broker.tls.existingSecret -}}
 {{- end -}}
