@@ -9,9 +9,7 @@ import json
 import sys
 from typing import Any
 
-import httpx
-
-from pdp.client import AdminTokenFileError, admin_headers, error_text
+from pdp.client import add_admin_client_flags, admin_request
 
 STATUSES = ("pending", "approved", "denied")
 
@@ -53,23 +51,9 @@ def run_approvals(args: argparse.Namespace) -> int:
         print(f"jitmesh approvals: {asked}", file=sys.stderr)
         return 2
     method, path, body = asked
-    if not args.admin_token_file:
-        print("jitmesh approvals: --admin-token-file is required", file=sys.stderr)
-        return 2
-    try:
-        headers = admin_headers(args.admin_token_file)
-    except AdminTokenFileError as exc:
-        print(f"jitmesh approvals: {exc}", file=sys.stderr)
-        return 2
-    try:
-        r = httpx.request(method, args.broker_url.rstrip("/") + path, json=body, timeout=10.0, headers=headers)
-    except httpx.HTTPError as exc:
-        print(f"jitmesh approvals: cannot reach the broker at {args.broker_url}: {exc}", file=sys.stderr)
-        return 1
-    if r.status_code != 200:
-        print(f"jitmesh approvals: {error_text(r)}", file=sys.stderr)
-        return 1
-    doc = r.json()
+    doc = admin_request("jitmesh approvals", args.broker_url, args.admin_token_file, method, path, body)
+    if isinstance(doc, int):
+        return doc
     if args.json:
         print(json.dumps(doc, indent=2))
     elif method == "GET":
@@ -84,8 +68,7 @@ def run_approvals(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("approvals", help="list access requests waiting for a human; approve or deny one")
-    p.add_argument("--broker-url", default="http://127.0.0.1:8080", help="broker base URL (default %(default)s)")
-    p.add_argument("--admin-token-file", default=None, help="admin bearer token file (the first token is used)")
+    add_admin_client_flags(p)
     p.add_argument("--status", default=None, help="which to list: pending (default), approved, denied or all")
     p.add_argument("--approve", default=None, metavar="ID", help="approve the access request with this id")
     p.add_argument("--deny", default=None, metavar="ID", help="deny the access request with this id (needs --reason)")

@@ -17,7 +17,7 @@ import httpx
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from jitmesh.log import configure, get_logger
 from pdp import approvals_cli, revoke_cli, shadow_cli
-from pdp.client import AdminTokenFileError, admin_headers, error_text
+from pdp.client import AdminTokenFileError, add_admin_client_flags, admin_headers, error_text
 from pdp.config import BrokerConfig, ConfigError, add_broker_flags
 from pdp.store.base import StoreError, open_store_from_url
 
@@ -154,8 +154,7 @@ def register(sub: Any) -> None:
     t.set_defaults(func=run_token)
 
     a = sub.add_parser("audit", help="query or follow the broker's audit trail")
-    a.add_argument("--broker-url", default="http://127.0.0.1:8080", help="broker base URL (default %(default)s)")
-    a.add_argument("--admin-token-file", default=None, help="admin bearer token file")
+    add_admin_client_flags(a)
     a.add_argument("--since", default=None, help="unix seconds or RFC 3339")
     a.add_argument("--subject", default=None, help="e.g. system:serviceaccount:demo:demo-app")
     a.add_argument("--event", default=None, help="issued, denied, error, pending, revoked")

@@ -9,9 +9,7 @@ import json
 import sys
 from typing import Any
 
-import httpx
-
-from pdp.client import AdminTokenFileError, admin_headers, error_text
+from pdp.client import add_admin_client_flags, admin_request
 
 TARGETS = (("jti", "jti"), ("subject", "subject"), ("pod_uid", "pod-uid"), ("audience", "audience"))
 
@@ -47,24 +45,9 @@ def run_revoke(args: argparse.Namespace) -> int:
         print(f"jitmesh revoke: {asked}", file=sys.stderr)
         return 2
     method, path, body = asked
-    if not args.admin_token_file:
-        print("jitmesh revoke: --admin-token-file is required", file=sys.stderr)
-        return 2
-    try:
-        headers = admin_headers(args.admin_token_file)
-    except AdminTokenFileError as exc:
-        print(f"jitmesh revoke: {exc}", file=sys.stderr)
-        return 2
-    url = args.broker_url.rstrip("/") + path
-    try:
-        r = httpx.request(method, url, json=body, timeout=10.0, headers=headers)
-    except httpx.HTTPError as exc:
-        print(f"jitmesh revoke: cannot reach the broker at {args.broker_url}: {exc}", file=sys.stderr)
-        return 1
-    if r.status_code not in (200, 201):
-        print(f"jitmesh revoke: {error_text(r)}", file=sys.stderr)
-        return 1
-    doc = r.json()
+    doc = admin_request("jitmesh revoke", args.broker_url, args.admin_token_file, method, path, body, ok=(200, 201))
+    if isinstance(doc, int):
+        return doc
     if args.json:
         print(json.dumps(doc, indent=2))
     elif method == "GET":
@@ -77,8 +60,7 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("revoke", help="revoke tokens by jti, subject, pod uid or audience; lift or list revocations")
-    p.add_argument("--broker-url", default="http://127.0.0.1:8080", help="broker base URL (default %(default)s)")
-    p.add_argument("--admin-token-file", default=None, help="admin bearer token file (the first token is used)")
+    add_admin_client_flags(p)
     p.add_argument("--jti", default=None, help="one token, by its jti")
     p.add_argument("--subject", default=None, help="every token of system:serviceaccount:<ns>:<sa>; refuses new ones")
     p.add_argument("--pod-uid", dest="pod_uid", default=None, help="every token of one pod; refuses new ones")

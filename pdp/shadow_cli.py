@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 import httpx
 
 from jitmesh.opa_server import OPANotFound, OPAServer
-from pdp.client import AdminTokenFileError, admin_headers
+from pdp.client import AdminTokenFileError, add_admin_client_flags, admin_headers
 from pdp.shadow import ShadowTally
 from pdp.shadow_report import (
     FORMATS,
@@ -172,8 +172,7 @@ def run_replay(args: argparse.Namespace) -> int:
 # --- registration -------------------------------------------------------------------------
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker-url", default=DEFAULT_BROKER_URL, help="broker base URL (default %(default)s)")
-    p.add_argument("--admin-token-file", default=None, help="admin bearer token file (one token a line)")
+    add_admin_client_flags(p)
     p.add_argument("--since", default=DEFAULT_SINCE,
                    help="window start: a duration back from now (90s, 15m, 2h, 7d, 1h30m) or an RFC 3339 time "
                         "(default %(default)s)")
