@@ -324,7 +324,7 @@ class FixedUniform(random.Random):
 
 def test_after_a_revocation_the_new_request_waits_a_random_part_of_the_jitter(tmp_path: Path) -> None:
     broker = FakeBroker()
-    config = make_config(tmp_path, reask_jitter=1.0, backoff_initial=5, backoff_max=5)
+    config = make_config(tmp_path, reask_jitter=2.0, backoff_initial=5, backoff_max=5)
     path = tmp_path / "tokens" / "orders-db"
     rng = FixedUniform(0.6)
     waited: list[float] = []
@@ -334,14 +334,14 @@ def test_after_a_revocation_the_new_request_waits_a_random_part_of_the_jitter(tm
         revoked_at = time.monotonic()
         agent.on_revoked("orders-db", reason="audience revoked")
         assert not path.exists()  # the file goes at once, whatever the jitter
-        await asyncio.sleep(0.4)
-        assert len(broker.forms) == 1 and not path.exists()  # not asked again yet
-        await eventually(lambda: path.exists(), timeout=2)
+        await asyncio.sleep(0.3)
+        assert len(broker.forms) == 1 and not path.exists()  # not asked again yet: the hold is 1.2 s
+        await eventually(lambda: path.exists(), timeout=4)
         waited.append(time.monotonic() - revoked_at)
 
     run_agent(config, broker, body, rng=rng)
-    assert (0.0, 1.0) in rng.calls
-    assert 0.6 <= waited[0] < 1.5 and len(broker.forms) == 2
+    assert (0.0, 2.0) in rng.calls
+    assert 1.2 <= waited[0] < 4 and len(broker.forms) == 2
 
 
 def test_a_stop_during_the_jitter_wait_ends_at_once_without_asking(tmp_path: Path) -> None:
