@@ -29,7 +29,7 @@ from pdp.audit import Auditor
 from pdp.decision import rfc3339
 from pdp.exchange import OAuthError, invalid_request
 from pdp.request_body import read_body
-from pdp.revocation_api import admin_record, broker_of, require_admin
+from pdp.revocation_api import admin_record, audit_admin_call, broker_of, require_admin
 from pdp.store.base import AccessRequest, AccessRequestStatus, StoreError
 
 log = get_logger("pdp.approvals")
@@ -99,6 +99,7 @@ async def _decide(request: Request, status: AccessRequestStatus) -> Response:
     action = "access_request.approve" if status == "approved" else "access_request.deny"
     if decided is None:
         existing = await broker.store.get_access_request(rid)
+        await audit_admin_call(broker, admin, f"{action}_{'unknown' if existing is None else 'refused'}", request)
         if existing is None:
             raise OAuthError(404, "not_found", f"no access request with id {rid!r:.80}; "
                              "GET /v1/admin/access-requests?status=pending lists the open ones")

@@ -111,6 +111,9 @@ def test_deciding_twice_or_an_unknown_request_is_a_clear_error(broker: BrokerHan
     assert r.status_code == 409 and "approved by" in r.json()["error_description"]
     r = decide(broker, "0000-no-such-request", "approve")
     assert r.status_code == 404 and r.json()["error"] == "not_found"
+    records = admin(broker, "GET", "/v1/admin/audit", params={"event": "admin", "limit": 1000}).json()["records"]
+    actions = {x["details"]["action"] for x in records}
+    assert {"access_request.deny_refused", "access_request.approve_unknown"} <= actions  # refused calls audited too
 
 
 @pytest.mark.parametrize(("body", "message"), [
