@@ -39,7 +39,15 @@ MAX_AUDIENCE_CHARS = 256
 MAX_SCOPES = 64
 RETRY_AFTER_SECONDS = 2
 PENDING_INTERVAL_SECONDS = 5
-PENDING_LIFETIME_SECONDS = 86400  # an access request nobody answered lapses after a day; the next ask opens a new one
+PENDING_LIFETIME_SECONDS = 86400  # an unanswered access request lapses after a day; the next ask opens a new one
+
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_AUDIENCE = re.compile(r"[\x21-\x7e]+")
+_SINGLE = ("grant_type", "subject_token", "subject_token_type", "scope", "requested_ttl",
+           "requested_token_type", "access_request_id")
+_ACCESS_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 def covers(request: AccessRequest, subject: str, audience: str, scopes: tuple[str, ...], now: float) -> bool:
@@ -53,13 +61,6 @@ def approval_input(request: AccessRequest) -> dict[str, Any]:
     return {"access_request_id": request.id, "approved": request.status == "approved", "by": request.decided_by,
             "at": rfc3339(request.decided_at) if request.decided_at is not None else None,
             "reason": request.reason, "expires_at": rfc3339(request.expires_at)}
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-_AUDIENCE = re.compile(r"[\x21-\x7e]+")
-_SINGLE = ("grant_type", "subject_token", "subject_token_type", "scope", "requested_ttl",
-           "requested_token_type", "access_request_id")
-_ACCESS_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 @dataclass(frozen=True)
