@@ -47,7 +47,7 @@ from pdp.exchange import (
 )
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient
-from pdp.request_body import read_body
+from pdp.request_body import int_param, read_body
 from pdp.revocation import PURGE_EVERY, RevocationIndex
 from pdp.shadow_live import LiveShadow, live_report
 from pdp.store.base import Revocation, Store, StoreError, open_store_from_url
@@ -266,14 +266,6 @@ def parse_time(value: str, name: str) -> float:
     return ts.timestamp()
 
 
-def _int_param(value: str | None, name: str, low: int, high: int, default: int | None) -> int | None:
-    if value is None or value == "":
-        return default
-    if not value.isdigit() or not low <= int(value) <= high:
-        raise invalid_request(f"{name} {value!r:.40}: expected a whole number from {low} to {high}")
-    return int(value)
-
-
 @guarded
 async def audit_endpoint(request: Request) -> Response:
     broker = broker_of(request)
@@ -281,8 +273,8 @@ async def audit_endpoint(request: Request) -> Response:
     q = request.query_params
     since = parse_time(q["since"], "since") if q.get("since") else None
     until = parse_time(q["until"], "until") if q.get("until") else None
-    limit = _int_param(q.get("limit"), "limit", 1, AUDIT_MAX_LIMIT, 100)
-    after_seq = _int_param(q.get("after_seq"), "after_seq", 0, 2**62, None)
+    limit = int_param(q.get("limit"), "limit", 1, AUDIT_MAX_LIMIT, 100)
+    after_seq = int_param(q.get("after_seq"), "after_seq", 0, 2**62, None)
     records = await broker.store.query_audit(
         since=since, until=until, subject=q.get("subject") or None, event=q.get("event") or None,
         audience=q.get("audience") or None, decision_id=q.get("decision_id") or None,

@@ -28,7 +28,7 @@ from jitmesh.log import get_logger
 from pdp.audit import Auditor
 from pdp.decision import rfc3339
 from pdp.exchange import OAuthError, invalid_request
-from pdp.request_body import read_body
+from pdp.request_body import int_param, read_body
 from pdp.revocation_api import admin_record, audit_admin_call, broker_of, require_admin
 from pdp.store.base import AccessRequest, AccessRequestStatus, StoreError
 
@@ -78,11 +78,8 @@ async def list_access_requests(request: Request) -> Response:
     status = request.query_params.get("status") or None
     if status is not None and status not in STATUSES:
         raise invalid_request(f"status {status!r:.40}: expected one of {', '.join(STATUSES)}")
-    raw_limit = request.query_params.get("limit") or "100"
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
-        raise invalid_request(f"limit {raw_limit!r:.20}: expected a whole number from 1 to 1000")
-    found = await broker.store.list_access_requests(cast(AccessRequestStatus | None, status), broker.clock(),
-                                                    int(raw_limit))
+    limit = int_param(request.query_params.get("limit"), "limit", 1, 1000, 100) or 100
+    found = await broker.store.list_access_requests(cast(AccessRequestStatus | None, status), broker.clock(), limit)
     return JSONResponse({"access_requests": [access_request_json(r) for r in found]},
                         headers={"Cache-Control": "no-store"})
 

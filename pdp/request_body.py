@@ -1,6 +1,7 @@
-"""Reading a request body under a size limit. A body over the limit is `invalid_request`;
-one up to DRAIN_LIMIT_BYTES is still read to its end first, so the client is not reset
-mid-upload and sees the clear answer."""
+"""Reading a request: its body under a size limit, and whole-number query parameters.
+
+A body over the limit is `invalid_request`; one up to DRAIN_LIMIT_BYTES is still read to its
+end first, so the client is not reset mid-upload and sees the clear answer."""
 
 from __future__ import annotations
 
@@ -27,3 +28,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     if size > limit:
         raise invalid_request(f"the request body is larger than {limit} bytes")
     return b"".join(chunks)
+
+
+def int_param(value: str | None, name: str, low: int, high: int, default: int | None) -> int | None:
+    """A query parameter as a whole number from `low` to `high`; `default` when absent or empty."""
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise invalid_request(f"{name} {value!r:.40}: expected a whole number from {low} to {high}")
+    return int(value)
