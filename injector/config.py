@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from jitmesh.contract import DEFAULT_SUBJECT_AUDIENCE
 from jitmesh.hostport import split_host_port
+from jitmesh.tls import pem_ca_problem
 
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/jitmesh/jitmesh:0.1.0"
 DEFAULT_AGENT_PORT = 8099  # the sidecar's own default for JITMESH_LISTEN
@@ -117,11 +117,9 @@ def read_broker_ca(path: str | None) -> str | None:
         pem = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InjectorConfigError(f"--broker-ca-file={path!r} cannot be read: {exc}") from None
-    try:
-        ssl.create_default_context(cadata=pem)
-    except (ssl.SSLError, ValueError) as exc:
-        raise InjectorConfigError(f"--broker-ca-file={path!r} holds no usable PEM certificate: "
-                                  f"{getattr(exc, 'reason', None) or exc}") from None
+    problem = pem_ca_problem(pem)
+    if problem:
+        raise InjectorConfigError(f"--broker-ca-file={path!r} {problem}")
     return pem
 
 

@@ -23,7 +23,6 @@ Extras of the sidecar's own (all optional):
 from __future__ import annotations
 
 import grp
-import os
 import re
 import ssl
 from collections.abc import Mapping
@@ -43,6 +42,7 @@ from jitmesh.contract import (
     scopes_env_name,
 )
 from jitmesh.hostport import split_host_port
+from jitmesh.tls import pem_ca_problem
 
 ENV_FILE_MODE = "JITMESH_FILE_MODE"
 ENV_FILE_GROUP = "JITMESH_FILE_GROUP"
@@ -294,11 +294,9 @@ def _ca_pem(raw: str | None, file: str | None) -> str | None:
         return None
     if file and file.strip():
         raise ConfigError(f"{ENV_BROKER_CA} and {ENV_BROKER_CA_FILE} are both set; give the broker's CA one way")
-    try:
-        ssl.create_default_context(cadata=raw)
-    except (ssl.SSLError, ValueError) as exc:
-        raise ConfigError(f"{ENV_BROKER_CA} holds no usable PEM certificate: {getattr(exc, 'reason', None) or exc}") \
-            from None
+    problem = pem_ca_problem(raw)
+    if problem:
+        raise ConfigError(f"{ENV_BROKER_CA} {problem}")
     return raw
 
 
@@ -306,11 +304,11 @@ def _ca_file(raw: str | None) -> Path | None:
     if raw is None or not raw.strip():
         return None
     path = Path(raw.strip())
-    if not os.access(path, os.R_OK) or not path.is_file():
-        raise ConfigError(f"{ENV_BROKER_CA_FILE}={raw!r} is not a readable PEM file")
     try:
-        ssl.create_default_context(cafile=str(path))
-    except ssl.SSLError as exc:
-        raise ConfigError(f"{ENV_BROKER_CA_FILE}={raw!r} holds no usable PEM certificate: {exc.reason or exc}") \
-            from None
+        pem = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"{ENV_BROKER_CA_FILE}={raw!r} is not a readable PEM file") from None
+    problem = pem_ca_problem(pem)
+    if problem:
+        raise ConfigError(f"{ENV_BROKER_CA_FILE}={raw!r} {problem}")
     return path
