@@ -357,6 +357,8 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
             asyncio.create_task(_every(key_interval, lambda: keys.refresh(clock()), "keys.refresh")),
             asyncio.create_task(revocations.run()),
             asyncio.create_task(_every(PURGE_EVERY, lambda: revocations.purge(clock()), "revocations.purge")),
+            asyncio.create_task(_every(PURGE_EVERY, lambda: approvals_api.purge(the_store, clock()),
+                                       "access_requests.purge")),
             *([asyncio.create_task(shadow.run())] if shadow else []),
         ]
         app.state.broker = broker

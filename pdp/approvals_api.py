@@ -30,11 +30,12 @@ from pdp.decision import rfc3339
 from pdp.exchange import OAuthError, invalid_request
 from pdp.request_body import int_param, read_body
 from pdp.revocation_api import admin_record, audit_admin_call, broker_of, require_admin
-from pdp.store.base import AccessRequest, AccessRequestStatus, StoreError
+from pdp.store.base import AccessRequest, AccessRequestStatus, Store, StoreError
 
 log = get_logger("pdp.approvals")
 
 MAX_DECISION_BODY: Final = 16 * 1024
+RETENTION_SECONDS: Final = 30 * 86400.0  # access requests are purged a month after they lapsed or ran out
 MAX_REASON_CHARS: Final = 1000
 STATUSES: Final[tuple[str, ...]] = get_args(AccessRequestStatus)
 
@@ -124,6 +125,16 @@ async def approve(request: Request) -> Response:
 
 async def deny(request: Request) -> Response:
     return await _decide(request, "denied")
+
+
+async def purge(store: Store, now: float) -> int:
+    """Drop the access requests that lapsed or ran out more than RETENTION_SECONDS ago (the
+    audit trail keeps every decision); how many went."""
+    before = now - RETENTION_SECONDS
+    count = await store.purge_access_requests(before)
+    if count:
+        log.info("access_requests.purged", count=count, lapsed_before=before)
+    return count
 
 
 def routes(guarded: Any) -> list[Route]:

@@ -26,8 +26,7 @@ class RevocationIndexStale(Exception):
 
 # A jti (or pod) revocation names tokens that expire; an hour after the last of them expired
 # (resource servers allow some clock skew), it can refuse nothing more and is purged with its
-# events. Lifted revocations are purged a month after the lift, and access requests (human
-# approvals) a month after they lapsed or ran out; the audit trail keeps all of them.
+# events. Lifted revocations are purged a month after the lift; the audit trail keeps both.
 EXPIRED_GRACE = 3600.0
 LIFTED_RETENTION = 30 * 86400.0
 PURGE_EVERY = 3600.0
@@ -112,9 +111,6 @@ class RevocationIndex:
         index; how many revocations the store dropped."""
         expired_before = now - EXPIRED_GRACE
         purged = await self.store.purge_revocations(expired_before, now - LIFTED_RETENTION)
-        requests = await self.store.purge_access_requests(now - LIFTED_RETENTION)
-        if requests:
-            log.info("access_requests.purged", count=requests, lapsed_before=now - LIFTED_RETENTION)
         keep = [r for r in self._by_id.values() if r.expires_at is None or r.expires_at >= expired_before]
         if len(keep) != len(self._by_id):
             self._by_kind, self._by_id = {}, {}

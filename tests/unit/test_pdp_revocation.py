@@ -125,3 +125,17 @@ def test_admin_token_file_is_reread_when_it_changes(tmp_path: Path) -> None:
 
 def test_no_admin_token_file_means_no_admins() -> None:
     assert not AdminTokens(None).is_admin("Bearer anything")
+
+
+def test_access_requests_are_purged_a_month_after_they_lapsed_or_ran_out() -> None:
+    from pdp import approvals_api
+    from pdp.store.base import AccessRequest
+
+    store = MemoryStore()
+    now = 100 * 86400.0
+    for rid, ran_out in (("old", now - approvals_api.RETENTION_SECONDS - 1),
+                         ("recent", now - approvals_api.RETENTION_SECONDS + 1)):
+        asyncio.run(store.add_access_request(AccessRequest(id=rid, subject="s", audience="a", scopes=(),
+                                                           created_at=1.0, expires_at=ran_out)))
+    assert asyncio.run(approvals_api.purge(store, now)) == 1
+    assert list(store.access_requests) == ["recent"]
