@@ -81,6 +81,18 @@ build_helm() {
   log "helm ready: $out"
 }
 
+# What `kube-apiserver --version` and /version report: without these a go-built binary says
+# v0.0.0-master+$Format:%H$, which fails every chart's kubeVersion constraint.
+kube_version_ldflags() {
+  local v="${KUBE_VERSION#v}" flags="" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=${v%%.*}"
+    flags+=" -X $pkg.gitMinor=$(echo "$v" | cut -d. -f2) -X $pkg.gitTreeState=clean"
+    flags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "-s -w$flags"
+}
+
 build_kube_apiserver() {
   local out; out=$(path_of kube-apiserver)
   [ -x "$out" ] && return 0
@@ -111,7 +123,8 @@ import _ "k8s.io/kubernetes/cmd/kube-apiserver"
 GO
   # tidy -e: k8s.io/kubernetes has test-only imports that need not resolve; its log stays beside go.mod
   (cd "$mod" && { GOFLAGS=-mod=mod go mod tidy -e >"$mod/tidy.log" 2>&1 || log "go mod tidy reported errors: $mod/tidy.log"; }
-   cd "$mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -tags tools -o "$out.part" k8s.io/kubernetes/cmd/kube-apiserver)
+   cd "$mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -tags tools -trimpath -ldflags "$(kube_version_ldflags)" \
+     -o "$out.part" k8s.io/kubernetes/cmd/kube-apiserver)
   mv "$out.part" "$out"
   log "kube-apiserver ready: $out"
 }
