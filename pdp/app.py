@@ -21,9 +21,9 @@ from starlette.routing import Route
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE
 from jitmesh.log import get_logger
-from pdp import approvals_api, revocation_api
-from pdp.admin import AdminTokens
-from pdp.attestation import (
+from pdp.admin.tokens import AdminTokens
+from pdp.approvals import api as approvals_api
+from pdp.attestation.verify import (
     JWKSURL,
     Attestor,
     JWKSAttestor,
@@ -45,11 +45,12 @@ from pdp.exchange import (
     parse_form,
     unavailable,
 )
+from pdp.http.body import int_param, read_body
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient
-from pdp.request_body import int_param, read_body
-from pdp.revocation import PURGE_EVERY, RevocationIndex
-from pdp.shadow_live import LiveShadow, live_report
+from pdp.revocation import api as revocation_api
+from pdp.revocation.index import PURGE_EVERY, RevocationIndex
+from pdp.shadow.live import LiveShadow, live_report
 from pdp.store.base import Revocation, Store, StoreError, open_store_from_url
 from pdp.tokens import KeyRing
 

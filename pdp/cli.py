@@ -16,9 +16,11 @@ import httpx
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from jitmesh.log import configure, get_logger
-from pdp import approvals_cli, revoke_cli, shadow_cli
+from pdp.approvals import cli as approvals_cli
 from pdp.client import AdminTokenFileError, add_admin_client_flags, admin_headers, error_text
 from pdp.config import BrokerConfig, ConfigError, add_broker_flags
+from pdp.revocation import cli as revoke_cli
+from pdp.shadow import cli as shadow_cli
 from pdp.store.base import StoreError, open_store_from_url
 
 log = get_logger("pdp")

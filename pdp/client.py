@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from pdp.admin import parse_admin_tokens
+from pdp.admin.tokens import parse_admin_tokens
 
 DEFAULT_BROKER_URL = "http://127.0.0.1:8080"
 

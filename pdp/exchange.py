@@ -19,15 +19,15 @@ from urllib.parse import parse_qsl
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from jitmesh.log import get_logger
-from pdp.attestation import AttestationError, AttestationUnavailable, Attestor, Subject
+from pdp.attestation.verify import AttestationError, AttestationUnavailable, Attestor, Subject
 from pdp.audit import Auditor, decision_record
 from pdp.config import BrokerConfig
 from pdp.decision import Decision, MalformedDecision, grant, parse_decision, policy_input, rfc3339
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient, OPAUnavailable
-from pdp.revocation import RevocationIndex, RevocationIndexStale
-from pdp.shadow import DRY_RUN_EVENT, dry_run_decision
-from pdp.shadow_live import LiveShadow
+from pdp.revocation.index import RevocationIndex, RevocationIndexStale
+from pdp.shadow.classify import DRY_RUN_EVENT, dry_run_decision
+from pdp.shadow.live import LiveShadow
 from pdp.store.base import AccessRequest, AuditRecord, StoreError
 from pdp.tokens import KeyRing, access_token_claims
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from pdp.shadow import ShadowCount, ShadowSample
+    from pdp.shadow.classify import ShadowCount, ShadowSample
 
 RevocationKind = Literal["jti", "subject", "pod_uid", "audience"]
 REVOCATION_KINDS: tuple[RevocationKind, ...] = ("jti", "subject", "pod_uid", "audience")

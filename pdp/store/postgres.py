@@ -29,9 +29,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from pdp import shadow_store
-from pdp.shadow import ShadowCount, ShadowSample
+from pdp.shadow.classify import ShadowCount, ShadowSample
 from pdp.store import records
+from pdp.store import shadow as shadow_store
 from pdp.store.base import (
     AccessRequest,
     AccessRequestStatus,

@@ -21,9 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from pdp import shadow_store
-from pdp.shadow import ShadowCount, ShadowSample
+from pdp.shadow.classify import ShadowCount, ShadowSample
 from pdp.store import records
+from pdp.store import shadow as shadow_store
 from pdp.store.base import (
     AccessRequest,
     AccessRequestStatus,

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pdp.shadow import Comparison, ShadowCount, ShadowSample, ShadowTally, compare
+from pdp.shadow.classify import Comparison, ShadowCount, ShadowSample, ShadowTally, compare
 from pdp.store import Store, open_store_from_url
 
 T = TypeVar("T")

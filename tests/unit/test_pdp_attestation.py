@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from jitmesh.devissuer import DevIssuer, PodRef
-from pdp.attestation import (
+from pdp.attestation.verify import (
     JWKSURL,
     AttestationError,
     AttestationUnavailable,
@@ -395,7 +395,7 @@ class SwappableKeys:
 
 
 def test_a_verified_token_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pdp.attestation as attestation
+    import pdp.attestation.verify as attestation
 
     calls: list[str] = []
     real = attestation.verify_jwt

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pdp.admin import AdminTokens, parse_admin_tokens
-from pdp.revocation import EXPIRED_GRACE, RevocationIndex, RevocationIndexStale
+from pdp.admin.tokens import AdminTokens, parse_admin_tokens
+from pdp.revocation.index import EXPIRED_GRACE, RevocationIndex, RevocationIndexStale
 from pdp.store.base import Revocation, RevocationKind
 from tests.fixtures.broker import MemoryStore
 
@@ -128,7 +128,7 @@ def test_no_admin_token_file_means_no_admins() -> None:
 
 
 def test_access_requests_are_purged_a_month_after_they_lapsed_or_ran_out() -> None:
-    from pdp import approvals_api
+    from pdp.approvals import api as approvals_api
     from pdp.store.base import AccessRequest
 
     store = MemoryStore()

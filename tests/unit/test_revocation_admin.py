@@ -10,16 +10,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from pdp.admin import AdminTokens
-from pdp.admin_auth import (
+from pdp.admin.auth import (
     AdminReviewUnavailable,
     KubeAdminReviewer,
     authenticate_admin,
     sar_spec,
 )
+from pdp.admin.tokens import AdminTokens
 from pdp.exchange import OAuthError
-from pdp.podwatch import IssuedPod, PodWatch, revocation_id
-from pdp.revocation_api import parse_revocation_request
+from pdp.revocation.api import parse_revocation_request
+from pdp.revocation.podwatch import IssuedPod, PodWatch, revocation_id
 
 
 def tokens(tmp_path: Path) -> AdminTokens:
@@ -170,7 +170,7 @@ def test_the_pod_watcher_retries_a_failed_revocation(monkeypatch: pytest.MonkeyP
         if len(attempts) < 3:
             raise RuntimeError("store down")
 
-    monkeypatch.setattr("pdp.podwatch.RETRY_SECONDS", 0.01)
+    monkeypatch.setattr("pdp.revocation.podwatch.RETRY_SECONDS", 0.01)
     watch = PodWatch(api_client=None, revoke=revoke)
     watch.issued("a", "p", "u", until=1e12)
     asyncio.run(watch._pod_gone("u"))
@@ -187,8 +187,8 @@ def test_the_pod_watcher_gives_up_after_its_attempts(monkeypatch: pytest.MonkeyP
     async def revoke(pod: IssuedPod) -> None:
         raise RuntimeError("store down")
 
-    monkeypatch.setattr("pdp.podwatch.RETRY_SECONDS", 0.0)
-    monkeypatch.setattr("pdp.podwatch.REVOKE_ATTEMPTS", 3)
+    monkeypatch.setattr("pdp.revocation.podwatch.RETRY_SECONDS", 0.0)
+    monkeypatch.setattr("pdp.revocation.podwatch.REVOKE_ATTEMPTS", 3)
     watch = PodWatch(api_client=None, revoke=revoke)
     watch.issued("a", "p", "u", until=1e12)
     asyncio.run(watch._pod_gone("u"))

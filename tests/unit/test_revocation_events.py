@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pdp.revocation_events import EventHub, Viewer, event_doc, parse_last_event_id, stream
+from pdp.revocation.events import EventHub, Viewer, event_doc, parse_last_event_id, stream
 from pdp.store.base import Revocation, RevocationEvent, RevocationKind
 from tests.fixtures.broker import MemoryStore
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jitmesh.cli import main
-from pdp.shadow_replay import ReplayError, check_candidate, recorded_decision
+from pdp.shadow.replay import ReplayError, check_candidate, recorded_decision
 
 POLICIES = Path(__file__).resolve().parents[1] / "integration" / "shadow_policies"
 UNREACHABLE = "http://127.0.0.1:9"

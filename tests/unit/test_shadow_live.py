@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pdp.opa import OPAUnavailable
-from pdp.shadow import ShadowCount, ShadowSample
-from pdp.shadow_live import LiveShadow
+from pdp.shadow.classify import ShadowCount, ShadowSample
+from pdp.shadow.live import LiveShadow
 from pdp.store.base import StoreError
 
 INPUT = {"subject": {"sub": "system:serviceaccount:payments:api"},

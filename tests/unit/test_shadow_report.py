@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pdp.shadow import SHADOW_CLASSES, ShadowTally, compare
-from pdp.shadow_report import (
+from pdp.shadow.classify import SHADOW_CLASSES, ShadowTally, compare
+from pdp.shadow.report import (
     SCHEMA_VERSION,
     ReportArgumentError,
     build_report,

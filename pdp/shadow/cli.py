@@ -19,8 +19,8 @@ import httpx
 
 from jitmesh.opa_server import OPANotFound, OPAServer
 from pdp.client import AdminTokenFileError, add_admin_client_flags, admin_headers
-from pdp.shadow import ShadowTally
-from pdp.shadow_report import (
+from pdp.shadow.classify import ShadowTally
+from pdp.shadow.report import (
     FORMATS,
     ReportArgumentError,
     build_report,
@@ -35,7 +35,7 @@ from pdp.shadow_report import (
 )
 
 if TYPE_CHECKING:
-    from pdp.shadow_replay import ReplayProgress
+    from pdp.shadow.replay import ReplayProgress
 
 EXIT_OK: Final = 0
 EXIT_FAIL_ON: Final = 1
@@ -116,7 +116,7 @@ def _progress_printer(stream: TextIO, enabled: bool) -> Any:
 async def _replay(args: argparse.Namespace, candidate_url: str, headers: dict[str, str], since: float,
                   until: float) -> tuple[ShadowTally, ReplayProgress, dict[str, int]]:
     from pdp.opa import OPAClient  # aiohttp: loaded only by the commands that query OPA
-    from pdp.shadow_replay import audit_decisions, replay
+    from pdp.shadow.replay import audit_decisions, replay
 
     tally = ShadowTally()
     paths: dict[str, int] = {}
@@ -132,7 +132,7 @@ async def _replay(args: argparse.Namespace, candidate_url: str, headers: dict[st
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from pdp.shadow_replay import ReplayError, check_candidate
+    from pdp.shadow.replay import ReplayError, check_candidate
 
     prog = "jitmesh shadow replay"
     candidate_dir = Path(args.candidate)

@@ -23,7 +23,7 @@ from typing import Any, Final
 import httpx
 
 from pdp.opa import OPAClient, OPAUnavailable
-from pdp.shadow import Comparison, ShadowTally, compare
+from pdp.shadow.classify import Comparison, ShadowTally, compare
 
 AUDIT_PAGE: Final = 1000
 CONCURRENCY: Final = 8

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
-from pdp.shadow import ShadowCount, ShadowSample, bucket_of
+from pdp.shadow.classify import ShadowCount, ShadowSample, bucket_of
 
 RETENTION_SECONDS: Final = 30 * 86400
 

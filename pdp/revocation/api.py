@@ -40,16 +40,16 @@ from starlette.routing import Route
 
 from jitmesh.contract import KUBERNETES_CLAIM
 from jitmesh.log import get_logger
-from pdp import revocation_events
-from pdp.admin_auth import Admin, AdminReviewer, AdminReviewUnavailable, KubeAdminReviewer, authenticate_admin
-from pdp.attestation import AttestationError, AttestationUnavailable, load_kube_api_client
+from pdp.admin.auth import Admin, AdminReviewer, AdminReviewUnavailable, KubeAdminReviewer, authenticate_admin
+from pdp.attestation.verify import AttestationError, AttestationUnavailable, load_kube_api_client
 from pdp.audit import Auditor
 from pdp.exchange import OAuthError, invalid_request, unavailable
-from pdp.podwatch import ACTOR as PODWATCH_ACTOR
-from pdp.podwatch import IssuedPod, PodWatch
-from pdp.podwatch import revocation_id as pod_revocation_id
-from pdp.request_body import read_body
-from pdp.revocation_events import EventHub, Viewer
+from pdp.http.body import read_body
+from pdp.revocation import events as revocation_events
+from pdp.revocation.events import EventHub, Viewer
+from pdp.revocation.podwatch import ACTOR as PODWATCH_ACTOR
+from pdp.revocation.podwatch import IssuedPod, PodWatch
+from pdp.revocation.podwatch import revocation_id as pod_revocation_id
 from pdp.store.base import REVOCATION_KINDS, AuditRecord, Revocation, RevocationEvent, RevocationKind, StoreError
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from pdp.shadow import (
+from pdp.shadow.classify import (
     CANDIDATE_VERDICTS,
     ENFORCED_VERDICTS,
     NOT_COMPARED,

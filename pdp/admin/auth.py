@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jitmesh.log import get_logger
-from pdp.admin import AdminTokens, bearer_token
+from pdp.admin.tokens import AdminTokens, bearer_token
 
 log = get_logger("pdp.admin")
 

@@ -22,10 +22,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from jitmesh.log import get_logger
 from pdp.opa import OPAClient, OPAUnavailable
-from pdp.shadow import DEFAULT_SAMPLES_PER_CLASS, SHADOW_CLASSES, Comparison, ShadowTally, compare
-from pdp.shadow_report import DEFAULT_TOP_K, build_report
-from pdp.shadow_store import RETENTION_SECONDS
+from pdp.shadow.classify import DEFAULT_SAMPLES_PER_CLASS, SHADOW_CLASSES, Comparison, ShadowTally, compare
+from pdp.shadow.report import DEFAULT_TOP_K, build_report
 from pdp.store.base import Store, StoreError
+from pdp.store.shadow import RETENTION_SECONDS
 
 log = get_logger("pdp.shadow")
 

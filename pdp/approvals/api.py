@@ -28,8 +28,8 @@ from jitmesh.log import get_logger
 from pdp.audit import Auditor
 from pdp.decision import rfc3339
 from pdp.exchange import OAuthError, invalid_request
-from pdp.request_body import int_param, read_body
-from pdp.revocation_api import admin_record, audit_admin_call, broker_of, require_admin
+from pdp.http.body import int_param, read_body
+from pdp.revocation.api import admin_record, audit_admin_call, broker_of, require_admin
 from pdp.store.base import AccessRequest, AccessRequestStatus, Store, StoreError
 
 log = get_logger("pdp.approvals")
