@@ -1,3 +1,5 @@
+"""`python -m bench`: the benchmarks behind `make bench`."""
+
 import sys
 
 from bench.runner import main

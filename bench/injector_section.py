@@ -1,14 +1,14 @@
-"""Section 5 (issue 4): latency of the webhook's /mutate on a realistic pod, measured by
+"""Section 5: latency of the webhook's /mutate on a realistic pod, measured by
 bench/injector_bench.py's run()."""
 
 from __future__ import annotations
 
 from bench import external
+from bench.context import Context
 from bench.report import Aim, SectionResult, unavailable
-from bench.runner import Context
 from bench.stack import fresh_dir
 
-TITLE = "5. Webhook: POST /mutate latency on a realistic pod (issue 4)"
+TITLE = "5. Webhook: POST /mutate latency on a realistic pod"
 AIMS = {"p99_ms": Aim("<", 5), "latency_p99_ms": Aim("<", 5), "mutate_p99_ms": Aim("<", 5)}
 
 

@@ -1,6 +1,6 @@
-"""Sections 1-3: `POST /token` under 32 concurrent clients (issue 2), the same against a bare
-OPA query of the same policy and input, on PostgreSQL beside SQLite (issue 5), and with
-shadow mode on beside off (issue 6)."""
+"""Sections 1-3: `POST /token` under 32 concurrent clients, the same against a bare
+OPA query of the same policy and input, on PostgreSQL beside SQLite, and with
+shadow mode on beside off."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 
 from bench import external, pg, procstat, prom, wrk
+from bench.context import Context
 from bench.report import Aim, Figure, SectionResult, unavailable
-from bench.runner import Context
 from bench.stack import (
     Cluster,
     Workload,
@@ -32,9 +32,9 @@ from bench.stack import (
 from jitmesh.opa_server import OPAServer
 from pdp.process import BrokerProcess
 
-TITLE = "1. Issuance: POST /token on SQLite, beside a bare OPA query (issue 2)"
-PG_TITLE = "2. Issuance on PostgreSQL beside SQLite (issue 5)"
-SHADOW_TITLE = "3. Shadow mode on beside off (issue 6)"
+TITLE = "1. Issuance: POST /token on SQLite, beside a bare OPA query"
+PG_TITLE = "2. Issuance on PostgreSQL beside SQLite"
+SHADOW_TITLE = "3. Shadow mode on beside off"
 
 POLICY_PATH = "jitmesh/authz/decision"
 CANDIDATE_PATH = "jitmesh/candidate/authz/decision"

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import procstat, wrk
+from bench.context import Context
 from bench.issuance import FORM, broker, opa_and_cluster, request_token
 from bench.report import Figure, SectionResult
-from bench.runner import Context
 from bench.stack import sqlite_url
 
 TITLE = "1b. Where the broker's time goes (py-spy while issuing on SQLite)"

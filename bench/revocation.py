@@ -1,4 +1,4 @@
-"""Section 6 (issue 5): how long a revocation takes to reach the sidecars. Two broker replicas
+"""Section 6: how long a revocation takes to reach the sidecars. Two broker replicas
 share one PostgreSQL; N real sidecars, half on each replica, hold a token for one audience;
 one admin call on replica A revokes the audience, and inotify times each token file's removal."""
 
@@ -17,15 +17,15 @@ from pathlib import Path
 import httpx
 
 from bench import pg
+from bench.context import Context
 from bench.issuance import Setup, opa_and_cluster
 from bench.report import Aim, Figure, SectionResult, unavailable
-from bench.runner import Context
 from bench.stack import ADMIN_TOKEN, bench_pod, missing_flags, start_broker
 from bench.stats import summarize
 from jitmesh.procs import ManagedProcess, wait_http
 from pdp.process import BrokerProcess
 
-TITLE = "6. Revocation propagation: admin call to token file removal (issue 5)"
+TITLE = "6. Revocation propagation: admin call to token file removal"
 EVENTS_PATH = "/v1/revocations/events"
 AIM_P99_MS = Aim("<", 500)
 READY_TIMEOUT_S = 120.0

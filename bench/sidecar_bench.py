@@ -1,4 +1,4 @@
-"""The sidecar's footprint (issue 3): resident memory and idle CPU of one real `jitmesh sidecar`
+"""The sidecar's footprint: resident memory and idle CPU of one real `jitmesh sidecar`
 holding tokens for N audiences from a real broker and OPA, and how fast SIGTERM ends it.
 
     from bench.sidecar_bench import run

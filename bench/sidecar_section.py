@@ -1,4 +1,4 @@
-"""Section 4 (issue 3): the sidecar's resident memory and idle CPU with 3 audiences, measured
+"""Section 4: the sidecar's resident memory and idle CPU with 3 audiences, measured
 by bench/sidecar_bench.py's run(), and how many sidecars one broker serves, derived from the
 issuance rate measured here and the sidecar's refresh schedule."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench import external
+from bench.context import Context
 from bench.issuance import sqlite_baseline
 from bench.report import Aim, Figure, SectionResult
-from bench.runner import Context
 from bench.stack import fresh_dir
 
-TITLE = "4. Sidecar: memory, idle CPU, sidecars per broker (issue 3)"
+TITLE = "4. Sidecar: memory, idle CPU, sidecars per broker"
 AUDIENCES = 3
 DEFAULT_TTL = 300  # the broker's --default-ttl, when no issuance was measured
 AIMS = {"rss_mb": Aim("<", 40), "rss_mib": Aim("<", 40), "idle_cpu_pct": Aim("<", 1),

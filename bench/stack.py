@@ -98,7 +98,7 @@ def token_request_body(subject_token: str, workload: Workload) -> str:
 
 
 def policy_input(workload: Workload, pod: PodRef) -> dict[str, Any]:
-    """The input the broker sends OPA for `workload`'s request (SPEC section 3)."""
+    """The input the broker sends OPA for `workload`'s request (docs/contract.md §3)."""
     return {
         "subject": {"sub": workload.subject, "issuer": DEV_ISSUER_URL, "namespace": workload.namespace,
                     "service_account": workload.service_account,

@@ -1,4 +1,4 @@
-"""The mutating admission webhook (SPEC section 4): `jitmesh injector` and `jitmesh certs`.
+"""The mutating admission webhook (docs/contract.md §4): `jitmesh injector` and `jitmesh certs`.
 
 - `patch.py` decides, purely, what a pod gets; its parts are `annotations.py` (what the pod
   asks for), `container_sidecar.py`, `container_env.py` (app containers) and `volumes.py`.

@@ -1,4 +1,4 @@
-"""What an opted-in pod asks for, read from its `jitmesh.io/*` annotations (SPEC section 4)."""
+"""What an opted-in pod asks for, read from its `jitmesh.io/*` annotations (docs/contract.md §4)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from jitmesh.contract import (
     ANNOTATION_TOKEN_DIR,
     ANNOTATION_TTL,
     DEFAULT_TOKEN_DIR,
+    SCOPE_TOKEN,
     scopes_env_name,
 )
 
@@ -25,7 +26,6 @@ MAX_TTL_SECONDS = 86400
 _AUDIENCE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 _MAX_AUDIENCE = 63 - len("scopes.")  # the name part of an annotation key is at most 63 characters
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # Paths the kubelet or the runtime already own inside a container.
 _RESERVED_DIRS = ("/var/run/secrets/kubernetes.io", "/dev", "/proc", "/sys", "/etc", "/bin", "/sbin",
                   "/usr", "/lib", "/lib64")
@@ -101,7 +101,7 @@ def parse(annotations: Mapping[str, str], default_audiences: tuple[str, ...] = (
                                   f"({', '.join(names)}); add it to {ANNOTATION_AUDIENCES} or remove this")
         tokens = tuple(annotations[key].split())
         for scope in tokens:
-            if not _SCOPE_TOKEN.fullmatch(scope):
+            if not SCOPE_TOKEN.fullmatch(scope):
                 raise AnnotationError(key, f"scope {scope!r} has characters RFC 6749 does not allow; expected "
                                       "space-separated scopes of printable ASCII without '\"' or '\\'")
         scopes[audience] = tokens

@@ -1,4 +1,4 @@
-"""The credential sidecar container: its env (SPEC section 1), mounts, probe and confinement."""
+"""The credential sidecar container: its env (docs/contract.md §1), mounts, probe and confinement."""
 
 from __future__ import annotations
 

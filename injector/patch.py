@@ -1,6 +1,6 @@
 """What a pod gets: a pure function of (admission request, namespace labels, config) to an outcome.
 
-`admit` decides whether a pod is injected (SPEC section 4) and builds the JSONPatch from the
+`admit` decides whether a pod is injected (docs/contract.md §4) and builds the JSONPatch from the
 parts in `annotations`, `container_sidecar`, `container_env` and `volumes`. No I/O here.
 """
 

@@ -1,4 +1,4 @@
-"""The `jitmesh` console script: one subcommand per job (SPEC section 1).
+"""The `jitmesh` console script: one subcommand per job (docs/contract.md §1).
 
 Each package registers its own subcommands; this module only wires them together and
 applies the rule that every flag can also be set by `JITMESH_<FLAG>` in the environment.

@@ -1,6 +1,7 @@
-"""Names fixed by the external contract (SPEC.md): grant and token types, claims,
+"""Names fixed by the external contract (docs/contract.md): grant and token types, claims,
 labels, annotations and environment variables shared by the three components."""
 
+import re
 from typing import Final
 
 # RFC 8693 token exchange
@@ -14,7 +15,7 @@ KUBERNETES_CLAIM: Final = "kubernetes.io"
 DECISION_ID_CLAIM: Final = "decision_id"
 SERVICEACCOUNT_SUB_PREFIX: Final = "system:serviceaccount:"
 
-# Injection (SPEC section 4)
+# Injection (docs/contract.md §4)
 LABEL_INJECT: Final = "jitmesh.io/inject"
 NAMESPACE_LABEL_INJECTION: Final = "jitmesh.io/injection"
 ANNOTATION_STATUS: Final = "jitmesh.io/status"
@@ -29,7 +30,7 @@ TOKENS_VOLUME: Final = "jitmesh-tokens"
 ATTESTATION_VOLUME: Final = "jitmesh-attestation"
 DEFAULT_SUBJECT_AUDIENCE: Final = "jitmesh"
 
-# Sidecar environment (SPEC section 1)
+# Sidecar environment (docs/contract.md §1)
 ENV_BROKER_URL: Final = "JITMESH_BROKER_URL"
 ENV_AUDIENCES: Final = "JITMESH_AUDIENCES"
 ENV_SCOPES_PREFIX: Final = "JITMESH_SCOPES_"
@@ -50,3 +51,9 @@ def scopes_env_name(audience: str) -> str:
 
 def serviceaccount_subject(namespace: str, service_account: str) -> str:
     return f"{SERVICEACCOUNT_SUB_PREFIX}{namespace}:{service_account}"
+
+
+# RFC 6749 section 3.3 scope-token: printable ASCII but space, `"` and `\`.
+SCOPE_TOKEN: Final = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# How long a human's reason (a revocation, an approval or a refusal) may be.
+MAX_REASON_CHARS: Final = 1024

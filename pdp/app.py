@@ -1,4 +1,4 @@
-"""The broker's HTTP surface (SPEC section 2). Handlers parse, call the core
+"""The broker's HTTP surface (docs/contract.md §2). Handlers parse, call the core
 (`pdp.exchange`, `pdp.tokens`, `pdp.revocation`, `pdp.audit`) and render; an unexpected
 failure is logged and answered 503, never a 500 or a traceback."""
 
@@ -7,12 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,93 +33,32 @@ from pdp.attestation.verify import (
 )
 from pdp.audit import Auditor, decision_record, record_json
 from pdp.config import BrokerConfig
-from pdp.exchange import (
-    MAX_BODY_BYTES,
-    Issued,
-    OAuthError,
-    TokenExchange,
-    invalid_request,
-    parse_form,
-    unavailable,
-)
+from pdp.exchange import MAX_BODY_BYTES, Issued, TokenExchange, parse_form
+from pdp.http import admin as http_admin
 from pdp.http.body import int_param, read_body
+from pdp.http.errors import NO_STORE, OAuthError, error_response, guarded, invalid_request, oauth_response, unavailable
+from pdp.http.services import Broker, broker_of
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient
 from pdp.revocation import api as revocation_api
 from pdp.revocation.index import PURGE_EVERY, RevocationIndex
 from pdp.shadow.live import LiveShadow, live_report
-from pdp.store.base import Revocation, Store, StoreError, open_store_from_url
+from pdp.store import open_store_from_url
+from pdp.store.base import Revocation, Store, StoreError
 from pdp.tokens import KeyRing
 
 log = get_logger("pdp")
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-# Bodies up to this size are read to the end (so the client sees our 400); larger ones are cut off.
 AUDIT_MAX_LIMIT = 1000
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-@dataclass
-class Broker:
-    """Everything one running broker holds."""
-
-    config: BrokerConfig
-    store: Store
-    keys: KeyRing
-    revocations: RevocationIndex
-    auditor: Auditor
-    metrics: BrokerMetrics
-    opa: OPAClient
-    attestor: Attestor
-    admin: AdminTokens
-    exchange: TokenExchange
-    clock: Callable[[], float] = time.time
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    shadow: LiveShadow | None = None
-
-
-def oauth_response(status: int, doc: dict[str, Any], retry_after: int | None = None) -> JSONResponse:
-    headers = dict(NO_STORE)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="jitmesh"'
-    return JSONResponse(doc, status_code=status, headers=headers)
-
-
-def error_response(err: OAuthError) -> JSONResponse:
-    return oauth_response(err.status, err.body(), err.retry_after)
-
-
-def guarded(endpoint: Endpoint) -> Endpoint:
-    @functools.wraps(endpoint)
-    async def run(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except OAuthError as err:
-            return error_response(err)
-        except StoreError as exc:
-            log.error("store.unavailable", path=request.url.path, error=str(exc))
-            return error_response(unavailable("the broker's store cannot be reached"))
-        except Exception:
-            log.error("request.failed", exc_info=True, path=request.url.path)
-            return error_response(unavailable("the broker could not complete the request"))
-    return run
 
 
 async def read_form(request: Request) -> dict[str, list[str]]:
     return parse_form(await read_body(request, MAX_BODY_BYTES), request.headers.get("content-type"))
 
 
-def broker_of(request: Request) -> Broker:
-    broker: Broker = request.app.state.broker
-    return broker
-
-
 async def require_admin(request: Request) -> None:
-    # admin tokens or a Kubernetes admin (SubjectAccessReview), audited: pdp/revocation_api.py
-    await revocation_api.require_admin(request, request.url.path)
+    await http_admin.require_admin(request, request.url.path)
 
 
 def client_ip(request: Request) -> str | None:
@@ -145,7 +81,7 @@ async def token_endpoint(request: Request) -> Response:
     finally:
         broker.metrics.request_seconds.observe(time.perf_counter() - started)
     if isinstance(outcome, Issued):
-        revocation_api.note_issued(request.app, outcome.access_token)  # the pod watcher's list
+        revocation_api.note_issued(broker, outcome.access_token)  # the pod watcher's list
         return oauth_response(200, outcome.body())
     return error_response(outcome)
 
@@ -158,8 +94,7 @@ async def revoke_endpoint(request: Request) -> Response:
     tokens = params.get("token", [])
     if len(tokens) != 1 or not tokens[0]:
         raise invalid_request("exactly one token parameter is required")
-    claims = await revocation_api.verify_token(broker, getattr(request.app.state, "revocation_services", None),
-                                               tokens[0])
+    claims = await revocation_api.verify_token(broker, tokens[0])
     if claims is None or broker.revocations.lookup("jti", claims["jti"]) is not None:
         return Response(status_code=200, headers=NO_STORE)
     now = broker.clock()
@@ -189,8 +124,7 @@ async def introspect_endpoint(request: Request) -> Response:
     tokens = params.get("token", [])
     if len(tokens) != 1 or not tokens[0]:
         raise invalid_request("exactly one token parameter is required")
-    claims = await revocation_api.verify_token(broker, getattr(request.app.state, "revocation_services", None),
-                                               tokens[0])
+    claims = await revocation_api.verify_token(broker, tokens[0])
     if claims is None or broker.revocations.token_revoked(claims) is not None:
         return oauth_response(200, {"active": False})
     doc = {"active": True, "token_type": "Bearer"}
@@ -286,7 +220,7 @@ async def audit_endpoint(request: Request) -> Response:
 
 @guarded
 async def shadow_report_endpoint(request: Request) -> Response:
-    """SPEC section 6; the document is pdp/shadow_report.py's, `since`/`until` as for the audit."""
+    """docs/contract.md §6; the document is pdp/shadow_report.py's, `since`/`until` as for the audit."""
     broker = broker_of(request)
     await require_admin(request)
     q = request.query_params
@@ -363,7 +297,7 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
             *([asyncio.create_task(shadow.run())] if shadow else []),
         ]
         app.state.broker = broker
-        broker.tasks += revocation_api.start(app, broker)  # event stream, pod watcher, Kubernetes admins
+        broker.tasks += revocation_api.start(broker)  # event stream, pod watcher, Kubernetes admins
         log.info("broker.started", issuer=config.issuer, opa_url=config.opa_url, policy_path=config.policy_path,
                  attestation=config.attestation, store=config.store_url.split("@")[-1], kid=keys.current.record.kid)
         try:

@@ -21,7 +21,8 @@ from pdp.client import AdminTokenFileError, add_admin_client_flags, admin_header
 from pdp.config import BrokerConfig, ConfigError, add_broker_flags
 from pdp.revocation import cli as revoke_cli
 from pdp.shadow import cli as shadow_cli
-from pdp.store.base import StoreError, open_store_from_url
+from pdp.store import open_store_from_url
+from pdp.store.base import StoreError
 
 log = get_logger("pdp")
 

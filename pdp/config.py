@@ -1,4 +1,4 @@
-"""The broker's configuration: every `jitmesh broker` flag (SPEC section 1), validated once
+"""The broker's configuration: every `jitmesh broker` flag (docs/contract.md §1), validated once
 at start into a frozen dataclass that is passed down. No other broker module reads flags
 or the environment."""
 

@@ -1,4 +1,4 @@
-"""The policy contract (SPEC section 3) as pure functions: the input the broker sends OPA,
+"""The policy contract (docs/contract.md §3) as pure functions: the input the broker sends OPA,
 the strict reading of the decision OPA returns, and what is granted from it."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def rfc3339(ts: float) -> str:
 
 def policy_input(subject: Subject, audience: str, scopes: Sequence[str], ttl_seconds: int | None,
                  now: float, client_ip: str | None, approval: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The `input` document of SPEC section 3, exactly."""
+    """The `input` document of docs/contract.md §3, exactly."""
     pod: dict[str, Any] | None = None
     if subject.pod is not None:
         pod = {"name": subject.pod.name, "uid": subject.pod.uid,
@@ -88,7 +88,7 @@ def parse_decision(response: Any) -> Decision:
     if not isinstance(allow, bool):
         raise MalformedDecision(f"decision.allow must be true or false, got {allow!r:.200}")
     ttl = doc.get("ttl_seconds")
-    # A deny carries ttl_seconds 0 (the shipped policy always returns an int, SPEC section 3).
+    # A deny carries ttl_seconds 0 (the shipped policy always returns an int, docs/contract.md §3).
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < (1 if allow else 0)):
         raise MalformedDecision(f"decision.ttl_seconds must be a positive integer, got {ttl!r:.200}")
     approval = doc.get("approval_required", False)

@@ -1,4 +1,4 @@
-"""RFC 8693 token exchange (SPEC section 2): read the request, attest the subject, refuse
+"""RFC 8693 token exchange (docs/contract.md §2): read the request, attest the subject, refuse
 revoked ones, ask OPA, grant no more than was both allowed and asked, audit, sign.
 
 `parse_form` and `parse_token_request` are pure; `TokenExchange.exchange` runs one request
@@ -13,20 +13,21 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, SCOPE_TOKEN, TOKEN_TYPE_JWT
 from jitmesh.log import get_logger
 from pdp.attestation.verify import AttestationError, AttestationUnavailable, Attestor, Subject
 from pdp.audit import Auditor, decision_record
 from pdp.config import BrokerConfig
 from pdp.decision import Decision, MalformedDecision, grant, parse_decision, policy_input, rfc3339
+from pdp.enforcement import DRY_RUN_EVENT, dry_run_decision
+from pdp.http.errors import OAuthError, invalid_request, unavailable
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient, OPAUnavailable
 from pdp.revocation.index import RevocationIndex, RevocationIndexStale
-from pdp.shadow.classify import DRY_RUN_EVENT, dry_run_decision
 from pdp.shadow.live import LiveShadow
 from pdp.store.base import AccessRequest, AuditRecord, StoreError
 from pdp.tokens import KeyRing, access_token_claims
@@ -37,13 +38,11 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_SUBJECT_TOKEN_BYTES = 16 * 1024
 MAX_AUDIENCE_CHARS = 256
 MAX_SCOPES = 64
-RETRY_AFTER_SECONDS = 2
 PENDING_INTERVAL_SECONDS = 5
 PENDING_LIFETIME_SECONDS = 86400  # an unanswered access request lapses after a day; the next ask opens a new one
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _AUDIENCE = re.compile(r"[\x21-\x7e]+")
 _SINGLE = ("grant_type", "subject_token", "subject_token_type", "scope", "requested_ttl",
            "requested_token_type", "access_request_id")
@@ -57,35 +56,10 @@ def covers(request: AccessRequest, subject: str, audience: str, scopes: tuple[st
 
 
 def approval_input(request: AccessRequest) -> dict[str, Any]:
-    """`input.approval` for a decided access request (SPEC section 3; null while none is decided)."""
+    """`input.approval` for a decided access request (docs/contract.md §3; null while none is decided)."""
     return {"access_request_id": request.id, "approved": request.status == "approved", "by": request.decided_by,
             "at": rfc3339(request.decided_at) if request.decided_at is not None else None,
             "reason": request.reason, "expires_at": rfc3339(request.expires_at)}
-
-
-@dataclass(frozen=True)
-class OAuthError(Exception):
-    status: int
-    error: str
-    description: str
-    decision_id: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    retry_after: int | None = None
-
-    def body(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"error": self.error, "error_description": self.description}
-        if self.decision_id is not None:
-            doc["decision_id"] = self.decision_id
-        doc.update(self.extra)
-        return doc
-
-
-def invalid_request(description: str) -> OAuthError:
-    return OAuthError(400, "invalid_request", description)
-
-
-def unavailable(description: str, decision_id: str | None = None) -> OAuthError:
-    return OAuthError(503, "temporarily_unavailable", description, decision_id, retry_after=RETRY_AFTER_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -130,7 +104,7 @@ def parse_form(body: bytes, content_type: str | None) -> dict[str, list[str]]:
 
 
 def parse_token_request(params: Mapping[str, list[str]]) -> TokenRequest:
-    """The exchange parameters of SPEC section 2, strictly."""
+    """The exchange parameters of docs/contract.md §2, strictly."""
     for name in (*_SINGLE, "audience"):
         values = params.get(name, [])
         if len(values) > 1:
@@ -176,7 +150,7 @@ def parse_token_request(params: Mapping[str, list[str]]) -> TokenRequest:
     scope = one("scope")
     if scope:
         parts = scope.split(" ")
-        if not all(_SCOPE_TOKEN.fullmatch(p) for p in parts):
+        if not all(SCOPE_TOKEN.fullmatch(p) for p in parts):
             raise OAuthError(400, "invalid_scope", f"scope {scope!r:.100} is malformed: expected scope tokens "
                              "separated by single spaces (RFC 6749 section 3.3)")
         if len(parts) > MAX_SCOPES:

@@ -74,7 +74,7 @@ class LoadedKey:
 
 def access_token_claims(*, issuer: str, subject: Subject, audience: str, scopes: Sequence[str], ttl: int,
                         now: float, decision_id: str, jti: str | None = None) -> dict[str, Any]:
-    """The claims of an RFC 9068 access token, as SPEC section 2 lists them."""
+    """The claims of an RFC 9068 access token, as docs/contract.md §2 lists them."""
     k8s: dict[str, Any] = {"namespace": subject.namespace, "serviceaccount": {"name": subject.service_account}}
     if subject.pod is not None:
         k8s["pod"] = {"name": subject.pod.name, "uid": subject.pod.uid}

@@ -126,7 +126,7 @@ class Agent:
         log.info("token.revoked_at_broker", audience=audience, jti=token.jti)
         return True
 
-    # -- the seam for revocation events (SPEC section 5) -------------------------------
+    # -- the seam for revocation events (docs/contract.md §5) -------------------------------
 
     @property
     def audiences(self) -> list[str]:
@@ -142,7 +142,7 @@ class Agent:
         `reask_jitter` seconds. An audience-wide revocation reaches every sidecar in the same
         instant; without the jitter they would all ask at once, and that burst of requests
         would slow the removals still under way on the same CPUs. Call it on the agent's
-        event loop (an event consumer there: issue 5); for a subject or pod event, call it
+        event loop (an event consumer there); for a subject or pod event, call it
         for every audience."""
         st = self._audiences.get(audience)
         if st is None or self._stopping:

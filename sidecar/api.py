@@ -1,4 +1,4 @@
-"""The sidecar's local HTTP API (SPEC section 5): routes only read the agent and render."""
+"""The sidecar's local HTTP API (docs/contract.md §5): routes only read the agent and render."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The broker as the sidecar sees it: RFC 8693 token exchange at `/token` and RFC 7009
-revocation at `/revoke` (SPEC section 2). Every answer becomes one of three outcomes."""
+revocation at `/revoke` (docs/contract.md §2). Every answer becomes one of three outcomes."""
 
 from __future__ import annotations
 

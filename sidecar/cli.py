@@ -1,6 +1,6 @@
 """Subcommands served by the credential agent package: sidecar.
 
-`jitmesh sidecar` takes no flags: it is configured by the environment alone (SPEC section 1;
+`jitmesh sidecar` takes no flags: it is configured by the environment alone (docs/contract.md §1;
 the variables are listed in sidecar/config.py). Heavy imports wait until the command runs.
 """
 

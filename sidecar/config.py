@@ -1,4 +1,4 @@
-"""The sidecar's configuration, read once from the environment (SPEC section 1).
+"""The sidecar's configuration, read once from the environment (docs/contract.md §1).
 
 Contract variables: JITMESH_BROKER_URL, JITMESH_AUDIENCES, JITMESH_SCOPES_<AUDIENCE>,
 JITMESH_TTL, JITMESH_SA_TOKEN_FILE, JITMESH_TOKEN_DIR, JITMESH_LISTEN.

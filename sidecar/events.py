@@ -1,4 +1,4 @@
-"""The sidecar's subscription to the broker's revocation events (SPEC section 5, issue 5).
+"""The sidecar's subscription to the broker's revocation events (docs/contract.md §5).
 
 One long-lived `GET /v1/revocations/events` (Server-Sent Events), authenticated with the
 pod's projected ServiceAccount token (read afresh on every connection: the kubelet

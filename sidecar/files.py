@@ -1,4 +1,4 @@
-"""Token files in the shared token directory (SPEC section 5).
+"""Token files in the shared token directory (docs/contract.md §5).
 
 A file is replaced atomically: the new token goes to a temp file in the same directory,
 is flushed to disk with its final mode and group, then renamed over the old one. A reader

@@ -1,4 +1,4 @@
-"""Who is an admin, and who exactly (SPEC section 2, "Admin and operations").
+"""Who is an admin, and who exactly (docs/contract.md §2, "Admin and operations").
 
 An admin call carries `Authorization: Bearer <token>`. The token is an admin when it is
 listed in `--admin-token-file` (`pdp.admin.AdminTokens`), or, when the broker has a

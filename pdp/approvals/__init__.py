@@ -1,0 +1,1 @@
+"""Human approval of access requests: the admin endpoints and `jitmesh approvals`."""

@@ -9,7 +9,7 @@ requests and approves or denies one:
 - `POST /v1/admin/access-requests/{id}/approve` and `.../deny`, JSON `{"reason": "..."}`
   (required to deny, optional to approve: a ticket number, say).
 
-The next poll runs the policy again with `input.approval` set (SPEC section 3): the shipped
+The next poll runs the policy again with `input.approval` set (docs/contract.md §3): the shipped
 policy then allows, or denies with "the approval ... was refused". An approval covers new
 tokens for that subject, audience and scopes for `--approval-ttl` seconds; a refusal stands
 as long. Every decision is audited with the admin who made it.
@@ -24,19 +24,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from jitmesh.contract import MAX_REASON_CHARS
 from jitmesh.log import get_logger
 from pdp.audit import Auditor
 from pdp.decision import rfc3339
-from pdp.exchange import OAuthError, invalid_request
+from pdp.http.admin import admin_record, audit_admin_call, require_admin
 from pdp.http.body import int_param, read_body
-from pdp.revocation.api import admin_record, audit_admin_call, broker_of, require_admin
+from pdp.http.errors import OAuthError, invalid_request
+from pdp.http.services import broker_of
 from pdp.store.base import AccessRequest, AccessRequestStatus, Store, StoreError
 
 log = get_logger("pdp.approvals")
 
 MAX_DECISION_BODY: Final = 16 * 1024
 RETENTION_SECONDS: Final = 30 * 86400.0  # access requests are purged a month after they lapsed or ran out
-MAX_REASON_CHARS: Final = 1000
 STATUSES: Final[tuple[str, ...]] = get_args(AccessRequestStatus)
 
 

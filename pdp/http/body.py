@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from pdp.exchange import invalid_request
+from pdp.http.errors import invalid_request
 
 DRAIN_LIMIT_BYTES = 4 * 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""The broker's revocation surface (SPEC section 2, issue 5): the admin API for revocations,
+"""The broker's revocation surface (docs/contract.md §2): the admin API for revocations,
 the revocation event stream, Kubernetes admins, the pod watcher, and audit of admin calls.
 
 - `POST /v1/admin/revocations`: JSON with exactly one of `jti`, `subject`, `pod_uid`,
@@ -28,117 +28,37 @@ import contextlib
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from prometheus_client import Gauge
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from jitmesh.contract import KUBERNETES_CLAIM
+from jitmesh.contract import KUBERNETES_CLAIM, MAX_REASON_CHARS, SERVICEACCOUNT_SUB_PREFIX
 from jitmesh.log import get_logger
-from pdp.admin.auth import Admin, AdminReviewer, AdminReviewUnavailable, KubeAdminReviewer, authenticate_admin
+from pdp.admin.auth import KubeAdminReviewer
 from pdp.attestation.verify import AttestationError, AttestationUnavailable, load_kube_api_client
 from pdp.audit import Auditor
-from pdp.exchange import OAuthError, invalid_request, unavailable
+from pdp.http.admin import admin_record, audit_admin_call, require_admin
 from pdp.http.body import read_body
+from pdp.http.errors import OAuthError, invalid_request, unavailable
+from pdp.http.services import Broker, broker_of
 from pdp.revocation import events as revocation_events
 from pdp.revocation.events import EventHub, Viewer
 from pdp.revocation.podwatch import ACTOR as PODWATCH_ACTOR
 from pdp.revocation.podwatch import IssuedPod, PodWatch
 from pdp.revocation.podwatch import revocation_id as pod_revocation_id
-from pdp.store.base import REVOCATION_KINDS, AuditRecord, Revocation, RevocationEvent, RevocationKind, StoreError
-
-if TYPE_CHECKING:
-    from pdp.app import Broker
+from pdp.store.base import REVOCATION_KINDS, Revocation, RevocationEvent, RevocationKind, StoreError
 
 log = get_logger("pdp.revocations")
 
 MAX_REVOCATION_BODY = 16 * 1024
 MAX_VALUE_CHARS = 256
-MAX_REASON_CHARS = 1024
 KEY_RELOAD_MIN_INTERVAL = 1.0
-READ_RECORD_WINDOW = 60.0
 AUDIT_PAGES_AT_START = 50
-SA_PREFIX = "system:serviceaccount:"
-
-
-@dataclass
-class RevocationServices:
-    hub: EventHub
-    reviewer: AdminReviewer | None = None
-    podwatch: PodWatch | None = None
-    reads_recorded: dict[tuple[str, str], float] = field(default_factory=dict)  # (admin, action) -> when
-    last_key_reload: float = 0.0
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-
-
-def services_of(request: Request) -> RevocationServices:
-    services: RevocationServices = request.app.state.revocation_services
-    return services
-
-
-def broker_of(request: Request) -> Broker:
-    broker: Broker = request.app.state.broker
-    return broker
-
-
-# --- admin authentication and audit of admin calls ---------------------------------------
-
-async def require_admin(request: Request, action: str | None = None) -> Admin:
-    """The admin making this call (401 otherwise), with an `admin` audit record of the call
-    unless `action` is None (the caller writes a record of its own)."""
-    broker = broker_of(request)
-    services = request.app.state.revocation_services if hasattr(request.app.state, "revocation_services") else None
-    try:
-        admin = await authenticate_admin(request.headers.get("authorization"), broker.admin,
-                                         services.reviewer if services else None)
-    except AdminReviewUnavailable as exc:
-        raise unavailable(str(exc)) from None
-    if admin is None:
-        raise OAuthError(401, "invalid_token", "an admin bearer token is required: one from --admin-token-file, "
-                         "or a Kubernetes identity allowed `admin` on `brokers.jitmesh.io`")
-    if action is not None:
-        await audit_admin_call(broker, admin, action, request)
-    return admin
-
-
-def admin_record(admin_who: str, via: str, action: str, now: float, event: str = "admin",
-                 **fields: Any) -> AuditRecord:
-    details = {"actor": admin_who, "via": via, "action": action, **fields.pop("details", {})}
-    return AuditRecord(decision_id=str(uuid.uuid4()), time=now, event=event, details=details, **fields)
-
-
-async def audit_admin_call(broker: Broker, admin: Admin, action: str, request: Request) -> None:
-    """A read by an admin. Every one is logged; the store records the first of each minute
-    per admin and endpoint (else `jitmesh audit --follow` would fill the trail with its own
-    polls). When the store cannot take the record the call still proceeds (it changes
-    nothing), and the log line says the record was not persisted."""
-    now = broker.clock()
-    services: RevocationServices | None = getattr(request.app.state, "revocation_services", None)
-    if services is not None:
-        key = (admin.who, action)
-        last = services.reads_recorded.get(key)
-        if last is not None and 0 <= now - last < READ_RECORD_WINDOW:
-            log.info("admin.read", actor=admin.who, via=admin.via, action=action, method=request.method,
-                     path=request.url.path, recorded_at=last)
-            return
-        if len(services.reads_recorded) >= 10_000:
-            services.reads_recorded.clear()
-        services.reads_recorded[key] = now
-    record = admin_record(admin.who, admin.via, action, now,
-                          details={"method": request.method, "path": request.url.path,
-                                   "client_ip": request.client.host if request.client else None})
-    try:
-        await broker.auditor.write(record)
-    except StoreError as exc:
-        Auditor.log(record, persisted=False)
-        log.error("audit.write_failed", action=action, actor=admin.who, error=str(exc))
-        if services is not None:
-            services.reads_recorded.pop((admin.who, action), None)  # the next read tries again
 
 
 # --- revocations ------------------------------------------------------------------------------
@@ -176,10 +96,10 @@ def parse_revocation_request(body: bytes, content_type: str | None) -> Revocatio
             or not value.isprintable() or value != value.strip():
         raise invalid_request(f"{kind} must be a non-empty string of printable characters without surrounding "
                               f"spaces, at most {MAX_VALUE_CHARS} characters")
-    if kind == "subject" and (not value.startswith(SA_PREFIX) or value.count(":") != 3
+    if kind == "subject" and (not value.startswith(SERVICEACCOUNT_SUB_PREFIX) or value.count(":") != 3
                               or not all(value.split(":")[2:])):
         raise invalid_request(f"subject {value!r:.80} is not a token subject; expected "
-                              f"{SA_PREFIX}<namespace>:<serviceaccount>")
+                              f"{SERVICEACCOUNT_SUB_PREFIX}<namespace>:<serviceaccount>")
     reason = doc.get("reason")
     if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS or "\x00" in reason:
         raise invalid_request(f"reason is required: a non-empty string of at most {MAX_REASON_CHARS} characters "
@@ -237,7 +157,7 @@ async def create_revocation(request: Request) -> Response:
     admin = await require_admin(request)
     req = parse_revocation_request(await read_body(request, MAX_REVOCATION_BODY), request.headers.get("content-type"))
     revocation = await revoke(broker, req.kind, req.value, req.reason, admin.who, admin.via,
-                              hub=services_of(request).hub)
+                              hub=broker.hub)
     return JSONResponse(revocation_json(revocation), status_code=201,
                         headers={"Location": f"/v1/admin/revocations/{revocation.id}", "Cache-Control": "no-store"})
 
@@ -257,7 +177,7 @@ async def lift_revocation(request: Request) -> Response:
         await audit_admin_call(broker, admin, "revocation.lift_again", request)
         return JSONResponse(revocation_json(existing))
     broker.revocations.remove(rid)
-    _publish_local(services_of(request).hub, event)
+    _publish_local(broker.hub, event)
     lifted = event.revocation
     record = admin_record(admin.who, admin.via, "revocation.lift", now, event="lifted",
                           details={"revocation_id": rid, "kind": lifted.kind, "value": lifted.value, "by": admin.who},
@@ -296,7 +216,6 @@ def _unverified_exp(token: str) -> float | None:
 async def _viewer(request: Request) -> tuple[Viewer, float | None]:
     """Admin, else a workload attested by its ServiceAccount token (as at /token)."""
     broker = broker_of(request)
-    services = services_of(request)
     authorization = request.headers.get("authorization")
     token = authorization.partition(" ")[2].strip() if authorization else ""
     if not token or authorization is None or authorization.partition(" ")[0].lower() != "bearer":
@@ -310,7 +229,7 @@ async def _viewer(request: Request) -> tuple[Viewer, float | None]:
     except AttestationUnavailable as exc:
         raise unavailable(f"the ServiceAccount token cannot be verified right now: {exc}") from None
     except AttestationError as exc:
-        if services.reviewer is not None:
+        if broker.reviewer is not None:
             admin = await require_admin(request, "revocation.events")
             return Viewer(admin=True, name=admin.who), None
         raise OAuthError(401, "invalid_token", f"the bearer token is neither an admin token nor an acceptable "
@@ -323,7 +242,8 @@ async def _viewer(request: Request) -> tuple[Viewer, float | None]:
 
 async def events_endpoint(request: Request) -> Response:
     broker = broker_of(request)
-    services = services_of(request)
+    hub = broker.hub
+    assert hub is not None, "the event hub starts with the broker"
     try:
         last = revocation_events.parse_last_event_id(request.headers.get("last-event-id"),
                                                      request.query_params.get("last_event_id"))
@@ -336,19 +256,19 @@ async def events_endpoint(request: Request) -> Response:
         return bool(server is not None and server.should_exit)
 
     log.info("events.subscribed", viewer=viewer.name, admin=viewer.admin, last_event_id=last,
-             streams=services.hub.streams + 1)
-    body = revocation_events.stream(services.hub, broker.store, viewer, last, ends_at=ends_at, stopping=stopping)
+             streams=hub.streams + 1)
+    body = revocation_events.stream(hub, broker.store, viewer, last, ends_at=ends_at, stopping=stopping)
     return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 # --- keys of other replicas ----------------------------------------------------------------
 
-async def verify_token(broker: Broker, services: RevocationServices | None, token: str) -> dict[str, Any] | None:
+async def verify_token(broker: Broker, token: str) -> dict[str, Any] | None:
     """`KeyRing.verify`, reloading the keys from the store (at most once a second) when the
     token names a kid this replica has not loaded yet."""
     claims = broker.keys.verify(token, broker.config.issuer)
-    if claims is not None or services is None:
+    if claims is not None:
         return claims
     try:
         kid = jwt.get_unverified_header(token).get("kid")
@@ -356,9 +276,9 @@ async def verify_token(broker: Broker, services: RevocationServices | None, toke
         return None
     known = {k.get("kid") for k in broker.keys.jwks().get("keys", [])}
     now = time.monotonic()
-    if not isinstance(kid, str) or kid in known or now - services.last_key_reload < KEY_RELOAD_MIN_INTERVAL:
+    if not isinstance(kid, str) or kid in known or now - broker.last_key_reload < KEY_RELOAD_MIN_INTERVAL:
         return None
-    services.last_key_reload = now
+    broker.last_key_reload = now
     try:
         await broker.keys.refresh(broker.clock())
     except StoreError as exc:
@@ -369,10 +289,9 @@ async def verify_token(broker: Broker, services: RevocationServices | None, toke
 
 # --- the pod watcher ---------------------------------------------------------------------------
 
-def note_issued(app: Starlette, access_token: str) -> None:
+def note_issued(broker: Broker, access_token: str) -> None:
     """After an issuance: remember the token's pod for the pod watcher."""
-    services: RevocationServices | None = getattr(app.state, "revocation_services", None)
-    if services is None or services.podwatch is None:
+    if broker.podwatch is None:
         return
     try:
         claims = jwt.decode(access_token, options={"verify_signature": False})
@@ -381,7 +300,7 @@ def note_issued(app: Starlette, access_token: str) -> None:
     k8s = claims.get(KUBERNETES_CLAIM) or {}
     pod = k8s.get("pod") if isinstance(k8s, dict) else None
     if isinstance(pod, dict) and pod.get("uid") and pod.get("name") and k8s.get("namespace"):
-        services.podwatch.issued(str(k8s["namespace"]), str(pod["name"]), str(pod["uid"]), float(claims["exp"]))
+        broker.podwatch.issued(str(k8s["namespace"]), str(pod["name"]), str(pod["uid"]), float(claims["exp"]))
 
 
 async def _remember_recent_pods(broker: Broker, podwatch: PodWatch) -> None:
@@ -423,32 +342,32 @@ def has_kube_client(broker: Broker) -> bool:
     return c.attestation == "tokenreview" or c.pod_lookup or c.kubeconfig is not None
 
 
-def start(app: Starlette, broker: Broker) -> list[asyncio.Task[Any]]:
-    """Build the services of this module for a started broker; their tasks stop with it."""
+def start(broker: Broker) -> list[asyncio.Task[Any]]:
+    """Give a started broker its event hub, Kubernetes admins and pod watcher; the tasks
+    returned stop with it."""
     hub = EventHub(broker.store, broker.revocations.seq)
-    services = RevocationServices(hub=hub)
+    broker.hub = hub
     if has_kube_client(broker):
         api_client = load_kube_api_client(broker.config.kubeconfig)
-        services.reviewer = KubeAdminReviewer(api_client)
-        services.podwatch = PodWatch(api_client, _podwatch_revoker(broker, hub), clock=broker.clock)
-    app.state.revocation_services = services
+        broker.reviewer = KubeAdminReviewer(api_client)
+        broker.podwatch = PodWatch(api_client, _podwatch_revoker(broker, hub), clock=broker.clock)
     streams = Gauge("jitmesh_revocation_event_streams", "Open GET /v1/revocations/events streams",
                     registry=broker.metrics.registry)
     streams.set_function(lambda: hub.streams)
     followed = Gauge("jitmesh_revocation_events_seq", "Sequence number of the last revocation event followed",
                      registry=broker.metrics.registry)
     followed.set_function(lambda: hub.seq)
-    services.tasks.append(asyncio.create_task(hub.run(), name="revocation-events"))
-    if services.podwatch is not None:
-        podwatch = services.podwatch
+    tasks = [asyncio.create_task(hub.run(), name="revocation-events")]
+    if broker.podwatch is not None:
+        podwatch = broker.podwatch
 
         async def run_podwatch() -> None:
             with contextlib.suppress(StoreError):
                 await _remember_recent_pods(broker, podwatch)
             await podwatch.run()
 
-        services.tasks.append(asyncio.create_task(run_podwatch(), name="podwatch"))
-    return services.tasks
+        tasks.append(asyncio.create_task(run_podwatch(), name="podwatch"))
+    return tasks
 
 
 def routes(guarded: Any) -> list[Route]:

@@ -1,4 +1,4 @@
-"""`jitmesh revoke` (SPEC section 1): revoke by `--jti`, `--subject`, `--pod-uid` or
+"""`jitmesh revoke` (docs/contract.md §1): revoke by `--jti`, `--subject`, `--pod-uid` or
 `--audience` with a `--reason`, lift a revocation with `--lift ID`, or `--list` the active
 ones, at `--broker-url` with an admin token from `--admin-token-file`."""
 

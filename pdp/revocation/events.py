@@ -1,5 +1,5 @@
 """`GET /v1/revocations/events`: Server-Sent Events of the store's revocation event log
-(SPEC section 2), for sidecars and for verifiers.
+(docs/contract.md §2), for sidecars and for verifiers.
 
 - The SSE `id` of an event is its `seq` in the store's log. A client that reconnects with
   `Last-Event-ID` (header, or the `last_event_id` query parameter) first gets every event

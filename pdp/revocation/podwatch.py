@@ -1,4 +1,4 @@
-"""Pods that are deleted lose their tokens (issue 5).
+"""Pods that are deleted lose their tokens.
 
 When the broker has a Kubernetes client, it remembers every pod it issued a token to
 (namespace, name, uid; also read back from the audit trail at start, for tokens issued

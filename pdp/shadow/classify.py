@@ -1,4 +1,4 @@
-"""Shadow mode (SPEC section 6): what a candidate policy would have decided, beside what
+"""Shadow mode (docs/contract.md §6): what a candidate policy would have decided, beside what
 the enforced policy did decide, classified per request.
 
 Everything here is a pure function of data. The broker's live shadowing
@@ -33,7 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from pdp.decision import Decision, MalformedDecision, parse_decision
+from pdp.decision import MalformedDecision, parse_decision
+from pdp.store.shadow import ShadowCount, ShadowSample, bucket_of
 
 ShadowClass = Literal["agree", "allow_to_deny", "deny_to_allow", "narrower", "wider", "candidate_error"]
 SHADOW_CLASSES: Final[tuple[ShadowClass, ...]] = (
@@ -65,7 +66,7 @@ def grant_of(decision: object, requested_scopes: Sequence[str], requested_ttl: i
     """The grant a decision document (the `result` of OPA's Data API) makes for a request.
 
     The document is read exactly as the broker reads it (`pdp.decision.parse_decision`);
-    MalformedDecision when it is undefined (None) or not shaped as in SPEC section 3.
+    MalformedDecision when it is undefined (None) or not shaped as in docs/contract.md §3.
     """
     if decision is None:
         raise MalformedDecision("decision is undefined")
@@ -157,48 +158,12 @@ def compare(*, decision_id: str, time: float, policy_input: Mapping[str, Any], e
 # --- what the store keeps: bounded aggregates plus a few examples -----------------------
 
 NOT_COMPARED: Final = "not_compared"  # a request seen whose enforced decision never came (OPA down)
-BUCKET_SECONDS: Final = 60
 
-
-def bucket_of(time: float) -> int:
-    """The start (unix seconds) of the minute `time` falls in: the grain of stored counts."""
-    return int(time // BUCKET_SECONDS) * BUCKET_SECONDS
-
-
-@dataclass(frozen=True)
-class ShadowCount:
-    """How many comparisons of one class, verdict pair, subject and audience fell in one
-    minute. Rows are keyed by everything but `count`, so space grows with the number of
-    distinct workloads and minutes, not with traffic."""
-
-    bucket: int
-    shadow_class: str  # a ShadowClass, or NOT_COMPARED
-    enforced: str
-    candidate: str
-    subject: str
-    audience: str
-    count: int
-
-
-@dataclass(frozen=True)
-class ShadowSample:
-    """One example comparison, kept for at most `samples_per_class` per class and minute."""
-
-    bucket: int
-    shadow_class: str
-    decision_id: str
-    time: float
-    subject: str
-    audience: str
-    enforced_decision: Any
-    candidate_decision: Any
-    candidate_error: str | None = None
-
-    @classmethod
-    def of(cls, c: Comparison) -> ShadowSample:
-        return cls(bucket=bucket_of(c.time), shadow_class=c.shadow_class, decision_id=c.decision_id,
-                   time=c.time, subject=c.subject, audience=c.audience, enforced_decision=c.enforced_decision,
-                   candidate_decision=c.candidate_decision, candidate_error=c.candidate_error)
+def sample_of(c: Comparison) -> ShadowSample:
+    """The stored example of one comparison."""
+    return ShadowSample(bucket=bucket_of(c.time), shadow_class=c.shadow_class, decision_id=c.decision_id,
+                        time=c.time, subject=c.subject, audience=c.audience, enforced_decision=c.enforced_decision,
+                        candidate_decision=c.candidate_decision, candidate_error=c.candidate_error)
 
 
 DEFAULT_SAMPLES_PER_CLASS: Final = 5
@@ -222,7 +187,7 @@ class ShadowTally:
         self._counts[key] = self._counts.get(key, 0) + 1
         kept = self._samples.setdefault((bucket, c.shadow_class), [])
         if len(kept) < self.samples_per_class:
-            kept.append(ShadowSample.of(c))
+            kept.append(sample_of(c))
 
     def add_not_compared(self, time: float, subject: str, audience: str) -> None:
         key = (bucket_of(time), NOT_COMPARED, "", "", subject, audience)
@@ -249,20 +214,3 @@ class ShadowTally:
         self._counts.clear()
         self._samples.clear()
         return out
-
-
-# --- dry-run enforcement (`jitmesh broker --enforcement dry-run`) ---------------------------
-
-DRY_RUN_EVENT: Final = "dry_run_allowed"
-
-
-def dry_run_decision(denied: Decision, requested_scopes: Sequence[str]) -> Decision:
-    """What dry-run issues for a request the policy denied: the requested scopes, the
-    broker's default and maximum TTL, and the policy's reasons kept for the audit record.
-
-    Only a well-formed denial (`allow: false`) is issued anyway. Attestation failures,
-    revoked subjects, pods and audiences, policy errors (undefined or malformed
-    decisions), approvals pending and OPA outages are refused in dry-run as in enforce:
-    dry-run relaxes the policy's verdict, never who is asking or whether the policy answered.
-    """
-    return Decision(allow=True, scopes=tuple(requested_scopes), ttl_seconds=None, reasons=denied.reasons)

@@ -1,4 +1,4 @@
-"""`jitmesh shadow report` and `jitmesh shadow replay` (SPEC section 6).
+"""`jitmesh shadow report` and `jitmesh shadow replay` (docs/contract.md §6).
 
 Exit status: 0 the report was produced and no `--fail-on` class occurred; 1 a
 `--fail-on` class occurred (a pipeline gate failed); 2 bad arguments; 3 the report

@@ -28,15 +28,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from pdp.shadow.classify import (
-    CANDIDATE_VERDICTS,
-    ENFORCED_VERDICTS,
-    NOT_COMPARED,
-    SHADOW_CLASSES,
-    ShadowClass,
-    ShadowCount,
-    ShadowSample,
-)
+from pdp.shadow.classify import CANDIDATE_VERDICTS, ENFORCED_VERDICTS, NOT_COMPARED, SHADOW_CLASSES, ShadowClass
+from pdp.store.shadow import ShadowCount, ShadowSample
 
 SCHEMA_VERSION: Final = 1
 FORMATS: Final = ("table", "json", "markdown")

@@ -1,3 +1,6 @@
+"""The broker's durable state: the interface (`base`), its SQLite and PostgreSQL drivers,
+and `open_store_from_url`, the one place that picks a driver for a `--store` URL."""
+
 from pdp.store.base import (
     REVOCATION_KINDS,
     AccessRequest,
@@ -8,7 +11,6 @@ from pdp.store.base import (
     SigningKey,
     Store,
     StoreError,
-    open_store_from_url,
 )
 
 __all__ = [
@@ -23,3 +25,16 @@ __all__ = [
     "StoreError",
     "open_store_from_url",
 ]
+
+
+def open_store_from_url(url: str) -> Store:
+    """`sqlite:///path/to/db` or `postgresql://...` -> a Store (not yet opened)."""
+    if url.startswith("sqlite:///"):
+        from pdp.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from pdp.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"--store {url!r}: expected sqlite:///PATH or postgresql://...")

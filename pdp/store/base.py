@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from pdp.shadow.classify import ShadowCount, ShadowSample
+    from pdp.store.shadow import ShadowCount, ShadowSample
 
 RevocationKind = Literal["jti", "subject", "pod_uid", "audience"]
 REVOCATION_KINDS: tuple[RevocationKind, ...] = ("jti", "subject", "pod_uid", "audience")
@@ -237,16 +237,3 @@ class Store(abc.ABC):
     async def prune_shadow(self, before: float) -> None:
         """Drop shadow counts and samples of minutes before `before`."""
         raise StoreError(f"{type(self).__name__} does not keep shadow comparisons")
-
-
-def open_store_from_url(url: str) -> Store:
-    """`sqlite:///path/to/db` or `postgresql://...` -> a Store (not yet opened)."""
-    if url.startswith("sqlite:///"):
-        from pdp.store.sqlite import SQLiteStore
-
-        return SQLiteStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from pdp.store.postgres import PostgresStore
-
-        return PostgresStore(url)
-    raise ValueError(f"--store {url!r}: expected sqlite:///PATH or postgresql://...")

@@ -29,7 +29,6 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from pdp.shadow.classify import ShadowCount, ShadowSample
 from pdp.store import records
 from pdp.store import shadow as shadow_store
 from pdp.store.base import (
@@ -51,6 +50,7 @@ from pdp.store.records import (
     revocation_from_json,
     revocation_to_json,
 )
+from pdp.store.shadow import ShadowCount, ShadowSample
 
 Row = dict[str, Any]
 Conn = psycopg.AsyncConnection[Row]

@@ -12,11 +12,47 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
-from pdp.shadow.classify import ShadowCount, ShadowSample, bucket_of
-
 RETENTION_SECONDS: Final = 30 * 86400
+BUCKET_SECONDS: Final = 60  # the grain of stored counts
+
+
+def bucket_of(time: float) -> int:
+    """The start (unix seconds) of the minute `time` falls in: the grain of stored counts."""
+    return int(time // BUCKET_SECONDS) * BUCKET_SECONDS
+
+
+@dataclass(frozen=True)
+class ShadowCount:
+    """How many comparisons of one class, verdict pair, subject and audience fell in one
+    minute. Rows are keyed by everything but `count`, so space grows with the number of
+    distinct workloads and minutes, not with traffic."""
+
+    bucket: int
+    shadow_class: str  # a ShadowClass, or NOT_COMPARED
+    enforced: str
+    candidate: str
+    subject: str
+    audience: str
+    count: int
+
+
+@dataclass(frozen=True)
+class ShadowSample:
+    """One example comparison, kept for at most `samples_per_class` per class and minute."""
+
+    bucket: int
+    shadow_class: str
+    decision_id: str
+    time: float
+    subject: str
+    audience: str
+    enforced_decision: Any
+    candidate_decision: Any
+    candidate_error: str | None = None
+
 
 _COUNTS_TABLE = """CREATE TABLE shadow_counts (
     bucket BIGINT NOT NULL,

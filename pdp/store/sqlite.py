@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from pdp.shadow.classify import ShadowCount, ShadowSample
 from pdp.store import records
 from pdp.store import shadow as shadow_store
 from pdp.store.base import (
@@ -43,6 +42,7 @@ from pdp.store.records import (
     revocation_from_json,
     revocation_to_json,
 )
+from pdp.store.shadow import ShadowCount, ShadowSample
 
 T = TypeVar("T")
 

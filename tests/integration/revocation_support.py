@@ -1,4 +1,4 @@
-"""Helpers shared by the revocation tests (issue 5): admin calls, SSE reading, waiting."""
+"""Helpers shared by the revocation tests: admin calls, SSE reading, waiting."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every way a token request can be wrong gets the RFC error of SPEC section 2 from a real
+"""Every way a token request can be wrong gets the RFC error of docs/contract.md §2 from a real
 broker process, never a 500 and never a token."""
 
 from __future__ import annotations

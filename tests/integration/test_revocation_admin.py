@@ -1,4 +1,4 @@
-"""The admin revocation API against a real broker and OPA (SPEC section 2, issue 5):
+"""The admin revocation API against a real broker and OPA (docs/contract.md §2):
 POST/DELETE/GET /v1/admin/revocations, refusal of new issuance, audit with the admin's
 name, and the `jitmesh revoke` client."""
 

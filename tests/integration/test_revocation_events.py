@@ -1,4 +1,4 @@
-"""`GET /v1/revocations/events` against a real broker (SPEC section 2, issue 5): what an
+"""`GET /v1/revocations/events` against a real broker (docs/contract.md §2): what an
 admin and what a sidecar sees, resuming after Last-Event-ID, and refusals."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Revocation with a real kube-apiserver (issue 5): a Kubernetes identity that
+"""Revocation with a real kube-apiserver: a Kubernetes identity that
 SubjectAccessReview allows `admin` on `brokers.jitmesh.io` is an admin, named in the audit;
 and a pod that is deleted loses its tokens, revoked by the broker's pod watcher."""
 

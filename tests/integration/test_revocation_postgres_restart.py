@@ -1,4 +1,4 @@
-"""PostgreSQL restarted under a real broker's load (issue 5, faults): while the database is
+"""PostgreSQL restarted under a real broker's load (faults): while the database is
 down issuance fails closed (503 temporarily_unavailable with Retry-After, no token without
 its audit record), it resumes by itself, and no audit record or revocation written before
 the restart is lost; the revocation event stream carries on across the restart."""

@@ -1,4 +1,4 @@
-"""Several broker replicas sharing one real PostgreSQL (issue 5): a revocation made on one is
+"""Several broker replicas sharing one real PostgreSQL: a revocation made on one is
 pushed to the sidecars connected to another, refuses issuance there at once, shows in its
 introspection; the replicas publish one JWKS and verify each other's tokens."""
 

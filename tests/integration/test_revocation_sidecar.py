@@ -1,4 +1,4 @@
-"""Real sidecars react to the broker's revocation events (SPEC section 5, issue 5): the file
+"""Real sidecars react to the broker's revocation events (docs/contract.md §5): the file
 of a revoked token goes at once and a new token is asked for; events concerning other
 workloads change nothing; a stream that drops is resumed without losing an event."""
 

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pdp.shadow.classify import Comparison, ShadowCount, ShadowSample, ShadowTally, compare
+from pdp.shadow.classify import Comparison, ShadowTally, compare
 from pdp.store import Store, open_store_from_url
+from pdp.store.shadow import ShadowCount, ShadowSample
 
 T = TypeVar("T")
 T0 = 1_795_000_020.0  # 20 s into a minute

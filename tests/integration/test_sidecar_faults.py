@@ -1,4 +1,4 @@
-"""The faults issue 3 says the sidecar survives, each with a real OPA, a real broker process
+"""The faults the sidecar survives, each with a real OPA, a real broker process
 and a real sidecar process: broker killed, broker down past expiry, policy turning to deny,
 a reader racing hundreds of refreshes."""
 

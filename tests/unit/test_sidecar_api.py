@@ -1,4 +1,4 @@
-"""The local API (SPEC section 5) over an agent fed by a fake broker."""
+"""The local API (docs/contract.md §5) over an agent fed by a fake broker."""
 
 from __future__ import annotations
 

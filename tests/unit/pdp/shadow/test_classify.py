@@ -8,15 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pdp.shadow.classify import (
-    DENY,
-    SHADOW_CLASSES,
-    Grant,
-    MalformedDecision,
-    classify,
-    compare,
-    grant_of,
-)
+from pdp.shadow.classify import DENY, SHADOW_CLASSES, Grant, MalformedDecision, classify, compare, grant_of
 
 
 def allow(*scopes: str, ttl: int | None = 300) -> Grant:
@@ -198,7 +190,7 @@ def test_compare_scopes_beyond_the_request_do_not_make_a_candidate_wider() -> No
 
 def test_dry_run_issues_the_requested_scopes_and_keeps_the_policys_reasons() -> None:
     from pdp.decision import Decision
-    from pdp.shadow.classify import dry_run_decision
+    from pdp.enforcement import dry_run_decision
 
     d = dry_run_decision(Decision(allow=False, scopes=("read",), ttl_seconds=5, reasons=("no grant",)),
                          ["read", "write"])

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pdp.opa import OPAUnavailable
-from pdp.shadow.classify import ShadowCount, ShadowSample
 from pdp.shadow.live import LiveShadow
 from pdp.store.base import StoreError
+from pdp.store.shadow import ShadowCount, ShadowSample
 
 INPUT = {"subject": {"sub": "system:serviceaccount:payments:api"},
          "request": {"audience": "orders-db", "scopes": ["read"], "ttl_seconds": None}}

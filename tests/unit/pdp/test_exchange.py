@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
-from pdp.exchange import OAuthError, TokenRequest, parse_form, parse_token_request
+from pdp.exchange import TokenRequest, parse_form, parse_token_request
+from pdp.http.errors import OAuthError
 
 FORM = "application/x-www-form-urlencoded"
 

@@ -17,7 +17,7 @@ from pdp.admin.auth import (
     sar_spec,
 )
 from pdp.admin.tokens import AdminTokens
-from pdp.exchange import OAuthError
+from pdp.http.errors import OAuthError
 from pdp.revocation.api import parse_revocation_request
 from pdp.revocation.podwatch import IssuedPod, PodWatch, revocation_id
 

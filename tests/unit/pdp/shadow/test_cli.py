@@ -10,7 +10,7 @@ import pytest
 from jitmesh.cli import main
 from pdp.shadow.replay import ReplayError, check_candidate, recorded_decision
 
-POLICIES = Path(__file__).resolve().parents[1] / "integration" / "shadow_policies"
+POLICIES = Path(__file__).resolve().parents[3] / "integration" / "shadow_policies"
 UNREACHABLE = "http://127.0.0.1:9"
 
 
