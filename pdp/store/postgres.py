@@ -21,7 +21,7 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -42,12 +42,14 @@ from pdp.store.base import (
     StoreError,
 )
 from pdp.store.records import (
+    audit_of,
     audit_query,
     check_revocation,
     clamp_limit,
-    decode_details,
     encode_details,
-    revocation_from_json,
+    event_of,
+    key_of,
+    revocation_of,
     revocation_to_json,
 )
 from pdp.store.shadow import ShadowCount, ShadowSample
@@ -134,29 +136,6 @@ def describe(url: str) -> str:
     except psycopg.Error:
         return "PostgreSQL (unparsable URL)"
     return f"PostgreSQL {params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
-
-
-def _key(row: Row) -> SigningKey:
-    return SigningKey(kid=row["kid"], private_pem=bytes(row["private_pem"]), created_at=row["created_at"],
-                      retired_at=row["retired_at"], publish_until=row["publish_until"])
-
-
-def _audit(row: Row) -> AuditRecord:
-    return AuditRecord(seq=row["seq"], decision_id=row["decision_id"], time=row["time"], event=row["event"],
-                       subject=row["subject"], audience=row["audience"], policy_path=row["policy_path"],
-                       jti=row["jti"], pod_uid=row["pod_uid"], details=decode_details(row["details"]))
-
-
-def _revocation(row: Row) -> Revocation:
-    return Revocation(id=row["id"], kind=row["kind"], value=row["value"], reason=row["reason"],
-                      created_at=row["created_at"], created_by=row["created_by"], expires_at=row["expires_at"],
-                      lifted_at=row["lifted_at"], lifted_by=row["lifted_by"])
-
-
-def _event(row: Row) -> RevocationEvent:
-    action = cast(Literal["revoked", "lifted"], row["action"])
-    return RevocationEvent(seq=row["seq"], action=action, revocation=revocation_from_json(row["revocation"]),
-                           time=row["time"])
 
 
 AuditValues = tuple[Any, ...]
@@ -318,7 +297,7 @@ class PostgresStore(Store):
     async def list_keys(self) -> list[SigningKey]:
         async with self._conn("listing signing keys") as conn:
             cur = await conn.execute(SELECT_KEYS + " ORDER BY created_at, kid")
-            return [_key(r) for r in await cur.fetchall()]
+            return [key_of(r) for r in await cur.fetchall()]
 
     @bounded
     async def add_key(self, key: SigningKey) -> None:
@@ -344,7 +323,7 @@ class PostgresStore(Store):
                                      "ORDER BY created_at DESC, kid DESC LIMIT 1")
             row = await cur.fetchone()
             if row is not None and row["created_at"] >= rotate_if_older_than:
-                return _key(row)
+                return key_of(row)
             await conn.execute("UPDATE signing_keys SET retired_at = %s, publish_until = %s "
                                "WHERE retired_at IS NULL", (new.created_at, publish_until))
             try:
@@ -445,7 +424,7 @@ class PostgresStore(Store):
                                   audience=audience, decision_id=decision_id, after_seq=after_seq, limit=limit)
         async with self._conn("querying the audit trail") as conn:
             cur = await conn.execute(sql, params)
-            return [_audit(r) for r in await cur.fetchall()]
+            return [audit_of(r) for r in await cur.fetchall()]
 
     # revocations
 
@@ -481,27 +460,27 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row is None:
                 return None
-            return await self._append_event(conn, "lifted", _revocation(row), when)
+            return await self._append_event(conn, "lifted", revocation_of(row), when)
 
     @bounded
     async def get_revocation(self, revocation_id: str) -> Revocation | None:
         async with self._conn(f"reading revocation {revocation_id!r}") as conn:
             cur = await conn.execute(SELECT_REVOCATIONS + " WHERE id = %s", (revocation_id,))
             row = await cur.fetchone()
-            return None if row is None else _revocation(row)
+            return None if row is None else revocation_of(row)
 
     @bounded
     async def active_revocations(self) -> list[Revocation]:
         async with self._conn("listing active revocations") as conn:
             cur = await conn.execute(SELECT_REVOCATIONS + " WHERE lifted_at IS NULL ORDER BY created_at, id")
-            return [_revocation(r) for r in await cur.fetchall()]
+            return [revocation_of(r) for r in await cur.fetchall()]
 
     @bounded
     async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:
         async with self._conn("reading revocation events") as conn:
             cur = await conn.execute("SELECT seq, action, time, revocation FROM revocation_events "
                                      "WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, clamp_limit(limit)))
-            return [_event(r) for r in await cur.fetchall()]
+            return [event_of(r) for r in await cur.fetchall()]
 
     # access requests: the SQL lives in pdp/store/records.py, shared with SQLite
 

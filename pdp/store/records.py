@@ -7,11 +7,20 @@ same input, and a record read back equals the record written.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 
 import orjson
 
-from pdp.store.base import REVOCATION_KINDS, AccessRequest, AuditRecord, Revocation, StoreError
+from pdp.store.base import (
+    REVOCATION_KINDS,
+    AccessRequest,
+    AuditRecord,
+    Revocation,
+    RevocationEvent,
+    SigningKey,
+    StoreError,
+)
 
 
 def _compact_json(details: Any) -> str:
@@ -195,3 +204,31 @@ def access_request_of(row: Any) -> AccessRequest:
                          created_at=float(created_at), expires_at=float(expires_at), status=status,
                          decided_by=decided_by, decided_at=None if decided_at is None else float(decided_at),
                          reason=reason)
+
+
+# --- rows out: the same mapping for both drivers' dict-like rows -------------------------
+
+RowMapping = Mapping[str, Any]
+
+
+def key_of(row: RowMapping) -> SigningKey:
+    return SigningKey(kid=row["kid"], private_pem=bytes(row["private_pem"]), created_at=row["created_at"],
+                      retired_at=row["retired_at"], publish_until=row["publish_until"])
+
+
+def audit_of(row: RowMapping) -> AuditRecord:
+    return AuditRecord(seq=row["seq"], decision_id=row["decision_id"], time=row["time"], event=row["event"],
+                       subject=row["subject"], audience=row["audience"], policy_path=row["policy_path"],
+                       jti=row["jti"], pod_uid=row["pod_uid"], details=decode_details(row["details"]))
+
+
+def revocation_of(row: RowMapping) -> Revocation:
+    return Revocation(id=row["id"], kind=row["kind"], value=row["value"], reason=row["reason"],
+                      created_at=row["created_at"], created_by=row["created_by"], expires_at=row["expires_at"],
+                      lifted_at=row["lifted_at"], lifted_by=row["lifted_by"])
+
+
+def event_of(row: RowMapping) -> RevocationEvent:
+    action = cast(Literal["revoked", "lifted"], row["action"])
+    return RevocationEvent(seq=row["seq"], action=action, revocation=revocation_from_json(row["revocation"]),
+                           time=row["time"])

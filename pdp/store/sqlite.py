@@ -34,12 +34,14 @@ from pdp.store.base import (
     StoreError,
 )
 from pdp.store.records import (
+    audit_of,
     audit_query,
     check_revocation,
     clamp_limit,
-    decode_details,
     encode_details,
-    revocation_from_json,
+    event_of,
+    key_of,
+    revocation_of,
     revocation_to_json,
 )
 from pdp.store.shadow import ShadowCount, ShadowSample
@@ -116,29 +118,6 @@ def path_from_url(url: str) -> str:
     if not path:
         raise StoreError(f"store URL {url!r}: no file path after sqlite:///")
     return path
-
-
-def _key(row: sqlite3.Row) -> SigningKey:
-    return SigningKey(kid=row["kid"], private_pem=bytes(row["private_pem"]), created_at=row["created_at"],
-                      retired_at=row["retired_at"], publish_until=row["publish_until"])
-
-
-def _audit(row: sqlite3.Row) -> AuditRecord:
-    return AuditRecord(seq=row["seq"], decision_id=row["decision_id"], time=row["time"], event=row["event"],
-                       subject=row["subject"], audience=row["audience"], policy_path=row["policy_path"],
-                       jti=row["jti"], pod_uid=row["pod_uid"], details=decode_details(row["details"]))
-
-
-def _revocation(row: sqlite3.Row) -> Revocation:
-    return Revocation(id=row["id"], kind=row["kind"], value=row["value"], reason=row["reason"],
-                      created_at=row["created_at"], created_by=row["created_by"], expires_at=row["expires_at"],
-                      lifted_at=row["lifted_at"], lifted_by=row["lifted_by"])
-
-
-def _event(row: sqlite3.Row) -> RevocationEvent:
-    action = cast(Literal["revoked", "lifted"], row["action"])
-    return RevocationEvent(seq=row["seq"], action=action, revocation=revocation_from_json(row["revocation"]),
-                           time=row["time"])
 
 
 Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
@@ -387,7 +366,7 @@ class SQLiteStore(Store):
     async def list_keys(self) -> list[SigningKey]:
         rows = await self._read(lambda c: c.execute(
             SELECT_KEYS + " ORDER BY created_at, kid").fetchall())
-        return [_key(r) for r in rows]
+        return [key_of(r) for r in rows]
 
     async def add_key(self, key: SigningKey) -> None:
         def insert(c: sqlite3.Connection) -> None:
@@ -409,7 +388,7 @@ class SQLiteStore(Store):
             row = c.execute(SELECT_KEYS + " WHERE retired_at IS NULL "
                             "ORDER BY created_at DESC, kid DESC LIMIT 1").fetchone()
             if row is not None and row["created_at"] >= rotate_if_older_than:
-                return _key(row)
+                return key_of(row)
             c.execute("UPDATE signing_keys SET retired_at = ?, publish_until = ? WHERE retired_at IS NULL",
                       (new.created_at, publish_until))
             try:
@@ -444,7 +423,7 @@ class SQLiteStore(Store):
         sql, params = audit_query(SELECT_AUDIT, "?", since=since, until=until, subject=subject, event=event,
                                   audience=audience, decision_id=decision_id, after_seq=after_seq, limit=limit)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [_audit(r) for r in rows]
+        return [audit_of(r) for r in rows]
 
     # revocations
 
@@ -477,24 +456,24 @@ class SQLiteStore(Store):
                 return None
             row = c.execute(SELECT_REVOCATIONS + " WHERE id = ?",
                             (revocation_id,)).fetchone()
-            return self._append_event(c, "lifted", _revocation(row), when)
+            return self._append_event(c, "lifted", revocation_of(row), when)
         return await self._write(lift, wakes_waiters=True)
 
     async def get_revocation(self, revocation_id: str) -> Revocation | None:
         row = await self._read(lambda c: c.execute(
             SELECT_REVOCATIONS + " WHERE id = ?", (revocation_id,)).fetchone())
-        return None if row is None else _revocation(row)
+        return None if row is None else revocation_of(row)
 
     async def active_revocations(self) -> list[Revocation]:
         rows = await self._read(lambda c: c.execute(
             SELECT_REVOCATIONS + " WHERE lifted_at IS NULL ORDER BY created_at, id").fetchall())
-        return [_revocation(r) for r in rows]
+        return [revocation_of(r) for r in rows]
 
     async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:
         rows = await self._read(lambda c: c.execute(
             "SELECT seq, action, time, revocation FROM revocation_events WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, clamp_limit(limit))).fetchall())
-        return [_event(r) for r in rows]
+        return [event_of(r) for r in rows]
 
     # access requests: the SQL lives in pdp/store/records.py, shared with PostgreSQL
 
