@@ -38,9 +38,11 @@ from pdp.http import admin as http_admin
 from pdp.http.body import int_param, read_body
 from pdp.http.errors import NO_STORE, OAuthError, error_response, guarded, invalid_request, oauth_response, unavailable
 from pdp.http.services import Broker, broker_of
+from pdp.http.verify import verify_token
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient
 from pdp.revocation import api as revocation_api
+from pdp.revocation import wiring as revocation_wiring
 from pdp.revocation.index import PURGE_EVERY, RevocationIndex
 from pdp.shadow.live import LiveShadow, live_report
 from pdp.store import open_store_from_url
@@ -81,7 +83,7 @@ async def token_endpoint(request: Request) -> Response:
     finally:
         broker.metrics.request_seconds.observe(time.perf_counter() - started)
     if isinstance(outcome, Issued):
-        revocation_api.note_issued(broker, outcome.access_token)  # the pod watcher's list
+        revocation_wiring.note_issued(broker, outcome.access_token)  # the pod watcher's list
         return oauth_response(200, outcome.body())
     return error_response(outcome)
 
@@ -94,7 +96,7 @@ async def revoke_endpoint(request: Request) -> Response:
     tokens = params.get("token", [])
     if len(tokens) != 1 or not tokens[0]:
         raise invalid_request("exactly one token parameter is required")
-    claims = await revocation_api.verify_token(broker, tokens[0])
+    claims = await verify_token(broker, tokens[0])
     if claims is None or broker.revocations.lookup("jti", claims["jti"]) is not None:
         return Response(status_code=200, headers=NO_STORE)
     now = broker.clock()
@@ -124,7 +126,7 @@ async def introspect_endpoint(request: Request) -> Response:
     tokens = params.get("token", [])
     if len(tokens) != 1 or not tokens[0]:
         raise invalid_request("exactly one token parameter is required")
-    claims = await revocation_api.verify_token(broker, tokens[0])
+    claims = await verify_token(broker, tokens[0])
     if claims is None or broker.revocations.token_revoked(claims) is not None:
         return oauth_response(200, {"active": False})
     doc = {"active": True, "token_type": "Bearer"}
@@ -220,7 +222,7 @@ async def audit_endpoint(request: Request) -> Response:
 
 @guarded
 async def shadow_report_endpoint(request: Request) -> Response:
-    """docs/contract.md §6; the document is pdp/shadow_report.py's, `since`/`until` as for the audit."""
+    """docs/contract.md §6; the document is pdp/shadow/report.py's, `since`/`until` as for the audit."""
     broker = broker_of(request)
     await require_admin(request)
     q = request.query_params
@@ -297,7 +299,7 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
             *([asyncio.create_task(shadow.run())] if shadow else []),
         ]
         app.state.broker = broker
-        broker.tasks += revocation_api.start(broker)  # event stream, pod watcher, Kubernetes admins
+        broker.tasks += revocation_wiring.start(broker)  # event stream, pod watcher, Kubernetes admins
         log.info("broker.started", issuer=config.issuer, opa_url=config.opa_url, policy_path=config.policy_path,
                  attestation=config.attestation, store=config.store_url.split("@")[-1], kid=keys.current.record.kid)
         try:

@@ -52,7 +52,7 @@ def run_broker(args: argparse.Namespace) -> int:
         ssl_certfile=str(config.tls_cert_file) if config.tls_cert_file else None,
         ssl_keyfile=str(config.tls_key_file) if config.tls_key_file else None,
     ))
-    app.state.uvicorn_server = server  # event streams end when it shuts down (pdp/revocation_events.py)
+    app.state.uvicorn_server = server  # event streams end when it shuts down (pdp/revocation/events.py)
     server.run()
     # uvicorn leaves `started` False when the lifespan (store, keys) failed
     return 0 if server.started else 1
@@ -169,6 +169,6 @@ def register(sub: Any) -> None:
     a.add_argument("--follow-seconds", type=float, default=None, help=argparse.SUPPRESS)
     a.set_defaults(func=run_audit)
 
-    shadow_cli.register(sub)  # `shadow report`, `shadow replay` (pdp/shadow_cli.py)
-    revoke_cli.register(sub)  # `revoke` (pdp/revoke_cli.py)
-    approvals_cli.register(sub)  # `approvals` (pdp/approvals_cli.py)
+    shadow_cli.register(sub)  # `shadow report`, `shadow replay` (pdp/shadow/cli.py)
+    revoke_cli.register(sub)  # `revoke` (pdp/revocation/cli.py)
+    approvals_cli.register(sub)  # `approvals` (pdp/approvals/cli.py)

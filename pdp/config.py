@@ -71,7 +71,7 @@ class BrokerConfig:
     pod_lookup: bool = False
     opa_timeout: float = 1.0
     revocation_max_staleness: float = 30.0
-    enforcement: Enforcement = "enforce"  # dry-run: policy denials are issued anyway (pdp/shadow.py)
+    enforcement: Enforcement = "enforce"  # dry-run: policy denials are issued anyway (pdp/enforcement.py)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BrokerConfig:

@@ -184,7 +184,7 @@ class TokenExchange:
         self.auditor = auditor
         self.metrics = metrics
         self.clock = clock
-        self.shadow = shadow  # candidate policy asked beside the enforced one (pdp/shadow_live.py)
+        self.shadow = shadow  # candidate policy asked beside the enforced one (pdp/shadow/live.py)
 
     async def _audit_refusal(self, record: AuditRecord, error: OAuthError) -> OAuthError:
         """Write the record of a refusal; the refusal stands either way, but a store that

@@ -1,6 +1,6 @@
 """`jitmesh approvals`: list the access requests waiting for a human (default), or
 `--approve ID` / `--deny ID --reason ...` one of them, at `--broker-url` with an admin token
-from `--admin-token-file` (pdp/approvals_api.py)."""
+from `--admin-token-file` (pdp/approvals/api.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 the enforced policy did decide, classified per request.
 
 Everything here is a pure function of data. The broker's live shadowing
-(`pdp/shadow_live.py`) and `jitmesh shadow replay` (`pdp/shadow_replay.py`) both feed
+(`pdp/shadow/live.py`) and `jitmesh shadow replay` (`pdp/shadow/replay.py`) both feed
 `compare()`, so the two always classify the same request the same way.
 
 Classes, for one request:

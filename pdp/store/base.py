@@ -217,7 +217,7 @@ class Store(abc.ABC):
                                    limit: int = 100) -> list[AccessRequest]:
         """Newest first; pending ones only while they have not lapsed."""
 
-    # shadow mode (pdp/shadow.py, SQL in pdp/shadow_store.py)
+    # shadow mode (pdp/shadow/, SQL in pdp/store/shadow.py)
     async def record_shadow(self, counts: list[ShadowCount], samples: list[ShadowSample],
                             samples_per_class: int) -> None:
         """Add `counts` to the stored counts (rows with the same key are summed) and keep each

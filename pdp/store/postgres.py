@@ -567,7 +567,7 @@ class PostgresStore(Store):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(remaining, step))
 
-    # shadow mode: the SQL lives in pdp/shadow_store.py
+    # shadow mode: the SQL lives in pdp/store/shadow.py
 
     @bounded
     async def record_shadow(self, counts: list[ShadowCount], samples: list[ShadowSample],

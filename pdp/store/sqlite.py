@@ -548,7 +548,7 @@ class SQLiteStore(Store):
         finally:
             self._waiters -= 1
 
-    # shadow mode: the SQL lives in pdp/shadow_store.py
+    # shadow mode: the SQL lives in pdp/store/shadow.py
 
     async def record_shadow(self, counts: list[ShadowCount], samples: list[ShadowSample],
                             samples_per_class: int) -> None:

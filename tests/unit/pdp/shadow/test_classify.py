@@ -1,4 +1,4 @@
-"""Shadow classification (pdp/shadow.py): every class, every boundary between them."""
+"""Shadow classification (pdp/shadow/classify.py): every class, every boundary between them."""
 
 from __future__ import annotations
 

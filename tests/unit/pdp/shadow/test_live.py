@@ -1,4 +1,4 @@
-"""Live shadowing (pdp/shadow_live.py) against fake OPA clients and a fake store: the
+"""Live shadowing (pdp/shadow/live.py) against fake OPA clients and a fake store: the
 enforced answer is returned as is and at once; the candidate is compared afterwards."""
 
 from __future__ import annotations

@@ -1,0 +1,81 @@
+"""`GET /v1/revocations/events`: who may subscribe (an admin, or a workload attested by its
+ServiceAccount token, as at /token), and the stream of the events it may see."""
+
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import jwt
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from jitmesh.log import get_logger
+from pdp.attestation.verify import AttestationError, AttestationUnavailable
+from pdp.http.admin import require_admin
+from pdp.http.errors import OAuthError, invalid_request, unavailable
+from pdp.http.services import broker_of
+from pdp.revocation import events as revocation_events
+from pdp.revocation.events import Viewer
+
+log = get_logger("pdp.revocations")
+
+
+def _unverified_exp(token: str) -> float | None:
+    with contextlib.suppress(jwt.PyJWTError, ValueError, TypeError):
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+            return float(exp)
+    return None
+
+
+async def _viewer(request: Request) -> tuple[Viewer, float | None]:
+    """Admin, else a workload attested by its ServiceAccount token (as at /token)."""
+    broker = broker_of(request)
+    authorization = request.headers.get("authorization")
+    token = authorization.partition(" ")[2].strip() if authorization else ""
+    if not token or authorization is None or authorization.partition(" ")[0].lower() != "bearer":
+        raise OAuthError(401, "invalid_token", "a bearer token is required: the sidecar's ServiceAccount token "
+                         "or an admin token")
+    if broker.admin.is_admin(authorization):
+        admin = await require_admin(request, "revocation.events")
+        return Viewer(admin=True, name=admin.who), None
+    try:
+        subject = await broker.attestor.attest(token)
+    except AttestationUnavailable as exc:
+        raise unavailable(f"the ServiceAccount token cannot be verified right now: {exc}") from None
+    except AttestationError as exc:
+        if broker.reviewer is not None:
+            admin = await require_admin(request, "revocation.events")
+            return Viewer(admin=True, name=admin.who), None
+        raise OAuthError(401, "invalid_token", f"the bearer token is neither an admin token nor an acceptable "
+                         f"ServiceAccount token: {exc}") from None
+    exp = _unverified_exp(token)
+    ends_at = None if exp is None else time.monotonic() + max(0.0, exp - time.time())
+    return Viewer(admin=False, subject=subject.sub, pod_uid=subject.pod.uid if subject.pod else None,
+                  name=subject.sub), ends_at
+
+
+async def events_endpoint(request: Request) -> Response:
+    broker = broker_of(request)
+    hub = broker.hub
+    assert hub is not None, "the event hub starts with the broker"
+    try:
+        last = revocation_events.parse_last_event_id(request.headers.get("last-event-id"),
+                                                     request.query_params.get("last_event_id"))
+    except ValueError as exc:
+        raise invalid_request(str(exc)) from None
+    viewer, ends_at = await _viewer(request)
+    server = getattr(request.app.state, "uvicorn_server", None)
+
+    def stopping() -> bool:
+        return bool(server is not None and server.should_exit)
+
+    log.info("events.subscribed", viewer=viewer.name, admin=viewer.admin, last_event_id=last,
+             streams=hub.streams + 1)
+    body = revocation_events.stream(hub, broker.store, viewer, last, ends_at=ends_at, stopping=stopping)
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
