@@ -1,9 +1,11 @@
-"""Reading a request: its body under a size limit, and whole-number query parameters.
+"""Reading a request: its body under a size limit, whole-number and time query parameters.
 
 A body over the limit is `invalid_request`; one up to DRAIN_LIMIT_BYTES is still read to its
 end first, so the client is not reset mid-upload and sees the clear answer."""
 
 from __future__ import annotations
+
+import datetime
 
 from starlette.requests import Request
 
@@ -37,3 +39,18 @@ def int_param(value: str | None, name: str, low: int, high: int, default: int | 
     if not value.isdigit() or not low <= int(value) <= high:
         raise invalid_request(f"{name} {value!r:.40}: expected a whole number from {low} to {high}")
     return int(value)
+
+
+def parse_time(value: str, name: str) -> float:
+    """Unix seconds or RFC 3339."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        ts = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid_request(f"{name} {value!r:.60}: expected unix seconds or an RFC 3339 time") from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=datetime.UTC)
+    return ts.timestamp()

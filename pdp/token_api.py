@@ -1,0 +1,130 @@
+"""The OAuth endpoints: RFC 8693 token exchange at `/token`, RFC 7009 revocation by the
+holder, RFC 7662 introspection for admins, RFC 8414 discovery and the JWKS. Handlers parse,
+call the core (`pdp.exchange`, `pdp.tokens`, `pdp.revocation`, `pdp.audit`) and render."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE
+from jitmesh.log import get_logger
+from pdp.audit import decision_record
+from pdp.exchange import MAX_BODY_BYTES, Issued, parse_form
+from pdp.http import admin as http_admin
+from pdp.http.body import read_body
+from pdp.http.errors import NO_STORE, OAuthError, error_response, guarded, invalid_request, oauth_response, unavailable
+from pdp.http.services import broker_of
+from pdp.http.verify import verify_token
+from pdp.revocation import wiring as revocation_wiring
+from pdp.store.base import Revocation, StoreError
+
+log = get_logger("pdp")
+
+
+async def read_form(request: Request) -> dict[str, list[str]]:
+    return parse_form(await read_body(request, MAX_BODY_BYTES), request.headers.get("content-type"))
+
+
+async def require_admin(request: Request) -> None:
+    await http_admin.require_admin(request, request.url.path)
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+
+# --- token exchange, revocation, introspection --------------------------------------------
+
+@guarded
+async def token_endpoint(request: Request) -> Response:
+    broker = broker_of(request)
+    started = time.perf_counter()
+    try:
+        try:
+            params = await read_form(request)
+        except OAuthError as err:
+            broker.metrics.denied.labels(err.error).inc()
+            raise
+        outcome = await broker.exchange.exchange(params, client_ip(request))
+    finally:
+        broker.metrics.request_seconds.observe(time.perf_counter() - started)
+    if isinstance(outcome, Issued):
+        revocation_wiring.note_issued(broker, outcome.access_token)  # the pod watcher's list
+        return oauth_response(200, outcome.body())
+    return error_response(outcome)
+
+
+@guarded
+async def revoke_endpoint(request: Request) -> Response:
+    """RFC 7009: the holder of a token revokes it; 200 whatever the token was."""
+    broker = broker_of(request)
+    params = await read_form(request)
+    tokens = params.get("token", [])
+    if len(tokens) != 1 or not tokens[0]:
+        raise invalid_request("exactly one token parameter is required")
+    claims = await verify_token(broker, tokens[0])
+    if claims is None or broker.revocations.lookup("jti", claims["jti"]) is not None:
+        return Response(status_code=200, headers=NO_STORE)
+    now = broker.clock()
+    revocation = Revocation(id=str(uuid.uuid4()), kind="jti", value=str(claims["jti"]), reason="revoked by holder",
+                            created_at=now, created_by=str(claims["sub"]), expires_at=float(claims["exp"]))
+    try:
+        await broker.store.add_revocation(revocation)
+    except StoreError as exc:
+        log.error("revoke.store_failed", jti=revocation.value, error=str(exc))
+        return error_response(unavailable("the revocation could not be stored; try again"))
+    broker.revocations.add(revocation)
+    record = decision_record(decision_id=str(uuid.uuid4()), time=now, event="revoked",
+                             policy_path=broker.config.policy_path, subject=str(claims["sub"]),
+                             audience=str(claims.get("aud")), jti=revocation.value,
+                             extra={"revocation_id": revocation.id, "kind": "jti", "by": "holder"})
+    with contextlib.suppress(StoreError):
+        await broker.auditor.write(record)
+    return Response(status_code=200, headers=NO_STORE)
+
+
+@guarded
+async def introspect_endpoint(request: Request) -> Response:
+    """RFC 7662 for admins: active only for this broker's unexpired, unrevoked tokens."""
+    broker = broker_of(request)
+    await require_admin(request)
+    params = await read_form(request)
+    tokens = params.get("token", [])
+    if len(tokens) != 1 or not tokens[0]:
+        raise invalid_request("exactly one token parameter is required")
+    claims = await verify_token(broker, tokens[0])
+    if claims is None or broker.revocations.token_revoked(claims) is not None:
+        return oauth_response(200, {"active": False})
+    doc = {"active": True, "token_type": "Bearer"}
+    doc.update({k: v for k, v in claims.items()})
+    return oauth_response(200, doc)
+
+
+# --- discovery and keys -----------------------------------------------------------------
+
+async def discovery_endpoint(request: Request) -> Response:
+    issuer = broker_of(request).config.issuer
+    return JSONResponse({
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/token",
+        "jwks_uri": f"{issuer}/jwks",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "introspection_endpoint": f"{issuer}/introspect",
+        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "response_types_supported": [],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+    })
+
+
+async def jwks_endpoint(request: Request) -> Response:
+    return JSONResponse(broker_of(request).keys.jwks(), headers={"Cache-Control": "max-age=60"})
