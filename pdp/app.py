@@ -16,17 +16,9 @@ from jitmesh.log import get_logger
 from pdp import ops_api, token_api
 from pdp.admin.tokens import AdminTokens
 from pdp.approvals import api as approvals_api
-from pdp.attestation.verify import (
-    JWKSURL,
-    Attestor,
-    JWKSAttestor,
-    JWKSFile,
-    KeySource,
-    KubePodReader,
-    PodReader,
-    TokenReviewAttestor,
-    load_kube_api_client,
-)
+from pdp.attestation.identity import Attestor, PodReader
+from pdp.attestation.kube import KubePodReader, TokenReviewAttestor, load_kube_api_client
+from pdp.attestation.verify import JWKSURL, JWKSAttestor, JWKSFile, KeySource
 from pdp.audit import Auditor
 from pdp.config import BrokerConfig
 from pdp.exchange import TokenExchange

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the attestation module pulls in jwt and cryptography
-    from pdp.attestation.verify import Subject
+    from pdp.attestation.identity import Subject
 
 
 class MalformedDecision(ValueError):

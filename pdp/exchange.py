@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, SCOPE_TOKEN, TOKEN_TYPE_JWT
 from jitmesh.log import get_logger
-from pdp.attestation.verify import AttestationError, AttestationUnavailable, Attestor, Subject
+from pdp.attestation.identity import AttestationError, AttestationUnavailable, Attestor, Subject
 from pdp.audit import Auditor, decision_record
 from pdp.config import BrokerConfig
 from pdp.decision import Decision, MalformedDecision, grant, parse_decision, policy_input, rfc3339

@@ -22,7 +22,7 @@ from jwt.algorithms import ECAlgorithm
 
 from jitmesh.contract import ACCESS_TOKEN_JWT_TYP, DECISION_ID_CLAIM, KUBERNETES_CLAIM, SIGNING_ALG
 from jitmesh.log import get_logger
-from pdp.attestation.verify import Subject
+from pdp.attestation.identity import Subject
 from pdp.store.base import SigningKey, Store
 
 log = get_logger("pdp.tokens")

@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from pdp.admin.auth import AdminReviewer
 from pdp.admin.tokens import AdminTokens
-from pdp.attestation.verify import Attestor
+from pdp.attestation.identity import Attestor
 from pdp.audit import Auditor
 from pdp.config import BrokerConfig
 from pdp.exchange import TokenExchange

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from jitmesh.log import get_logger
-from pdp.attestation.verify import AttestationError, AttestationUnavailable
+from pdp.attestation.identity import AttestationError, AttestationUnavailable
 from pdp.http.admin import require_admin
 from pdp.http.errors import OAuthError, invalid_request, unavailable
 from pdp.http.services import broker_of

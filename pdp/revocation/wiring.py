@@ -14,7 +14,7 @@ from prometheus_client import Gauge
 from jitmesh.contract import KUBERNETES_CLAIM
 from jitmesh.log import get_logger
 from pdp.admin.auth import KubeAdminReviewer
-from pdp.attestation.verify import load_kube_api_client
+from pdp.attestation.kube import load_kube_api_client
 from pdp.http.services import Broker
 from pdp.revocation.api import revoke
 from pdp.revocation.events import EventHub

@@ -13,7 +13,8 @@ from starlette.testclient import TestClient
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from jitmesh.devissuer import DevIssuer
 from pdp.app import create_app
-from pdp.attestation.verify import JWKSAttestor, Subject, parse_jwks
+from pdp.attestation.identity import Subject
+from pdp.attestation.verify import JWKSAttestor, parse_jwks
 from pdp.config import BrokerConfig
 from pdp.opa import OPAClient, OPAUnavailable
 from tests.fixtures.broker import MemoryStore

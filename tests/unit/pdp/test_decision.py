@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pdp.attestation.verify import PodInfo, Subject
+from pdp.attestation.identity import PodInfo, Subject
 from pdp.decision import Decision, MalformedDecision, grant, parse_decision, policy_input
 
 SUBJECT = Subject(sub="system:serviceaccount:payments:api", issuer="https://kubernetes.default.svc",

@@ -11,7 +11,7 @@ import time
 import jwt
 import pytest
 
-from pdp.attestation.verify import PodInfo, Subject
+from pdp.attestation.identity import PodInfo, Subject
 from pdp.tokens import PUBLISH_MARGIN_SECONDS, KeyRing, access_token_claims, thumbprint
 from tests.fixtures.broker import MemoryStore
 

@@ -22,15 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from jitmesh.devissuer import DevIssuer, PodRef
+from pdp.attestation.identity import AttestationError, AttestationUnavailable, PodInfo, Subject
+from pdp.attestation.kube import TokenReviewAttestor
 from pdp.attestation.verify import (
     JWKSURL,
-    AttestationError,
-    AttestationUnavailable,
     JWKSAttestor,
     JWKSFile,
-    PodInfo,
-    Subject,
-    TokenReviewAttestor,
     VerifiedTokens,
     bind_pod,
     parse_jwks,
