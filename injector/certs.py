@@ -119,8 +119,13 @@ class WebhookCerts:
     ca_bundle: str  # base64 of the CA's PEM, as `caBundle` in a webhook configuration
 
 
-def write_webhook_certs(out: Path, dns_names: list[str], ips: list[str]) -> WebhookCerts:
-    """Write ca.crt, tls.crt and tls.key into `out` (the key readable by its owner only)."""
+def write_webhook_certs(out: Path, dns_names: list[str], ips: list[str], *, replace_ca: bool = False) -> WebhookCerts:
+    """Write ca.crt, tls.crt and tls.key into `out` (the key readable by its owner only).
+    A CA already in `out` is kept from being replaced by accident: every webhook
+    configuration and sidecar that trusts it would stop trusting the new certificate."""
+    if not replace_ca and (out / "ca.crt").exists():
+        raise CertError(f"{out / 'ca.crt'} already exists; pass --force to replace the CA (then give every "
+                        "webhook configuration and sidecar that trusts the old one the new caBundle)")
     ca = make_ca()
     common_name = dns_names[0] if dns_names else ips[0] if ips else "jitmesh-injector"
     leaf = issue(ca, common_name, dns_names, ips)

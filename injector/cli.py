@@ -41,6 +41,7 @@ def register(sub: Any) -> None:
     c.add_argument("--out", required=True, help="directory to write into")
     c.add_argument("--dns-name", action="append", default=[], help="a DNS name of the webhook (repeatable)")
     c.add_argument("--ip", action="append", default=[], help="an IP address of the webhook (repeatable)")
+    c.add_argument("--force", action="store_true", help="replace a CA already in --out")
     c.set_defaults(func=run_certs)
 
 
@@ -81,7 +82,7 @@ def run_certs(args: argparse.Namespace) -> int:
     from injector.certs import CertError, write_webhook_certs
 
     try:
-        written = write_webhook_certs(Path(args.out), args.dns_name, args.ip)
+        written = write_webhook_certs(Path(args.out), args.dns_name, args.ip, replace_ca=args.force)
     except CertError as exc:
         print(f"jitmesh certs: {exc}", file=sys.stderr)
         return 2

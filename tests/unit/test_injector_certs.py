@@ -47,3 +47,15 @@ def test_cli_prints_the_base64_ca_bundle(tmp_path: Path, capsys: pytest.CaptureF
 def test_bad_names_are_refused_naming_the_flag(tmp_path: Path, dns: list[str], ips: list[str], problem: str) -> None:
     with pytest.raises(CertError, match=problem):
         write_webhook_certs(tmp_path, dns, ips)
+
+
+def test_an_existing_ca_is_not_replaced_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["certs", "--out", str(tmp_path), "--dns-name", "a.b.svc"]
+    assert main(args, environ={}) == 0
+    first = (tmp_path / "ca.crt").read_bytes()
+    capsys.readouterr()
+    assert main(args, environ={}) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert (tmp_path / "ca.crt").read_bytes() == first
+    assert main([*args, "--force"], environ={}) == 0
+    assert (tmp_path / "ca.crt").read_bytes() != first
