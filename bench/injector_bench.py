@@ -148,7 +148,7 @@ class Endpoint:
 
 def run(workdir: Path, duration: float = 5.0, say: Callable[[str], None] = print) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
-    certs = write_webhook_certs(workdir / "certs", [], ["127.0.0.1"])
+    certs = write_webhook_certs(workdir / "certs", [], ["127.0.0.1"], replace_ca=True)
     # Never used for a pod that opts in by its own label; the injector only needs API access configured.
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
