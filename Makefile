@@ -9,7 +9,7 @@ TOOLS := scripts/tools.sh
 OPA = $(shell $(TOOLS) path opa)
 PYTEST_ARGS ?=
 
-.PHONY: all setup tools opa kube-tools postgres run test lint policy-test bench clean
+.PHONY: all setup tools opa kube-tools postgres run test lint policy-test bench clean chart-policies
 
 all: test
 
@@ -69,3 +69,8 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .jitmesh .pytest_cache .mypy_cache .ruff_cache
+
+# The chart carries its own copy of the shipped policy (a chart holds no links);
+# tests/unit/test_injector_chart.py keeps the copy identical.
+chart-policies:
+	@cp policies/authz.rego policies/data.json charts/jitmesh/files/policies/
