@@ -9,7 +9,7 @@ TOOLS := scripts/tools.sh
 OPA = $(shell $(TOOLS) path opa)
 PYTEST_ARGS ?=
 
-.PHONY: all setup tools opa kube-tools postgres run test lint policy-test bench clean
+.PHONY: all setup tools opa kube-tools postgres run test lint policy-test bench clean chart-policies image lock
 
 all: test
 
@@ -69,3 +69,18 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .jitmesh .pytest_cache .mypy_cache .ruff_cache
+
+# The images as OCI archives in ~/.cache/jitmesh/images, without a registry or container engine
+image: $(STAMP) opa
+	@$(TOOLS) node-packages
+	@$(TOOLS) coredns
+	@PYTHON=$(PY) image/build.sh all
+
+# requirements.lock from pyproject.toml's dependencies (both image recipes install it)
+lock:
+	@$(PYTHON) scripts/lock.py
+
+# The chart carries its own copy of the shipped policy (a chart holds no links);
+# tests/unit/test_injector_chart.py keeps the copy identical.
+chart-policies:
+	@cp policies/authz.rego policies/data.json charts/jitmesh/files/policies/

@@ -47,8 +47,17 @@ def sidecar_env(request: InjectionRequest, config: InjectorConfig) -> list[dict[
 
 def _readyz_once(config: InjectorConfig) -> list[str]:
     # The agent listens on the pod's loopback only, which an httpGet probe (sent by the kubelet
-    # to the pod IP) cannot reach; so the probe runs inside the container.
-    code = f"import urllib.request as u; u.urlopen('{config.agent_url}/readyz', timeout=2)"
+    # to the pod IP) cannot reach; so the probe runs inside the container. What it prints on
+    # failure (say, the policy's reasons for a denial) the kubelet records as the pod's event.
+    code = (
+        "import json, sys, urllib.error as e, urllib.request as u\n"
+        "try:\n"
+        f"    u.urlopen('{config.agent_url}/readyz', timeout=2)\n"
+        "except e.HTTPError as x:\n"
+        "    sys.exit('jitmesh-sidecar: ' + json.load(x).get('message', str(x.reason)))\n"
+        "except Exception as x:\n"
+        "    sys.exit(f'jitmesh-sidecar: local API not answering yet ({x})')\n"
+    )
     return ["python3", "-c", code]
 
 

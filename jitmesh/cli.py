@@ -1,7 +1,8 @@
 """The `jitmesh` console script: one subcommand per job (docs/contract.md §1).
 
 Each package registers its own subcommands; this module only wires them together and
-applies the rule that every flag can also be set by `JITMESH_<FLAG>` in the environment.
+applies the rule that every flag can also be set by `JITMESH_<FLAG>` in the environment:
+the chosen subcommand's flags only, so that no variable of another command can stop it.
 """
 
 from __future__ import annotations
@@ -33,37 +34,70 @@ def _long_option(action: argparse.Action) -> str | None:
     return longs[0] if longs else None
 
 
+def _env_value(action: argparse.Action, name: str, raw: str) -> object:
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                           argparse.BooleanOptionalAction)):
+        low = raw.strip().lower()
+        if low not in _TRUE | _FALSE:
+            raise FlagEnvError(f"{name}={raw!r}: expected true or false")
+        return (low in _TRUE) != isinstance(action, argparse._StoreFalseAction)
+    if isinstance(action, argparse._AppendAction):
+        return [v.strip() for v in raw.split(",") if v.strip()]
+    try:
+        return action.type(raw) if callable(action.type) else raw
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+        raise FlagEnvError(f"{name}={raw!r}: {exc}") from exc
+
+
 def apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    """Take each flag's default from `JITMESH_<FLAG>` when set; recurse into subcommands."""
+    """Take the default of each of this parser's own flags from `JITMESH_<FLAG>` when set.
+
+    Subcommands are not visited: their flags are theirs to read when they are chosen
+    (`EnvArgumentParser`), so a variable meant for, or only shaped like, another command's flag
+    (Kubernetes' service links: Service `jitmesh-broker` -> `JITMESH_BROKER_PORT=tcp://...`)
+    never stops this one.
+    """
     for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                apply_env_defaults(sub, environ)
-            continue
         option = _long_option(action)
-        if option is None or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+        if option is None or isinstance(action, (argparse._HelpAction, argparse._VersionAction,
+                                                 argparse._SubParsersAction)):
             continue
         name = env_name(option)
         if name not in environ:
             continue
-        raw = environ[name]
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
-                               argparse.BooleanOptionalAction)):
-            low = raw.strip().lower()
-            if low not in _TRUE | _FALSE:
-                raise FlagEnvError(f"{name}={raw!r}: expected true or false")
-            value: object = low in _TRUE
-            if isinstance(action, argparse._StoreFalseAction):
-                value = not value
-        elif isinstance(action, argparse._AppendAction):
-            value = [v.strip() for v in raw.split(",") if v.strip()]
-        else:
-            try:
-                value = action.type(raw) if callable(action.type) else raw
-            except (TypeError, ValueError) as exc:
-                raise FlagEnvError(f"{name}={raw!r}: {exc}") from exc
-        action.default = value
+        try:
+            action.default = _env_value(action, name, environ[name])
+        except FlagEnvError as exc:
+            raise FlagEnvError(f"{exc} (the environment's value for {option} of `{parser.prog}`; "
+                               f"unset {name} or give {option} on the command line)") from exc
         action.required = False
+
+
+class EnvArgumentParser(argparse.ArgumentParser):
+    """A parser that applies its own flags' `JITMESH_<FLAG>` variables when it parses.
+
+    `jitmesh broker --listen ...` runs the root parser, then the chosen subcommand's parser:
+    each reads only its own variables, at the moment it is chosen.
+    """
+
+    environ: Mapping[str, str] = {}
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        try:
+            apply_env_defaults(self, self.environ)
+        except FlagEnvError as exc:
+            self.error(str(exc))
+        return super().parse_known_args(args, namespace)
+
+
+def _give_environ(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    if isinstance(parser, EnvArgumentParser):
+        parser.environ = environ
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _give_environ(sub, environ)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pdp import cli as pdp_cli
     from sidecar import cli as sidecar_cli
 
-    parser = argparse.ArgumentParser(
+    parser = EnvArgumentParser(
         prog="jitmesh",
         description="Just-in-time credentials for Kubernetes workloads. "
         "Every flag can also be set as JITMESH_<FLAG> in the environment.",
@@ -93,10 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     parser = build_parser()
-    try:
-        apply_env_defaults(parser, environ)
-    except FlagEnvError as exc:
-        parser.error(str(exc))
+    _give_environ(parser, environ)
     args = parser.parse_args(argv)
     args.environ = dict(environ)
     func: Command = args.func

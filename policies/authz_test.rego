@@ -495,3 +495,23 @@ test_images_that_are_not_an_array_are_unknown if {
 	d := authz.decision with input as json.patch(payments_input, [{"op": "replace", "path": "/subject/pod/images", "value": "busybox"}])
 	denied_because(d, `namespace "payments" requires digest-pinned images, but the pod's images are unknown (input.subject.pod.images is not a non-empty array)`)
 }
+
+# --- the install example: namespace orders, audience orders-db, the chart's repo:tag sidecar
+
+orders_example_input := {
+	"subject": {
+		"sub": "system:serviceaccount:orders:api",
+		"issuer": "https://kubernetes.default.svc.cluster.local",
+		"namespace": "orders",
+		"service_account": "api",
+		"pod": {"name": "api-6b8d", "uid": "7c3a9e10", "labels": {}, "images": ["ghcr.io/jitmesh/jitmesh:0.1.0", "busybox:1.36"]},
+	},
+	"request": {"audience": "orders-db", "scopes": ["read"], "ttl_seconds": 300},
+	"context": {"time": "2026-11-23T10:00:00Z", "client_ip": "10.0.0.10"},
+	"approval": null,
+}
+
+test_the_install_example_gets_orders_db_with_the_charts_tagged_sidecar_image if {
+	d := authz.decision with input as orders_example_input
+	d == {"allow": true, "scopes": ["read"], "ttl_seconds": 300, "reasons": [], "approval_required": false}
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the real external components the tests and `jitmesh up` talk to, at pinned
 # versions, into a cache outside the clone. Reused when present.
-#   scripts/tools.sh opa|etcd|kube-apiserver|helm|all|path NAME
+#   scripts/tools.sh opa|etcd|kube-apiserver|kube-node|coredns|helm|node-packages|all|path NAME
 set -euo pipefail
 
 OPA_VERSION="v1.22.2"
@@ -9,6 +9,11 @@ ETCD_VERSION="v3.5.21"
 KUBE_VERSION="v1.34.4"          # k8s.io/kubernetes; staging modules at v0.34.4
 KUBE_STAGING_VERSION="v0.34.4"
 HELM_VERSION="v3.22.0"           # renders charts/jitmesh in the chart tests
+COREDNS_VERSION="v1.12.4"        # cluster DNS of the tests/cluster node
+# The rest of a single-node cluster, built from k8s.io/kubernetes like kube-apiserver.
+KUBE_NODE_BINARIES=(kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+# Debian packages of the tests/cluster node and of `make image`.
+NODE_PACKAGES=(containerd runc containernetworking-plugins iptables mmdebstrap umoci skopeo)
 
 CACHE="${JITMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jitmesh}"
 BIN="$CACHE/bin"
@@ -22,7 +27,10 @@ path_of() {
     etcd) echo "$BIN/etcd-$ETCD_VERSION" ;;
     kube-apiserver) echo "$BIN/kube-apiserver-$KUBE_VERSION" ;;
     helm) echo "$BIN/helm-$HELM_VERSION" ;;
-    *) echo "unknown tool: $1 (expected opa, etcd, kube-apiserver or helm)" >&2; exit 2 ;;
+    coredns) echo "$BIN/coredns-$COREDNS_VERSION" ;;
+    kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl) echo "$BIN/$1-$KUBE_VERSION" ;;
+    *) echo "unknown tool: $1 (expected opa, etcd, kube-apiserver, ${KUBE_NODE_BINARIES[*]}, coredns or helm)" >&2
+       exit 2 ;;
   esac
 }
 
@@ -93,11 +101,9 @@ kube_version_ldflags() {
   echo "-s -w$flags"
 }
 
-build_kube_apiserver() {
-  local out; out=$(path_of kube-apiserver)
-  [ -x "$out" ] && return 0
-  log "building kube-apiserver $KUBE_VERSION (first time only; this takes many minutes)"
-  local mod="$CACHE/src/kube-apiserver-$KUBE_VERSION"
+# One wrapper module for every Kubernetes binary, so they share one go.sum and one build cache.
+kube_module() {
+  local mod="$CACHE/src/kubernetes-$KUBE_VERSION"
   mkdir -p "$mod"
   local staging=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go
     cloud-provider cluster-bootstrap code-generator component-base component-helpers
@@ -105,36 +111,80 @@ build_kube_apiserver() {
     endpointslice externaljwt kms kube-aggregator kube-controller-manager kube-proxy
     kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission
     sample-apiserver sample-cli-plugin sample-controller)
-  {
-    echo "module jitmesh.local/kube-apiserver-build"
-    echo
-    echo "go 1.24"
-    echo
-    echo "require k8s.io/kubernetes $KUBE_VERSION"
-    echo
-    for s in "${staging[@]}"; do echo "replace k8s.io/$s => k8s.io/$s $KUBE_STAGING_VERSION"; done
-  } > "$mod/go.mod"
-  cat > "$mod/tools.go" <<'GO'
-//go:build tools
+  if [ ! -f "$mod/go.sum" ]; then
+    {
+      echo "module jitmesh.local/kubernetes-build"
+      echo
+      echo "go 1.24"
+      echo
+      echo "require k8s.io/kubernetes $KUBE_VERSION"
+      echo
+      for s in "${staging[@]}"; do echo "replace k8s.io/$s => k8s.io/$s $KUBE_STAGING_VERSION"; done
+    } > "$mod/go.mod"
+    {
+      printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for b in kube-apiserver "${KUBE_NODE_BINARIES[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b"; done
+      printf ')\n'
+    } > "$mod/tools.go"
+    # tidy -e: k8s.io/kubernetes has test-only imports that need not resolve; its log stays beside go.mod
+    (cd "$mod" && GOFLAGS=-mod=mod go mod tidy -e >"$mod/tidy.log" 2>&1) \
+      || log "go mod tidy reported errors: $mod/tidy.log"
+  fi
+  echo "$mod"
+}
 
-package tools
-
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
-GO
-  # tidy -e: k8s.io/kubernetes has test-only imports that need not resolve; its log stays beside go.mod
-  (cd "$mod" && { GOFLAGS=-mod=mod go mod tidy -e >"$mod/tidy.log" 2>&1 || log "go mod tidy reported errors: $mod/tidy.log"; }
-   cd "$mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -tags tools -trimpath -ldflags "$(kube_version_ldflags)" \
-     -o "$out.part" k8s.io/kubernetes/cmd/kube-apiserver)
+build_kube() {
+  local name="$1" out mod; out=$(path_of "$name")
+  [ -x "$out" ] && return 0
+  log "building $name $KUBE_VERSION (first time only; minutes, many for the first of them)"
+  mod=$(kube_module)
+  (cd "$mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -tags tools -trimpath -ldflags "$(kube_version_ldflags)" \
+     -o "$out.part" "k8s.io/kubernetes/cmd/$name")
   mv "$out.part" "$out"
-  log "kube-apiserver ready: $out"
+  log "$name ready: $out"
+}
+
+build_kube_node() {
+  local b
+  for b in "${KUBE_NODE_BINARIES[@]}"; do build_kube "$b"; done
+}
+
+build_coredns() {
+  local out; out=$(path_of coredns)
+  [ -x "$out" ] && return 0
+  log "building CoreDNS $COREDNS_VERSION (first time only; a few minutes)"
+  local tmp; tmp=$(mktemp -d)
+  GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  mv "$tmp/coredns" "$out.part" && mv "$out.part" "$out" && rm -rf "$tmp"
+  log "CoreDNS ready: $out"
+}
+
+# containerd, runc, CNI plugins, iptables and the image tools, from Debian, when missing.
+install_node_packages() {
+  local missing=() p
+  for p in "${NODE_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    log "needs root to install ${missing[*]} (apt-get install -y --no-install-recommends ${missing[*]})"
+    return 1
+  fi
+  log "installing ${missing[*]} (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 case "${1:-all}" in
   opa) build_opa ;;
   etcd) build_etcd ;;
-  kube-apiserver) build_kube_apiserver ;;
+  kube-apiserver) build_kube kube-apiserver ;;
+  kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl) build_kube "$1" ;;
+  kube-node) build_kube_node ;;
+  coredns) build_coredns ;;
   helm) build_helm ;;
-  all) build_opa; build_etcd; build_kube_apiserver; build_helm ;;
+  node-packages) install_node_packages ;;
+  all) build_opa; build_etcd; build_kube kube-apiserver; build_helm ;;
   path) path_of "$2" ;;
-  *) echo "usage: $0 opa|etcd|kube-apiserver|helm|all|path NAME" >&2; exit 2 ;;
+  *) echo "usage: $0 opa|etcd|kube-apiserver|kube-node|coredns|helm|node-packages|all|path NAME" >&2; exit 2 ;;
 esac

@@ -39,6 +39,7 @@ class _Audience:
     spec: AudienceSpec
     token: HeldToken | None = None
     failures: int = 0
+    last_failure: str | None = None  # why the last request got no token, for /readyz and the probe
     access_request_id: str | None = None
     poll_every: float | None = None
     generation: int = 0  # bumped by a revocation, so an answer in flight is not trusted
@@ -81,6 +82,11 @@ class Agent:
 
     def ready(self) -> bool:
         return not self.missing()
+
+    def not_ready_because(self) -> dict[str, str]:
+        """Why each audience without a valid token has none (the broker's last answer), as far as known."""
+        return {a: st.last_failure or "no answer from the broker yet" for a, st in self._audiences.items()
+                if self.token(a) is None}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -200,6 +206,7 @@ class Agent:
             st.access_request_id = outcome.access_request_id or st.access_request_id
             st.poll_every = poll_interval(outcome.interval, st.poll_every, outcome.slow_down)
             self.metrics.pending.labels(name).inc()
+            st.last_failure = f"authorization_pending: access request {st.access_request_id} awaits a human approval"
             log.info("token.pending", audience=name, access_request_id=st.access_request_id,
                      retry_in=round(st.poll_every, 1), detail=outcome.description)
             return st.poll_every
@@ -220,6 +227,7 @@ class Agent:
         refreshed = self.token(name) is not None
         self._set(st, HeldToken(issued.access_token, expires_at, issued.scope, issued.jti))
         st.failures = 0
+        st.last_failure = None
         st.access_request_id = None
         st.poll_every = None
         self.metrics.refreshes.labels(name).inc()
@@ -232,6 +240,7 @@ class Agent:
     def _failed(self, st: _Audience, failure: Failed) -> float:
         name = st.spec.audience
         st.failures += 1
+        st.last_failure = f"{failure.reason}: {failure.description}" if failure.description else failure.reason
         self.metrics.failures.labels(name, failure.reason).inc()
         delay = retry_delay(st.failures, self.config.backoff_initial, self.config.backoff_max, self._rng,
                             failure.retry_after)

@@ -35,7 +35,11 @@ def build_app(agent: Agent) -> Starlette:
     async def readyz(request: Request) -> Response:
         missing = agent.missing()
         if missing:
-            return JSONResponse({"status": "not ready", "missing": missing}, status_code=503)
+            why = agent.not_ready_because()
+            # The injected startupProbe prints `message`: the kubelet puts it in the pod's events.
+            message = "; ".join(f"no token for {a}: {why.get(a, 'unknown')}" for a in missing)
+            return JSONResponse({"status": "not ready", "missing": missing, "reasons": why, "message": message},
+                                status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def metrics(request: Request) -> Response:

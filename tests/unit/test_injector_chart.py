@@ -52,7 +52,28 @@ def test_template_actions_are_balanced(template: Path) -> None:
 def test_shipped_policies_are_reachable_from_the_chart() -> None:
     policies = CHART / "files" / "policies"
     rego = sorted(p.name for p in policies.glob("*.rego") if not p.name.endswith("_test.rego"))
-    assert rego, f"{policies} holds no policy (it links to the repository's policies/)"
+    assert rego, f"{policies} holds no policy (a copy of the repository's policies/)"
+
+
+def _shipped_policy_files() -> dict[str, bytes]:
+    top = REPO / "policies"
+    names = [p.name for p in top.glob("*.rego") if not p.name.endswith("_test.rego")] + ["data.json"]
+    return {n: (top / n).read_bytes() for n in sorted(names)}
+
+
+def test_chart_holds_real_files_not_links() -> None:
+    # helm warns on symbolic links in a chart, and packaging tools drop them
+    links = [str(p.relative_to(CHART)) for p in [CHART, *CHART.rglob("*")] if p.is_symlink()]
+    assert not links, f"symbolic links in the chart: {links}"
+
+
+def test_chart_policy_copy_is_identical_to_policies() -> None:
+    chart = {p.name: p.read_bytes() for p in sorted((CHART / "files" / "policies").iterdir())}
+    shipped = _shipped_policy_files()
+    assert sorted(chart) == sorted(shipped), "charts/jitmesh/files/policies must hold exactly " \
+        f"{sorted(shipped)}; run `make chart-policies`"
+    stale = [n for n in shipped if chart[n] != shipped[n]]
+    assert not stale, f"charts/jitmesh/files/policies differs from policies/ in {stale}; run `make chart-policies`"
 
 
 def test_webhook_rbac_is_only_namespace_reads() -> None:
@@ -197,3 +218,46 @@ def test_broker_tls_without_its_certificate_is_a_clear_render_error() -> None:
     out = subprocess.run([helm, "template", "jm", str(CHART), "--kube-version", KUBE, *REQUIRED,
                           "--set", "broker.tls.enabled=true"], capture_output=True, text=True)
     assert out.returncode != 0 and "broker.tls.crt is required" in out.stderr
+
+
+def _pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs
+            if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")}
+
+
+def test_no_pod_the_chart_renders_gets_service_link_variables() -> None:
+    pods = _pods(render(*REQUIRED, *BROKER_TLS))
+    assert set(pods) == {"jm-jitmesh-broker", "jm-jitmesh-injector"}
+    assert {name: spec.get("enableServiceLinks") for name, spec in pods.items()} == dict.fromkeys(pods, False)
+
+
+def test_opa_skips_the_config_map_volume_links() -> None:
+    spec = _pods(render(*REQUIRED))["jm-jitmesh-broker"]
+    opa = next(c for c in spec["containers"] if c["name"] == "opa")
+    # `..data` and `..<timestamp>` would otherwise load every policy file three times
+    assert "--ignore=.*" in opa["args"] and opa["args"][-1] == "/policies"
+
+
+def test_every_container_has_a_pull_policy_the_user_can_set() -> None:
+    spec = _pods(render(*REQUIRED, "--set", "image.pullPolicy=Never", "--set", "broker.opa.pullPolicy=Never"))
+    for name in ("jm-jitmesh-broker", "jm-jitmesh-injector"):
+        assert {c["name"]: c["imagePullPolicy"] for c in spec[name]["containers"]} == \
+            {c["name"]: "Never" for c in spec[name]["containers"]}
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_an_image_digest_pins_every_jitmesh_image_and_the_injected_sidecar() -> None:
+    pods = _pods(render(*REQUIRED, "--set", f"image.digest={DIGEST}"))
+    pinned = f"ghcr.io/jitmesh/jitmesh@{DIGEST}"
+    assert pods["jm-jitmesh-broker"]["containers"][0]["image"] == pinned
+    injector = pods["jm-jitmesh-injector"]["containers"][0]
+    assert injector["image"] == pinned
+    assert f"--sidecar-image={pinned}" in injector["args"]
+
+
+def test_without_a_digest_the_images_are_repository_and_tag() -> None:
+    injector = _pods(render(*REQUIRED))["jm-jitmesh-injector"]["containers"][0]
+    assert injector["image"] == "ghcr.io/jitmesh/jitmesh:0.1.0"
+    assert "--sidecar-image=ghcr.io/jitmesh/jitmesh:0.1.0" in injector["args"]

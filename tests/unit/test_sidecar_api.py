@@ -94,3 +94,19 @@ def test_metrics_report_refreshes_failures_and_expiry(tmp_path: Path) -> None:
         assert time.time() < float(line.split()[-1]) <= time.time() + 30
 
     run_agent(config, broker, body)
+
+
+def test_not_ready_names_the_policys_reasons_for_a_denial(tmp_path: Path) -> None:
+    broker = FakeBroker()
+    broker.default = error(403, "access_denied", 'image busybox:1.36 is not pinned by digest; namespace "payments" '
+                                                 "requires <image>@sha256:<digest>")
+
+    async def body(agent: Agent) -> None:
+        await eventually(lambda: len(broker.forms) >= 1)
+        async with local(agent) as c:
+            doc = (await c.get("/readyz")).json()
+        assert doc["reasons"] == {"orders-db": 'access_denied: image busybox:1.36 is not pinned by digest; '
+                                               'namespace "payments" requires <image>@sha256:<digest>'}
+        assert doc["message"] == f"no token for orders-db: {doc['reasons']['orders-db']}"
+
+    run_agent(make_config(tmp_path), broker, body)
