@@ -261,3 +261,20 @@ def test_without_a_digest_the_images_are_repository_and_tag() -> None:
     injector = _pods(render(*REQUIRED))["jm-jitmesh-injector"]["containers"][0]
     assert injector["image"] == "ghcr.io/jitmesh/jitmesh:0.1.0"
     assert "--sidecar-image=ghcr.io/jitmesh/jitmesh:0.1.0" in injector["args"]
+
+
+def test_persistence_keeps_the_store_on_a_claim_and_replaces_the_broker() -> None:
+    docs = render(*REQUIRED, "--set", "broker.persistence.enabled=true")
+    claim = _one(docs, "PersistentVolumeClaim", "jm-jitmesh-broker-data")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and "storageClassName" not in claim["spec"]
+    broker = _one(docs, "Deployment", "jm-jitmesh-broker")
+    assert broker["spec"]["strategy"] == {"type": "Recreate"}
+    data = next(v for v in broker["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+    assert data == {"name": "data", "persistentVolumeClaim": {"claimName": "jm-jitmesh-broker-data"}}
+
+
+def test_without_persistence_the_store_is_an_empty_dir() -> None:
+    docs = render(*REQUIRED)
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    broker = _one(docs, "Deployment", "jm-jitmesh-broker")
+    assert {"name": "data", "emptyDir": {}} in broker["spec"]["template"]["spec"]["volumes"]
