@@ -135,6 +135,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`jitmesh audit | head`): stop quietly, as a Unix tool does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
 
 
 if __name__ == "__main__":
