@@ -232,22 +232,9 @@ class TokenExchange:
             return record(event, subject=subject.sub, pod_uid=pod_uid, **kw)
 
         # revoked?
-        try:
-            self.revocations.check_fresh()
-        except RevocationIndexStale as exc:
-            err = unavailable(str(exc), decision_id)
-            self.metrics.errors.labels("store_unavailable").inc()
-            return await self._audit_refusal(subject_record("error", error=err.error, error_description=str(exc)),
-                                             err)
-        revoked = self.revocations.refusal(subject.sub, pod_uid, req.audience)
-        if revoked is not None:
-            what = {"subject": "revoked subject", "pod_uid": "revoked pod", "audience": "revoked audience"}
-            err = OAuthError(400, "invalid_grant", f"{what.get(revoked.kind, 'revoked')} {revoked.value!r}: "
-                             f"{revoked.reason} (revocation {revoked.id})", decision_id)
-            self.metrics.denied.labels("invalid_grant").inc()
-            return await self._audit_refusal(
-                subject_record("denied", error=err.error, error_description=err.description,
-                               extra={"revocation_id": revoked.id}), err)
+        refused = await self._revoked(subject.sub, pod_uid, req.audience, decision_id, subject_record)
+        if refused is not None:
+            return refused
 
         # what does the policy say
         doc = policy_input(subject, req.audience, req.scopes, req.requested_ttl, now, client_ip)
@@ -282,6 +269,28 @@ class TokenExchange:
                                policy_input=doc, raw_decision=raw_decision), err)
         return await self._issue(req, subject, decision, decision_id, now, subject_record, doc, raw_decision,
                                  not_after=not_after)
+
+    async def _revoked(self, sub: str, pod_uid: str | None, audience: str, decision_id: str,
+                       subject_record: Callable[..., AuditRecord]) -> OAuthError | None:
+        """The audited refusal when this subject, pod or audience is revoked, or the revocation
+        list is too stale to say; None when issuance may go on."""
+        try:
+            self.revocations.check_fresh()
+        except RevocationIndexStale as exc:
+            err = unavailable(str(exc), decision_id)
+            self.metrics.errors.labels("store_unavailable").inc()
+            return await self._audit_refusal(subject_record("error", error=err.error, error_description=str(exc)),
+                                             err)
+        revoked = self.revocations.refusal(sub, pod_uid, audience)
+        if revoked is None:
+            return None
+        what = {"subject": "revoked subject", "pod_uid": "revoked pod", "audience": "revoked audience"}
+        err = OAuthError(400, "invalid_grant", f"{what.get(revoked.kind, 'revoked')} {revoked.value!r}: "
+                         f"{revoked.reason} (revocation {revoked.id})", decision_id)
+        self.metrics.denied.labels("invalid_grant").inc()
+        return await self._audit_refusal(
+            subject_record("denied", error=err.error, error_description=err.description,
+                           extra={"revocation_id": revoked.id}), err)
 
     async def _ask(self, doc: dict[str, Any], decision_id: str, now: float,
                    subject_record: Callable[..., AuditRecord]) -> tuple[Decision, Any] | OAuthError:
@@ -364,8 +373,16 @@ class TokenExchange:
         granted = grant(decision, req.scopes, req.requested_ttl, self.config.default_ttl, self.config.max_ttl)
         if not_after is not None:
             granted = replace(granted, ttl=max(1, min(granted.ttl, int(not_after - now))))
+        # The policy (and an approval) took awaits: a revocation made meanwhile must still stop
+        # this token. Nothing awaits between this check and the signature.
+        refused = await self._revoked(subject.sub, subject.pod.uid if subject.pod else None, req.audience,
+                                      decision_id, subject_record)
+        if refused is not None:
+            return refused
+        dry_run = event == DRY_RUN_EVENT
         claims = access_token_claims(issuer=self.config.issuer, subject=subject, audience=req.audience,
-                                     scopes=granted.scopes, ttl=granted.ttl, now=now, decision_id=decision_id)
+                                     scopes=granted.scopes, ttl=granted.ttl, now=now, decision_id=decision_id,
+                                     dry_run=dry_run)
         token = self.keys.sign(claims)
         rec = subject_record(event, jti=claims["jti"], granted_scopes=granted.scopes, ttl=granted.ttl,
                              reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision,
@@ -380,5 +397,9 @@ class TokenExchange:
             self.metrics.errors.labels("store_unavailable").inc()
             return unavailable("the audit store cannot be written; no token was issued", decision_id)
         self.metrics.issued.inc()
+        if dry_run:
+            log.warning("token.issued_in_dry_run", decision_id=decision_id, subject=subject.sub,
+                        audience=req.audience, jti=claims["jti"], reasons=list(decision.reasons),
+                        message="the policy denied this request; --enforcement dry-run issued it anyway")
         return Issued(access_token=token, expires_in=granted.ttl, scope=" ".join(granted.scopes),
                       decision_id=decision_id)
