@@ -13,6 +13,7 @@ SIGNING_ALG: Final = "ES256"
 # Claims of issued tokens
 KUBERNETES_CLAIM: Final = "kubernetes.io"
 DECISION_ID_CLAIM: Final = "decision_id"
+DRY_RUN_CLAIM: Final = "jitmesh.io/dry_run"  # issued by --enforcement dry-run although the policy denied
 SERVICEACCOUNT_SUB_PREFIX: Final = "system:serviceaccount:"
 
 # Injection (docs/contract.md §4)
@@ -42,6 +43,7 @@ ENV_AGENT_URL: Final = "JITMESH_AGENT_URL"
 # Not in the SPEC's list: the broker's CA as PEM text, set by the injector (--broker-ca-file)
 # and read by the sidecar, so an https broker signed by a private CA is verified.
 ENV_BROKER_CA: Final = "JITMESH_BROKER_CA"
+ENV_TOKEN_GROUP: Final = "JITMESH_TOKEN_GROUP"  # the group that may read token files (mode 0640)
 
 
 def scopes_env_name(audience: str) -> str:

@@ -51,7 +51,8 @@ def build_attestor(config: BrokerConfig) -> Attestor:
     else:
         assert config.jwks_url is not None
         source = JWKSURL(config.jwks_url)
-    return JWKSAttestor(source, config.subject_issuer, config.subject_audience, pods)
+    return JWKSAttestor(source, config.subject_issuer, config.subject_audience, pods,
+                        max_age=config.max_subject_token_age)
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[object]], name: str) -> None:
@@ -105,6 +106,9 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         broker.tasks += revocation_wiring.start(broker)  # event stream, pod watcher, Kubernetes admins
         log.info("broker.started", issuer=config.issuer, opa_url=config.opa_url, policy_path=config.policy_path,
                  attestation=config.attestation, store=config.store_url.split("@")[-1], kid=keys.current.record.kid)
+        if config.enforcement == "dry-run":
+            log.warning("broker.dry_run", message="--enforcement dry-run: requests the policy denies are ISSUED "
+                        "anyway, marked with the jitmesh.io/dry_run claim; never run a production broker like this")
         try:
             yield
         finally:

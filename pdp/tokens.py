@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from jitmesh.contract import ACCESS_TOKEN_JWT_TYP, DECISION_ID_CLAIM, KUBERNETES_CLAIM, SIGNING_ALG
+from jitmesh.contract import ACCESS_TOKEN_JWT_TYP, DECISION_ID_CLAIM, DRY_RUN_CLAIM, KUBERNETES_CLAIM, SIGNING_ALG
 from jitmesh.log import get_logger
 from pdp.attestation.identity import Subject
 from pdp.store.base import SigningKey, Store
@@ -73,13 +73,15 @@ class LoadedKey:
 
 
 def access_token_claims(*, issuer: str, subject: Subject, audience: str, scopes: Sequence[str], ttl: int,
-                        now: float, decision_id: str, jti: str | None = None) -> dict[str, Any]:
-    """The claims of an RFC 9068 access token, as docs/contract.md §2 lists them."""
+                        now: float, decision_id: str, jti: str | None = None,
+                        dry_run: bool = False) -> dict[str, Any]:
+    """The claims of an RFC 9068 access token, as docs/contract.md §2 lists them; a token the
+    policy denied and `--enforcement dry-run` issued anyway says so in `jitmesh.io/dry_run`."""
     k8s: dict[str, Any] = {"namespace": subject.namespace, "serviceaccount": {"name": subject.service_account}}
     if subject.pod is not None:
         k8s["pod"] = {"name": subject.pod.name, "uid": subject.pod.uid}
     iat = int(now)
-    return {
+    claims: dict[str, Any] = {
         "iss": issuer,
         "sub": subject.sub,
         "aud": audience,
@@ -92,6 +94,9 @@ def access_token_claims(*, issuer: str, subject: Subject, audience: str, scopes:
         KUBERNETES_CLAIM: k8s,
         DECISION_ID_CLAIM: decision_id,
     }
+    if dry_run:
+        claims[DRY_RUN_CLAIM] = True
+    return claims
 
 
 class KeyRing:

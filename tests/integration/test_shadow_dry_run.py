@@ -3,12 +3,15 @@ audited as `dry_run_allowed` and counted; who is asking is still checked."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
+from jitmesh.contract import DRY_RUN_CLAIM
 from jitmesh.devissuer import DevIssuer, PodRef
 from tests.integration.test_shadow_live import CANDIDATE, ENFORCED, POLICIES
 
@@ -31,6 +34,27 @@ def test_a_policy_denial_is_issued_as_requested(dry_run_broker: Any) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["scope"] == "read write"
     assert r.json()["expires_in"] == 300  # the broker's --default-ttl
+
+
+def test_a_dry_run_token_carries_the_dry_run_claim(dry_run_broker: Any) -> None:
+    sa = dry_run_broker.mint("payments", "api", pod=PodRef("api-1", "uid-1"))
+    token = dry_run_broker.exchange(sa, "deny-both", scope="read").json()["access_token"]
+    assert jwt.decode(token, options={"verify_signature": False})[DRY_RUN_CLAIM] is True
+
+
+def test_a_token_the_policy_allowed_has_no_dry_run_claim(dry_run_broker: Any) -> None:
+    sa = dry_run_broker.mint("payments", "api", pod=PodRef("api-1", "uid-1"))
+    token = dry_run_broker.exchange(sa, "narrower", scope="read").json()["access_token"]
+    assert DRY_RUN_CLAIM not in jwt.decode(token, options={"verify_signature": False})
+
+
+def test_dry_run_warns_at_start_and_on_each_dry_run_issuance(dry_run_broker: Any) -> None:
+    sa = dry_run_broker.mint("payments", "api", pod=PodRef("api-1", "uid-1"))
+    decision_id = dry_run_broker.exchange(sa, "deny-both", scope="read").json()["decision_id"]
+    lines = [json.loads(line) for line in dry_run_broker.output().splitlines() if line.startswith("{")]
+    assert any(ln["event"] == "broker.dry_run" and ln["level"] == "warning" for ln in lines)
+    assert any(ln["event"] == "token.issued_in_dry_run" and ln["level"] == "warning"
+               and ln.get("decision_id") == decision_id for ln in lines)
 
 
 def test_a_dry_run_issuance_is_audited_with_the_policys_reasons(dry_run_broker: Any) -> None:
