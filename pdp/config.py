@@ -71,6 +71,7 @@ class BrokerConfig:
     pod_lookup: bool = False
     opa_timeout: float = 1.0
     revocation_max_staleness: float = 30.0
+    max_subject_token_age: float | None = 86400.0  # refuse subject tokens issued longer ago (None: no limit)
     enforcement: Enforcement = "enforce"  # dry-run: policy denials are issued anyway (pdp/enforcement.py)
 
     @classmethod
@@ -107,6 +108,9 @@ class BrokerConfig:
             raise ConfigError(f"--default-ttl {default_ttl} is longer than --max-ttl {max_ttl}")
         key_rotation = _positive(args.key_rotation, "--key-rotation")
         approval_ttl = _positive(getattr(args, "approval_ttl", 3600), "--approval-ttl")
+        max_age = getattr(args, "max_subject_token_age", 86400)
+        if max_age < 0:
+            raise ConfigError(f"--max-subject-token-age {max_age}: expected seconds, or 0 for no limit")
         if not 0 < args.opa_timeout <= 30:
             raise ConfigError(f"--opa-timeout {args.opa_timeout}: expected seconds in (0, 30]")
         return cls(
@@ -116,6 +120,7 @@ class BrokerConfig:
             admin_token_file=admin, max_ttl=max_ttl, default_ttl=default_ttl, key_rotation=key_rotation,
             approval_ttl=approval_ttl, kubeconfig=kubeconfig, pod_lookup=bool(args.pod_lookup),
             opa_timeout=float(args.opa_timeout), enforcement=args.enforcement,
+            max_subject_token_age=float(max_age) if max_age else None,
             tls_cert_file=tls_cert, tls_key_file=tls_key,
         )
 
@@ -169,6 +174,9 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--store", default=DEFAULT_STORE_URL,
                    help="sqlite:///PATH or postgresql://... (default %(default)s)")
     p.add_argument("--admin-token-file", default=None, help="admin bearer tokens, one a line")
+    p.add_argument("--max-subject-token-age", type=int, default=86400,
+                   help="refuse subject tokens issued more than SECONDS ago (iat), so a long-lived "
+                        "`kubectl create token` is no standing credential; 0: no limit (default %(default)s)")
     p.add_argument("--max-ttl", type=int, default=3600, help="longest token lifetime in seconds (default %(default)s)")
     p.add_argument("--default-ttl", type=int, default=None,
                    help="lifetime when none is asked (default 300, at most --max-ttl)")

@@ -19,7 +19,7 @@ import binascii
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +28,14 @@ import jwt
 
 from jitmesh.contract import KUBERNETES_CLAIM, serviceaccount_subject
 from jitmesh.log import get_logger
-from pdp.attestation.identity import AttestationError, AttestationUnavailable, PodInfo, PodReader, Subject
+from pdp.attestation.identity import (
+    AttestationError,
+    AttestationUnavailable,
+    PodInfo,
+    PodReader,
+    Subject,
+    check_subject_age,
+)
 
 log = get_logger("pdp.attestation")
 
@@ -78,8 +85,10 @@ def subject_from_claims(claims: Mapping[str, Any]) -> Subject:
                 or not isinstance(raw_pod.get("uid"), str):
             raise AttestationError("subject token's pod binding must have a name and a uid")
         pod = PodInfo(name=raw_pod["name"], uid=raw_pod["uid"])
+    iat = claims.get("iat")
+    issued_at = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None
     return Subject(sub=sub, issuer=str(claims.get("iss", "")), namespace=namespace,
-                   service_account=sa_name, pod=pod)
+                   service_account=sa_name, pod=pod, issued_at=issued_at)
 
 
 def parse_jwks(doc: Any) -> dict[str, VerificationKey]:
@@ -305,8 +314,9 @@ class VerifiedTokens:
 
 class JWKSAttestor:
     def __init__(self, source: KeySource, issuer: str, audience: str, pods: PodReader | None = None,
-                 cache: VerifiedTokens | None = None) -> None:
+                 cache: VerifiedTokens | None = None, max_age: float | None = None) -> None:
         self.source = source
+        self.max_age = max_age  # --max-subject-token-age
         self.issuer = issuer
         self.audience = audience
         self.pods = pods
@@ -317,6 +327,7 @@ class JWKSAttestor:
         if remembered_kid is not None:  # the same token string: its header need not be read again
             subject = self.cache.get(token, await self.source.keys(remembered_kid), time.time())
             if subject is not None:
+                check_subject_age(subject, self.max_age, time.time())
                 return await bind_pod(subject, self.pods)
         header = unverified_header(token)
         kid = header.get("kid")
@@ -328,6 +339,7 @@ class JWKSAttestor:
             if not isinstance(kid, str):  # verify_jwt refuses these; keep the type checker honest
                 raise AttestationError("subject token has no kid")
             self.cache.put(token, kid, keys[kid], float(claims["exp"]), subject)
+        check_subject_age(subject, self.max_age, time.time())
         return await bind_pod(subject, self.pods)
 
     async def close(self) -> None:
@@ -345,8 +357,7 @@ async def bind_pod(subject: Subject, pods: PodReader | None) -> Subject:
     if live.uid != subject.pod.uid:
         raise AttestationError(f"the bound pod {subject.namespace}/{subject.pod.name} has uid {live.uid}, "
                                f"the token was bound to {subject.pod.uid}")
-    return Subject(sub=subject.sub, issuer=subject.issuer, namespace=subject.namespace,
-                   service_account=subject.service_account, pod=live)
+    return replace(subject, pod=live)
 
 
 # --- Kubernetes API ----------------------------------------------------------------------

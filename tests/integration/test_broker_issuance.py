@@ -4,6 +4,7 @@ returns, claim by claim, and how scopes and lifetimes are bounded."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,18 @@ def test_jwks_url_attestation_verifies_against_the_served_keys(make_opa: Callabl
         assert broker.exchange(cluster.mint("payments", "api"), "orders-db", scope="read").status_code == 200
         r = broker.exchange(DevIssuer(cluster.issuer).mint("payments", "api"), "orders-db", scope="read")
         assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+
+def test_a_subject_token_older_than_a_day_is_invalid_grant_by_default(broker: BrokerHandle) -> None:
+    old = broker.mint("payments", "api", pod=POD, now=time.time() - 2 * 86400, ttl=7 * 86400)
+    r = broker.exchange(old, "orders-db", scope="read")
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_grant"
+    assert "--max-subject-token-age (86400 s)" in r.json()["error_description"]
+
+
+def test_max_subject_token_age_zero_accepts_an_old_subject_token(make_opa: Callable[..., Any],
+                                                                broker_factory: Callable[..., BrokerHandle]) -> None:
+    broker = broker_factory(make_opa(POLICIES / "grant").url, max_subject_token_age=0)
+    old = broker.mint("payments", "api", pod=POD, now=time.time() - 2 * 86400, ttl=7 * 86400)
+    assert broker.exchange(old, "orders-db", scope="read").status_code == 200

@@ -164,9 +164,10 @@ def test_not_a_jwt_is_refused() -> None:
 
 
 def test_kubernetes_claims_become_the_subject() -> None:
-    subject = subject_from_claims(claims())
+    doc = claims()
+    subject = subject_from_claims(doc)
     assert subject == Subject(sub="system:serviceaccount:payments:api", issuer=DEV.issuer, namespace="payments",
-                              service_account="api", pod=PodInfo(name="p", uid="u"))
+                              service_account="api", pod=PodInfo(name="p", uid="u"), issued_at=doc["iat"])
 
 
 def test_sub_that_disagrees_with_the_kubernetes_claims_is_refused() -> None:
@@ -431,3 +432,40 @@ def test_the_remembered_tokens_are_bounded() -> None:
     for name in ("a", "b", "c"):
         cache.put(name, DEV.kid, KEYS[DEV.kid], exp=1e12, subject=SUBJECT)
     assert cache.get("a", KEYS, now=0) is None and cache.get("c", KEYS, now=0) == SUBJECT
+
+
+def test_a_subject_token_older_than_the_max_age_is_refused() -> None:
+    attestor = JWKSAttestor(StaticKeys(), DEV.issuer, AUD, max_age=86400)
+    old = DEV.mint("payments", "api", now=time.time() - 2 * 86400, ttl=3 * 86400)
+    with pytest.raises(AttestationError, match="max-subject-token-age"):
+        asyncio.run(attestor.attest(old))
+
+
+def test_a_subject_token_within_the_max_age_is_accepted() -> None:
+    attestor = JWKSAttestor(StaticKeys(), DEV.issuer, AUD, max_age=86400)
+    recent = DEV.mint("payments", "api", now=time.time() - 3600, ttl=2 * 86400)
+    assert asyncio.run(attestor.attest(recent)).sub == "system:serviceaccount:payments:api"
+
+
+def test_a_remembered_token_is_refused_once_it_outgrows_the_max_age() -> None:
+    attestor = JWKSAttestor(StaticKeys(), DEV.issuer, AUD, max_age=60)
+    token = DEV.mint("payments", "api", now=time.time() - 50, ttl=600)
+    asyncio.run(attestor.attest(token))  # remembered now
+    attestor.max_age = 30  # the same token, now past the limit: the cache does not skip the check
+    with pytest.raises(AttestationError, match=r"issued 5\d s ago"):
+        asyncio.run(attestor.attest(token))
+
+
+def test_a_subject_token_without_iat_is_refused_when_a_max_age_is_set() -> None:
+    attestor = JWKSAttestor(StaticKeys(), DEV.issuer, AUD, max_age=86400)
+    claims = jwt.decode(DEV.mint("payments", "api"), options={"verify_signature": False})
+    del claims["iat"]
+    token = jwt.encode(claims, DEV._key, algorithm="RS256", headers={"kid": DEV.kid})
+    with pytest.raises(AttestationError, match="no iat"):
+        asyncio.run(attestor.attest(token))
+
+
+def test_no_max_age_accepts_an_old_subject_token() -> None:
+    attestor = JWKSAttestor(StaticKeys(), DEV.issuer, AUD, max_age=None)
+    old = DEV.mint("payments", "api", now=time.time() - 30 * 86400, ttl=31 * 86400)
+    assert asyncio.run(attestor.attest(old)).namespace == "payments"
