@@ -6,7 +6,7 @@ from typing import Any
 
 from injector.annotations import InjectionRequest
 from injector.config import InjectorConfig
-from injector.volumes import ATTESTATION_MOUNT_PATH, attestation_token_file
+from injector.volumes import ATTESTATION_MOUNT_PATH, TOKEN_FILE_GID, attestation_token_file
 from jitmesh.contract import (
     ATTESTATION_VOLUME,
     ENV_AUDIENCES,
@@ -15,6 +15,7 @@ from jitmesh.contract import (
     ENV_LISTEN,
     ENV_SA_TOKEN_FILE,
     ENV_TOKEN_DIR,
+    ENV_TOKEN_GROUP,
     ENV_TTL,
     SIDECAR_CONTAINER_NAME,
     TOKENS_VOLUME,
@@ -22,11 +23,12 @@ from jitmesh.contract import (
 )
 
 SIDECAR_UID = 65532  # "nonroot" in distroless images
+SIDECAR_GID = TOKEN_FILE_GID
 STARTUP_PROBE_SECONDS = 120
 POST_START_WAIT_SECONDS = 60
 
 
-def sidecar_env(request: InjectionRequest, config: InjectorConfig) -> list[dict[str, str]]:
+def sidecar_env(request: InjectionRequest, config: InjectorConfig, token_gid: int) -> list[dict[str, str]]:
     env = [
         {"name": ENV_BROKER_URL, "value": config.broker_url},
         {"name": ENV_AUDIENCES, "value": ",".join(a.audience for a in request.audiences)},
@@ -39,6 +41,7 @@ def sidecar_env(request: InjectionRequest, config: InjectorConfig) -> list[dict[
         {"name": ENV_SA_TOKEN_FILE, "value": attestation_token_file()},
         {"name": ENV_TOKEN_DIR, "value": request.token_dir},
         {"name": ENV_LISTEN, "value": config.agent_listen},
+        {"name": ENV_TOKEN_GROUP, "value": str(token_gid)},
     ]
     if config.broker_ca_pem:
         env.append({"name": ENV_BROKER_CA, "value": config.broker_ca_pem})
@@ -73,14 +76,14 @@ def _readyz_wait(config: InjectorConfig) -> list[str]:
     return ["python3", "-c", code]
 
 
-def sidecar_container(request: InjectionRequest, config: InjectorConfig) -> dict[str, Any]:
+def sidecar_container(request: InjectionRequest, config: InjectorConfig, token_gid: int) -> dict[str, Any]:
     res = config.resources
     container: dict[str, Any] = {
         "name": SIDECAR_CONTAINER_NAME,
         "image": config.sidecar_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["jitmesh", "sidecar"],
-        "env": sidecar_env(request, config),
+        "env": sidecar_env(request, config, token_gid),
         "volumeMounts": [
             {"name": TOKENS_VOLUME, "mountPath": request.token_dir},
             {"name": ATTESTATION_VOLUME, "mountPath": ATTESTATION_MOUNT_PATH, "readOnly": True},
@@ -103,7 +106,7 @@ def sidecar_container(request: InjectionRequest, config: InjectorConfig) -> dict
             "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
             "runAsUser": SIDECAR_UID,
-            "runAsGroup": SIDECAR_UID,
+            "runAsGroup": SIDECAR_GID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",

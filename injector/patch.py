@@ -16,7 +16,7 @@ from injector.config import InjectorConfig
 from injector.container_env import APP_ENV_NAMES, container_ops
 from injector.container_sidecar import sidecar_container
 from injector.review import AdmissionRequest
-from injector.volumes import attestation_volume, tokens_volume
+from injector.volumes import attestation_volume, token_file_group, tokens_volume
 from jitmesh.contract import (
     ANNOTATION_STATUS,
     ATTESTATION_VOLUME,
@@ -173,8 +173,10 @@ def _patch(pod: dict[str, Any], want: InjectionRequest, config: InjectorConfig) 
     for i, c in enumerate(containers):
         ops += container_ops(f"/spec/containers/{i}", c, want, config)
 
+    token_gid, group_ops = token_file_group(spec)
+    ops += group_ops
     # Inserted last, so the indexes above are those of the pod as it was sent.
-    sidecar = sidecar_container(want, config)
+    sidecar = sidecar_container(want, config, token_gid)
     field = "initContainers" if config.native_sidecars else "containers"
     if spec.get(field):
         ops.append({"op": "add", "path": f"/spec/{field}/0", "value": sidecar})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from injector.config import InjectorConfig
@@ -11,6 +12,7 @@ ATTESTATION_MOUNT_PATH = "/var/run/secrets/jitmesh.io/attestation"
 ATTESTATION_TOKEN_PATH = "token"
 ATTESTATION_EXPIRATION_SECONDS = 600
 TOKENS_SIZE_LIMIT = "1Mi"  # a handful of JWTs
+TOKEN_FILE_GID = 65532  # the sidecar's group ("nonroot" in distroless images)
 
 
 def tokens_volume() -> dict[str, Any]:
@@ -32,6 +34,28 @@ def attestation_volume(config: InjectorConfig) -> dict[str, Any]:
             }],
         },
     }
+
+
+def token_file_group(spec: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+    """The group the sidecar gives token files (mode 0640), and the patch that puts the app
+    containers in it. The pod's fsGroup when it has one (every container is in it already);
+    else the sidecar's own group, added to the pod's supplementalGroups so the app can read
+    the files and no other user in the pod can."""
+    context = spec.get("securityContext") or {}
+    fs_group = context.get("fsGroup")
+    if isinstance(fs_group, int) and not isinstance(fs_group, bool):
+        return fs_group, []
+    groups = context.get("supplementalGroups")
+    if isinstance(groups, list) and TOKEN_FILE_GID in groups:
+        return TOKEN_FILE_GID, []
+    if not context:
+        return TOKEN_FILE_GID, [{"op": "add", "path": "/spec/securityContext",
+                                 "value": {"supplementalGroups": [TOKEN_FILE_GID]}}]
+    if not groups:
+        return TOKEN_FILE_GID, [{"op": "add", "path": "/spec/securityContext/supplementalGroups",
+                                 "value": [TOKEN_FILE_GID]}]
+    return TOKEN_FILE_GID, [{"op": "add", "path": "/spec/securityContext/supplementalGroups/-",
+                             "value": TOKEN_FILE_GID}]
 
 
 def attestation_token_file() -> str:

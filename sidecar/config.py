@@ -7,8 +7,8 @@ Extras of the sidecar's own (all optional):
 
 | variable | default | meaning |
 |---|---|---|
-| JITMESH_FILE_MODE | 0644 | octal mode of each token file |
-| JITMESH_FILE_GROUP | unset | group (name or gid) given to each token file, for an app running as another user |
+| JITMESH_FILE_MODE | 0640 | octal mode of each token file |
+| JITMESH_TOKEN_GROUP | unset | group (name or gid) of each token file, for an app running as another user |
 | JITMESH_REFRESH_AFTER | 0.5-0.8 | refresh at a random point in this fraction window of the token's lifetime |
 | JITMESH_BACKOFF_INITIAL | 1 | seconds before the first retry after a failure |
 | JITMESH_BACKOFF_MAX | 30 | ceiling of the exponential backoff, seconds |
@@ -18,6 +18,9 @@ Extras of the sidecar's own (all optional):
 | JITMESH_SHUTDOWN_TIMEOUT | 1.5 | how long SIGTERM waits for the broker to revoke, seconds |
 | JITMESH_BROKER_CA_FILE | unset | PEM bundle to verify an https broker (default: system CAs) |
 | JITMESH_BROKER_CA | unset | the same bundle inline, as PEM text (what the injector sets with --broker-ca-file) |
+
+The injector sets JITMESH_TOKEN_GROUP to the pod's fsGroup, or else to the sidecar's group,
+which it adds to the pod's supplementalGroups. JITMESH_FILE_GROUP is its older name.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from jitmesh.contract import (
     ENV_LISTEN,
     ENV_SA_TOKEN_FILE,
     ENV_TOKEN_DIR,
+    ENV_TOKEN_GROUP,
     ENV_TTL,
     scopes_env_name,
 )
@@ -45,7 +49,7 @@ from jitmesh.hostport import split_host_port
 from jitmesh.tls import pem_ca_problem
 
 ENV_FILE_MODE = "JITMESH_FILE_MODE"
-ENV_FILE_GROUP = "JITMESH_FILE_GROUP"
+ENV_FILE_GROUP_OLD = "JITMESH_FILE_GROUP"
 ENV_REFRESH_AFTER = "JITMESH_REFRESH_AFTER"
 ENV_BACKOFF_INITIAL = "JITMESH_BACKOFF_INITIAL"
 ENV_BACKOFF_MAX = "JITMESH_BACKOFF_MAX"
@@ -87,7 +91,7 @@ class SidecarConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8099
     ttl: int | None = None
-    file_mode: int = 0o644
+    file_mode: int = 0o640
     file_gid: int | None = None
     refresh_after: tuple[float, float] = (0.5, 0.8)
     backoff_initial: float = 1.0
@@ -136,8 +140,8 @@ class SidecarConfig:
             listen_host=host,
             listen_port=port,
             ttl=_ttl(environ.get(ENV_TTL)),
-            file_mode=_file_mode(environ.get(ENV_FILE_MODE, "0644")),
-            file_gid=_file_group(environ.get(ENV_FILE_GROUP)),
+            file_mode=_file_mode(environ.get(ENV_FILE_MODE, "0640")),
+            file_gid=_file_group(*_token_group_setting(environ)),
             refresh_after=_refresh_after(environ.get(ENV_REFRESH_AFTER, "0.5-0.8")),
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
@@ -265,7 +269,15 @@ def _file_mode(raw: str) -> int:
     return mode
 
 
-def _file_group(raw: str | None) -> int | None:
+def _token_group_setting(environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """The token group's value and the variable it came from (the current name wins)."""
+    for name in (ENV_TOKEN_GROUP, ENV_FILE_GROUP_OLD):
+        if environ.get(name, "").strip():
+            return environ[name], name
+    return None, ENV_TOKEN_GROUP
+
+
+def _file_group(raw: str | None, name: str = ENV_TOKEN_GROUP) -> int | None:
     if raw is None or not raw.strip():
         return None
     raw = raw.strip()
@@ -274,7 +286,7 @@ def _file_group(raw: str | None) -> int | None:
     try:
         return grp.getgrnam(raw).gr_gid
     except KeyError:
-        raise ConfigError(f"{ENV_FILE_GROUP}={raw!r} is neither a numeric gid nor a known group") from None
+        raise ConfigError(f"{name}={raw!r} is neither a numeric gid nor a known group") from None
 
 
 def _refresh_after(raw: str) -> tuple[float, float]:

@@ -68,7 +68,7 @@ def remove_stale_temp_files(token_dir: Path, audience: str) -> None:
             p.unlink()
 
 
-def prepare_token_dir(token_dir: Path, mode: int = 0o644, gid: int | None = None) -> None:
+def prepare_token_dir(token_dir: Path, mode: int = 0o640, gid: int | None = None) -> None:
     """Create the directory and prove a token file can be written there with `mode` and
     `gid`, so a wrong directory or group fails at start rather than at the first token."""
     token_dir.mkdir(parents=True, exist_ok=True)

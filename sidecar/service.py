@@ -15,13 +15,13 @@ from typing import Protocol
 
 import uvicorn
 
-from jitmesh.contract import ENV_LISTEN, ENV_TOKEN_DIR
+from jitmesh.contract import ENV_LISTEN, ENV_TOKEN_DIR, ENV_TOKEN_GROUP
 from jitmesh.log import get_logger
 from sidecar import files
 from sidecar.agent import Agent
 from sidecar.api import build_app
 from sidecar.broker import BrokerClient
-from sidecar.config import ENV_FILE_GROUP, ConfigError, SidecarConfig
+from sidecar.config import ConfigError, SidecarConfig
 from sidecar.events import RevocationSubscriber
 
 log = get_logger("sidecar")
@@ -46,7 +46,7 @@ def check_token_dir(config: SidecarConfig) -> None:
         files.prepare_token_dir(config.token_dir, config.file_mode, config.file_gid)
     except PermissionError as exc:
         if config.file_gid is not None and exc.filename is None:
-            raise ConfigError(f"{ENV_FILE_GROUP}={config.file_gid}: cannot give token files this group "
+            raise ConfigError(f"{ENV_TOKEN_GROUP}={config.file_gid}: cannot give token files this group "
                               f"({exc.strerror}); the sidecar must run as a member of it") from None
         raise ConfigError(f"{ENV_TOKEN_DIR}={config.token_dir}: cannot write token files there "
                           f"({exc.strerror})") from None

@@ -3,8 +3,10 @@ SIGTERM revocation, and bad configuration at start."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -60,6 +62,26 @@ def test_sidecar_writes_broker_issued_tokens_for_every_audience(broker: Any, sa_
     api = httpx.get(f"{sc.url}/v1/token/payments-api", timeout=5).json()
     assert api["access_token"] == sc.token_file("payments-api").read_text()
     assert api["expires_at"] <= verified_claims(broker, api["access_token"], "payments-api")["exp"]
+
+
+def test_token_files_are_readable_by_owner_and_group_only_by_default(
+        broker: Any, sa_token_file: Path, make_sidecar: Callable[..., SidecarProcess]) -> None:
+    sc = make_sidecar(broker_url=broker.url, audiences={"orders-db": ["read"]}, sa_token_file=sa_token_file)
+    wait_for(sc.ready, what="/readyz")
+    assert stat.S_IMODE(sc.token_file("orders-db").stat().st_mode) == 0o640
+
+
+def test_token_files_get_the_token_group(broker: Any, sa_token_file: Path,
+                                         make_sidecar: Callable[..., SidecarProcess]) -> None:
+    # a group other than the sidecar's own that it may give files: any, for root
+    others = [g for g in os.getgroups() if g != os.getegid()]
+    if os.geteuid() != 0 and not others:
+        pytest.skip("this user is in no group besides its own")
+    gid = 4242 if os.geteuid() == 0 else others[0]
+    sc = make_sidecar(broker_url=broker.url, audiences={"orders-db": ["read"]}, sa_token_file=sa_token_file,
+                      extra={"JITMESH_TOKEN_GROUP": str(gid)})
+    wait_for(sc.ready, what="/readyz")
+    assert sc.token_file("orders-db").stat().st_gid == gid
 
 
 def introspect(broker: Any, token: str) -> dict[str, Any]:

@@ -39,8 +39,24 @@ def test_defaults_of_the_optional_variables(env: dict[str, str]) -> None:
         del env[name]
     c = SidecarConfig.from_env(env)
     assert c.ttl is None and c.listen_port == 8099 and str(c.token_dir) == "/var/run/jitmesh"
-    assert c.file_mode == 0o644 and c.file_gid is None and c.refresh_after == (0.5, 0.8)
+    assert c.file_mode == 0o640 and c.file_gid is None and c.refresh_after == (0.5, 0.8)
     assert c.reask_jitter == 1.0
+
+
+def test_token_group_names_the_group_of_the_token_files(env: dict[str, str]) -> None:
+    env["JITMESH_TOKEN_GROUP"] = "2000"
+    assert SidecarConfig.from_env(env).file_gid == 2000
+
+
+def test_token_group_wins_over_the_older_file_group_name(env: dict[str, str]) -> None:
+    env.update({"JITMESH_TOKEN_GROUP": "2000", "JITMESH_FILE_GROUP": "3000"})
+    assert SidecarConfig.from_env(env).file_gid == 2000
+
+
+def test_a_bad_token_group_is_named_by_its_variable(env: dict[str, str]) -> None:
+    env["JITMESH_TOKEN_GROUP"] = "no-such-group-jitmesh"
+    with pytest.raises(ConfigError, match="JITMESH_TOKEN_GROUP='no-such-group-jitmesh'"):
+        SidecarConfig.from_env(env)
 
 
 def test_extras_are_read(env: dict[str, str]) -> None:
