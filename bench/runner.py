@@ -34,11 +34,12 @@ class SectionSpec:
 
 
 def sections() -> list[SectionSpec]:
-    from bench import injector_section, issuance, profile, revocation, sidecar_section
+    from bench import injector_section, issuance, profile, revocation, sidecar_section, strangers
     return [
         SectionSpec("issuance", issuance.TITLE, issuance.run_sqlite),
         SectionSpec("postgres", issuance.PG_TITLE, issuance.run_postgres),
         SectionSpec("shadow", issuance.SHADOW_TITLE, issuance.run_shadow),
+        SectionSpec("strangers", strangers.TITLE, strangers.run),
         SectionSpec("profile", profile.TITLE, profile.run, in_all=False),
         SectionSpec("sidecar", sidecar_section.TITLE, sidecar_section.run),
         SectionSpec("webhook", injector_section.TITLE, injector_section.run),
