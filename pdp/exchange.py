@@ -45,7 +45,10 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _AUDIENCE = re.compile(r"[\x21-\x7e]+")
 _SINGLE = ("grant_type", "subject_token", "subject_token_type", "scope", "requested_ttl",
-           "requested_token_type", "access_request_id")
+           "requested_token_type", "access_request_id", "actor_token", "actor_token_type", "resource")
+# RFC 6749 section 2.3: a client authenticates with a secret or an assertion; this broker
+# takes none (discovery says "none"), so any of them is refused rather than ignored.
+_CLIENT_CREDENTIALS = ("client_secret", "client_assertion", "client_assertion_type")
 _ACCESS_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
@@ -69,6 +72,7 @@ class TokenRequest:
     scopes: tuple[str, ...]
     requested_ttl: int | None
     access_request_id: str | None = None  # from an earlier authorization_pending answer
+    issued_token_type: str = TOKEN_TYPE_JWT  # what the response says was issued: what was asked, of the two
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,30 @@ class Issued:
     expires_in: int
     scope: str
     decision_id: str
+    issued_token_type: str = TOKEN_TYPE_JWT
 
     def body(self) -> dict[str, Any]:
-        return {"access_token": self.access_token, "issued_token_type": TOKEN_TYPE_JWT, "token_type": "Bearer",
-                "expires_in": self.expires_in, "scope": self.scope, "decision_id": self.decision_id}
+        return {"access_token": self.access_token, "issued_token_type": self.issued_token_type,
+                "token_type": "Bearer", "expires_in": self.expires_in, "scope": self.scope,
+                "decision_id": self.decision_id}
+
+
+def invalid_client(description: str) -> OAuthError:
+    """RFC 6749 section 5.2: 401 with a challenge for the scheme the client tried."""
+    return OAuthError(401, "invalid_client", description, challenge='Basic realm="jitmesh"')
+
+
+def refuse_client_credentials(authorization: str | None, params: Mapping[str, list[str]]) -> None:
+    """`invalid_client` when the request carries client credentials: the token endpoint's
+    only client authentication method is `none` (the subject token says who is asking)."""
+    if authorization is not None:
+        scheme = authorization.partition(" ")[0] or "an empty"
+        raise invalid_client(f"client authentication is not supported here ({scheme:.20} Authorization header); "
+                             "send no Authorization header: the subject_token identifies the workload")
+    sent = [name for name in _CLIENT_CREDENTIALS if name in params]
+    if sent:
+        raise invalid_client(f"client authentication is not supported here ({', '.join(sent)} in the body); "
+                             "send none: the subject_token identifies the workload")
 
 
 def parse_form(body: bytes, content_type: str | None) -> dict[str, list[str]]:
@@ -127,10 +151,18 @@ def parse_token_request(params: Mapping[str, list[str]]) -> TokenRequest:
         raise invalid_request(f"missing subject_token_type; expected {TOKEN_TYPE_JWT}")
     if token_type != TOKEN_TYPE_JWT:
         raise invalid_request(f"subject_token_type {token_type!r:.100} is not supported; expected {TOKEN_TYPE_JWT}")
-    requested_type = one("requested_token_type")
+    requested_type = one("requested_token_type") or None
     if requested_type is not None and requested_type not in (TOKEN_TYPE_JWT, ACCESS_TOKEN_TYPE):
         raise invalid_request(f"requested_token_type {requested_type!r:.100} is not supported; "
-                              f"expected {TOKEN_TYPE_JWT}")
+                              f"expected {TOKEN_TYPE_JWT} or {ACCESS_TOKEN_TYPE}")
+    actor, actor_type = one("actor_token"), one("actor_token_type")
+    if actor and not actor_type:
+        raise invalid_request("actor_token needs actor_token_type (RFC 8693 section 2.1)")
+    if actor_type and not actor:
+        raise invalid_request("actor_token_type is given without an actor_token (RFC 8693 section 2.1)")
+    if actor:
+        raise invalid_request("delegation is not supported: jitmesh issues tokens only to the workload whose own "
+                              "subject_token is presented; send no actor_token")
     subject_token = one("subject_token")
     if not subject_token:
         raise invalid_request("missing subject_token: the pod's projected ServiceAccount token")
@@ -167,7 +199,7 @@ def parse_token_request(params: Mapping[str, list[str]]) -> TokenRequest:
         raise invalid_request(f"access_request_id {request_id!r:.80} is malformed: expected the id of an "
                               "authorization_pending answer (letters, digits and '-', at most 64)")
     return TokenRequest(subject_token=subject_token, audience=audience, scopes=scopes, requested_ttl=ttl,
-                        access_request_id=request_id)
+                        access_request_id=request_id, issued_token_type=requested_type or TOKEN_TYPE_JWT)
 
 
 class TokenExchange:
@@ -402,4 +434,4 @@ class TokenExchange:
                         audience=req.audience, jti=claims["jti"], reasons=list(decision.reasons),
                         message="the policy denied this request; --enforcement dry-run issued it anyway")
         return Issued(access_token=token, expires_in=granted.ttl, scope=" ".join(granted.scopes),
-                      decision_id=decision_id)
+                      decision_id=decision_id, issued_token_type=req.issued_token_type)

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE
 from jitmesh.log import get_logger
 from pdp.audit import decision_record
-from pdp.exchange import MAX_BODY_BYTES, Issued, parse_form
+from pdp.exchange import MAX_BODY_BYTES, Issued, parse_form, refuse_client_credentials
 from pdp.http import admin as http_admin
 from pdp.http.body import read_body
 from pdp.http.errors import NO_STORE, OAuthError, error_response, guarded, invalid_request, oauth_response, unavailable
@@ -48,6 +48,7 @@ async def token_endpoint(request: Request) -> Response:
     try:
         try:
             params = await read_form(request)
+            refuse_client_credentials(request.headers.get("authorization"), params)
         except OAuthError as err:
             broker.metrics.denied.labels(err.error).inc()
             raise
@@ -119,10 +120,12 @@ async def discovery_endpoint(request: Request) -> Response:
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
-        "introspection_endpoint_auth_methods_supported": ["bearer"],
-        "response_types_supported": [],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["ES256"],
+        # Introspection takes an admin bearer token (RFC 6750), which no registered client
+        # authentication method names, so introspection_endpoint_auth_methods_supported is left out.
+        # RFC 8414 section 2 requires response_types_supported; with no authorization
+        # endpoint, the one response type is the registered "none". No ID tokens are issued,
+        # so no OpenID-only field is served.
+        "response_types_supported": ["none"],
     })
 
 

@@ -31,6 +31,7 @@ class OAuthError(Exception):
     decision_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     retry_after: int | None = None
+    challenge: str = 'Bearer realm="jitmesh"'  # WWW-Authenticate of a 401
 
     def body(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"error": self.error, "error_description": self.description}
@@ -48,17 +49,18 @@ def unavailable(description: str, decision_id: str | None = None) -> OAuthError:
     return OAuthError(503, "temporarily_unavailable", description, decision_id, retry_after=RETRY_AFTER_SECONDS)
 
 
-def oauth_response(status: int, doc: dict[str, Any], retry_after: int | None = None) -> JSONResponse:
+def oauth_response(status: int, doc: dict[str, Any], retry_after: int | None = None,
+                   challenge: str = 'Bearer realm="jitmesh"') -> JSONResponse:
     headers = dict(NO_STORE)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="jitmesh"'
+        headers["WWW-Authenticate"] = challenge
     return JSONResponse(doc, status_code=status, headers=headers)
 
 
 def error_response(err: OAuthError) -> JSONResponse:
-    return oauth_response(err.status, err.body(), err.retry_after)
+    return oauth_response(err.status, err.body(), err.retry_after, err.challenge)
 
 
 def guarded(endpoint: Endpoint) -> Endpoint:

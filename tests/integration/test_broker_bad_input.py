@@ -258,3 +258,54 @@ def test_nul_characters_in_verified_looking_claims_are_invalid_grant(broker: Bro
     token = jwt.encode(claims_of(broker, sub="system:serviceaccount:pay\x00ments:api"),
                        DevIssuer(broker.issuer.issuer)._key, algorithm="RS256", headers={"kid": "k\x00"})
     assert_error(httpx.post(f"{broker.url}/token", data=form(token)), 400, "invalid_grant")
+
+
+def test_http_basic_client_credentials_are_invalid_client_with_a_basic_challenge(broker: BrokerHandle) -> None:
+    r = httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api")), auth=("client", "secret"))
+    body = assert_error(r, 401, "invalid_client")
+    assert r.headers["www-authenticate"].startswith("Basic ")
+    assert "Basic" in body["error_description"]
+
+
+def test_a_malformed_authorization_header_is_invalid_client(broker: BrokerHandle) -> None:
+    r = httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api")),
+                   headers={"Authorization": "Basic !!!not-base64"})
+    assert_error(r, 401, "invalid_client")
+
+
+@pytest.mark.parametrize("field", ["client_secret", "client_assertion"])
+def test_client_credentials_in_the_body_are_invalid_client(broker: BrokerHandle, field: str) -> None:
+    r = httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api"), client_id="c", **{field: "s"}))
+    body = assert_error(r, 401, "invalid_client")
+    assert field in body["error_description"]
+
+
+def test_a_client_id_alone_is_a_public_client_and_is_accepted(broker: BrokerHandle) -> None:
+    r = httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api"), client_id="payments-api",
+                                                     scope="read"))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"actor_token": "x"}, "actor_token_type"),
+    ({"actor_token_type": TOKEN_TYPE_JWT}, "without an actor_token"),
+    ({"actor_token": "x", "actor_token_type": TOKEN_TYPE_JWT}, "delegation is not supported"),
+])
+def test_actor_tokens_are_invalid_request(broker: BrokerHandle, fields: dict[str, str], named: str) -> None:
+    body = assert_error(httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api"), **fields)),
+                        400, "invalid_request")
+    assert named in body["error_description"]
+
+
+@pytest.mark.parametrize("asked", [TOKEN_TYPE_JWT, "urn:ietf:params:oauth:token-type:access_token"])
+def test_the_issued_token_type_is_the_one_asked_for(broker: BrokerHandle, asked: str) -> None:
+    r = httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api"), scope="read",
+                                                     requested_token_type=asked))
+    assert r.status_code == 200, r.text
+    assert r.json()["issued_token_type"] == asked
+
+
+def test_an_unsupported_requested_token_type_is_invalid_request(broker: BrokerHandle) -> None:
+    r = httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api"),
+                                                     requested_token_type="urn:ietf:params:oauth:token-type:saml2"))
+    assert_error(r, 400, "invalid_request")
