@@ -5,7 +5,8 @@ or the environment."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -71,6 +72,7 @@ class BrokerConfig:
     pod_lookup: bool = False
     opa_timeout: float = 1.0
     revocation_max_staleness: float = 30.0
+    resources: Mapping[str, str] = field(default_factory=dict)  # RFC 8693 resource URI -> audience
     max_subject_token_age: float | None = 86400.0  # refuse subject tokens issued longer ago (None: no limit)
     enforcement: Enforcement = "enforce"  # dry-run: policy denials are issued anyway (pdp/enforcement.py)
 
@@ -121,8 +123,24 @@ class BrokerConfig:
             approval_ttl=approval_ttl, kubeconfig=kubeconfig, pod_lookup=bool(args.pod_lookup),
             opa_timeout=float(args.opa_timeout), enforcement=args.enforcement,
             max_subject_token_age=float(max_age) if max_age else None,
+            resources=_resources(getattr(args, "resource", None) or []),
             tls_cert_file=tls_cert, tls_key_file=tls_key,
         )
+
+
+def _resources(pairs: list[str]) -> dict[str, str]:
+    """--resource URI=AUDIENCE, repeated: the RFC 8693 resource URIs that name an audience."""
+    resources: dict[str, str] = {}
+    for pair in pairs:
+        uri, sep, audience = pair.rpartition("=")
+        parsed = urlsplit(uri)
+        if not sep or not audience or not parsed.scheme or not parsed.netloc or parsed.fragment:
+            raise ConfigError(f"--resource {pair!r}: expected URI=AUDIENCE with an absolute URI without a fragment, "
+                              "e.g. https://orders.example.com/api=orders-api")
+        if resources.get(uri, audience) != audience:
+            raise ConfigError(f"--resource {uri!r} is given twice, for {resources[uri]!r} and {audience!r}")
+        resources[uri] = audience
+    return resources
 
 
 def _tls_files(cert: str | None, key: str | None) -> tuple[Path | None, Path | None]:
@@ -174,6 +192,8 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--store", default=DEFAULT_STORE_URL,
                    help="sqlite:///PATH or postgresql://... (default %(default)s)")
     p.add_argument("--admin-token-file", default=None, help="admin bearer tokens, one a line")
+    p.add_argument("--resource", action="append", default=None, metavar="URI=AUDIENCE",
+                   help="a resource URI (RFC 8693 `resource`) that names an audience; repeatable")
     p.add_argument("--max-subject-token-age", type=int, default=86400,
                    help="refuse subject tokens issued more than SECONDS ago (iat), so a long-lived "
                         "`kubectl create token` is no standing credential; 0: no limit (default %(default)s)")

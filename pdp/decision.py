@@ -24,6 +24,10 @@ class Decision:
     ttl_seconds: int | None = None
     reasons: tuple[str, ...] = ()
     approval_required: bool = False
+    error: str | None = None  # on a deny: invalid_target (no such audience) or invalid_scope (no grant has it)
+
+
+DECISION_ERRORS = ("invalid_target", "invalid_scope")
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ def _string_list(doc: dict[str, Any], key: str) -> tuple[str, ...]:
 def parse_decision(response: Any) -> Decision:
     """Read OPA's Data API answer (`{"result": {...}}`) strictly: `allow` a JSON bool,
     `scopes` and `reasons` lists of strings, `ttl_seconds` a positive integer (0 on a deny),
-    `approval_required` a bool. Absent optional fields take their empty value."""
+    `approval_required` a bool, `error` absent or one of DECISION_ERRORS (read on a deny only).
+    Absent optional fields take their empty value."""
     if not isinstance(response, dict) or "result" not in response:
         raise MalformedDecision("the decision is undefined (no policy at the policy path, or no rule matched)")
     doc = response["result"]
@@ -94,8 +99,13 @@ def parse_decision(response: Any) -> Decision:
     approval = doc.get("approval_required", False)
     if not isinstance(approval, bool):
         raise MalformedDecision(f"decision.approval_required must be true or false, got {approval!r:.200}")
+    error = doc.get("error")
+    if error is not None and error not in DECISION_ERRORS:
+        raise MalformedDecision(f"decision.error must be one of {', '.join(DECISION_ERRORS)} or absent, "
+                                f"got {error!r:.200}")
     return Decision(allow=allow, scopes=_string_list(doc, "scopes"), ttl_seconds=ttl,
-                    reasons=_string_list(doc, "reasons"), approval_required=approval)
+                    reasons=_string_list(doc, "reasons"), approval_required=approval,
+                    error=None if allow else error)
 
 
 def grant(decision: Decision, requested_scopes: Sequence[str], requested_ttl: int | None,

@@ -17,7 +17,8 @@ def dry_run_decision(denied: Decision, requested_scopes: Sequence[str]) -> Decis
 
     Only a well-formed denial (`allow: false`) is issued anyway. Attestation failures,
     revoked subjects, pods and audiences, policy errors (undefined or malformed
-    decisions), approvals pending and OPA outages are refused in dry-run as in enforce:
-    dry-run relaxes the policy's verdict, never who is asking or whether the policy answered.
+    decisions), approvals pending, OPA outages and denials that name an `error` (an
+    unknown audience, a scope no grant has) are refused in dry-run as in enforce: dry-run
+    relaxes the policy's verdict, never who is asking, what exists, or whether it answered.
     """
     return Decision(allow=True, scopes=tuple(requested_scopes), ttl_seconds=None, reasons=denied.reasons)

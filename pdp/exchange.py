@@ -127,8 +127,26 @@ def parse_form(body: bytes, content_type: str | None) -> dict[str, list[str]]:
     return params
 
 
-def parse_token_request(params: Mapping[str, list[str]]) -> TokenRequest:
-    """The exchange parameters of docs/contract.md §2, strictly."""
+def target_audience(audience: str | None, resource: str | None, resources: Mapping[str, str]) -> str:
+    """The one audience a request names: `audience`, or the audience whose URI `resource` is
+    (RFC 8693 section 2.1; the broker's --resource URI=AUDIENCE). Both must agree."""
+    if resource is None:
+        if not audience:
+            raise invalid_request("missing audience: exactly one audience (or a known resource URI) is required")
+        return audience
+    mapped = resources.get(resource)
+    if mapped is None:
+        raise OAuthError(400, "invalid_target", f"resource {resource!r:.200} names no known audience"
+                         + (f"; known: {', '.join(sorted(resources))[:400]}" if resources else ""))
+    if audience and audience != mapped:
+        raise OAuthError(400, "invalid_target", f"resource {resource!r:.200} is audience {mapped!r}, "
+                         f"but the request names audience {audience!r:.100}: they must agree")
+    return mapped
+
+
+def parse_token_request(params: Mapping[str, list[str]], resources: Mapping[str, str] | None = None) -> TokenRequest:
+    """The exchange parameters of docs/contract.md §2, strictly; `resources` maps the resource
+    URIs a request may name instead of an audience to their audiences."""
     for name in (*_SINGLE, "audience"):
         values = params.get(name, [])
         if len(values) > 1:
@@ -170,9 +188,7 @@ def parse_token_request(params: Mapping[str, list[str]]) -> TokenRequest:
         raise invalid_request(f"subject_token is longer than {MAX_SUBJECT_TOKEN_BYTES} bytes")
     if not subject_token.isascii():
         raise invalid_request("subject_token must be a compact JWS (ASCII)")
-    audience = one("audience")
-    if not audience:
-        raise invalid_request("missing audience: exactly one audience is required")
+    audience = target_audience(one("audience"), one("resource"), resources or {})
     if "," in audience or " " in audience:
         raise invalid_request(f"audience {audience!r:.100} names more than one audience; exactly one is allowed")
     if len(audience) > MAX_AUDIENCE_CHARS or not _AUDIENCE.fullmatch(audience):
@@ -233,7 +249,7 @@ class TokenExchange:
 
     async def exchange(self, params: Mapping[str, list[str]], client_ip: str | None) -> Issued | OAuthError:
         try:
-            req = parse_token_request(params)
+            req = parse_token_request(params, self.config.resources)
         except OAuthError as bad:
             self.metrics.denied.labels(bad.error).inc()
             return bad
@@ -290,6 +306,13 @@ class TokenExchange:
             if decision.approval_required:  # the policy did not take the answer: still pending
                 return await self._pending(decision, request, decision_id, subject_record, doc, raw_decision)
             not_after = request.expires_at if request.status == "approved" else None
+        if decision.error is not None:  # the request names no real target or scope: dry-run issues none either
+            reasons = "; ".join(decision.reasons) or f"the policy answered {decision.error}"
+            err = OAuthError(400, decision.error, reasons, decision_id)
+            self.metrics.denied.labels(decision.error).inc()
+            return await self._audit_refusal(
+                subject_record("denied", error=err.error, error_description=reasons, reasons=decision.reasons,
+                               policy_input=doc, raw_decision=raw_decision), err)
         if not decision.allow and self.config.enforcement == "dry-run":
             return await self._dry_run(req, subject, decision, decision_id, now, subject_record, doc, raw_decision)
         if not decision.allow:

@@ -22,12 +22,49 @@ default decision := {
 	"approval_required": false,
 }
 
-decision := {
-	"allow": allow,
-	"scopes": granted_scopes,
-	"ttl_seconds": granted_ttl,
-	"reasons": decision_reasons,
-	"approval_required": approval_required,
+decision := object.union(
+	{
+		"allow": allow,
+		"scopes": granted_scopes,
+		"ttl_seconds": granted_ttl,
+		"reasons": decision_reasons,
+		"approval_required": approval_required,
+	},
+	error_field,
+)
+
+# A deny that is about the request rather than the subject names its OAuth error: an
+# audience no grant or audience entry knows is invalid_target, a scope no grant of the
+# audience has is invalid_scope. The broker answers those with 400 instead of 403.
+default error_field := {}
+
+error_field := {"error": decision_error} if not allow
+
+decision_error := "invalid_target" if {
+	audience
+	not audience in known_audiences
+}
+
+decision_error := "invalid_scope" if {
+	audience in known_audiences
+	count(requested_scopes - audience_scopes) > 0
+}
+
+known_audiences contains name if {
+	some ns, sa
+	data.jitmesh.grants[ns][sa][name]
+}
+
+known_audiences contains name if some name, _ in data.jitmesh.audiences
+
+audience_scopes contains s if {
+	some ns, sa
+	some s in data.jitmesh.grants[ns][sa][audience].scopes
+	is_string(s)
+}
+
+deny_reasons contains sprintf("audience %q is not known: no grant and no audience entry names it", [audience]) if {
+	decision_error == "invalid_target"
 }
 
 default decision_reasons := ["policy error: denied, but no rule said why (check data.jitmesh for this grant)"]

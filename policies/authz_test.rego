@@ -132,6 +132,43 @@ test_unknown_audience_is_denied if {
 	denied_because(demo_asks({"audience": "warehouse"}), `system:serviceaccount:demo:demo-app has no grant for audience "warehouse"`)
 }
 
+test_unknown_audience_is_invalid_target if {
+	d := demo_asks({"audience": "warehouse"})
+	d.error == "invalid_target"
+	denied_because(d, `audience "warehouse" is not known: no grant and no audience entry names it`)
+}
+
+test_an_audience_granted_to_others_only_is_access_denied_not_invalid_target if {
+	d := demo_asks({"audience": "ledger", "scopes": ["read"]})
+	denied(d)
+	not d.error
+}
+
+test_an_audience_with_only_an_audience_entry_is_known if {
+	d := demo_asks({"audience": "warehouse", "scopes": []}) with data.jitmesh.audiences.warehouse as {"pod_bound_required": true}
+	denied(d)
+	not d.error
+}
+
+test_a_scope_no_grant_of_the_audience_has_is_invalid_scope if {
+	d := demo_asks({"audience": "payments-api", "scopes": ["admin"]})
+	d.error == "invalid_scope"
+	denied(d)
+}
+
+test_a_scope_another_subject_holds_is_access_denied_not_invalid_scope if {
+	# orders/api holds orders-db write; payments/api does not
+	d := authz.decision with input as object.union(payments_input, {"request": {"scopes": ["write"]}})
+	denied(d)
+	not d.error
+}
+
+test_an_allowed_decision_has_no_error if {
+	d := authz.decision with input as demo_input
+	d.allow == true
+	not d.error
+}
+
 test_grants_come_from_data if {
 	d := authz.decision with input as object.union(demo_input, {"request": {"audience": "warehouse", "scopes": ["read"]}})
 		with data.jitmesh.grants as {"demo": {"demo-app": {"warehouse": {"scopes": ["read"], "max_ttl_seconds": 60}}}}

@@ -85,3 +85,31 @@ def test_jwks_mode_needs_exactly_one_key_source(jwks: str) -> None:
 
 def test_tokenreview_mode_needs_no_jwks() -> None:
     assert parse(["--attestation", "tokenreview"]).attestation == "tokenreview"
+
+
+def test_resources_map_uris_to_audiences(jwks: str) -> None:
+    c = parse(["--jwks-file", jwks, "--resource", "https://a.example/api=orders-api",
+               "--resource", "https://b.example=payments-api"])
+    assert c.resources == {"https://a.example/api": "orders-api", "https://b.example": "payments-api"}
+
+
+def test_resources_come_from_the_environment_comma_separated(jwks: str) -> None:
+    c = parse(["--jwks-file", jwks], {"JITMESH_RESOURCE": "https://a.example=orders-api,https://b.example=ledger"})
+    assert c.resources == {"https://a.example": "orders-api", "https://b.example": "ledger"}
+
+
+@pytest.mark.parametrize("pair", ["orders-api", "https://a.example=", "relative/path=orders-api",
+                                  "https://a.example#frag=orders-api"])
+def test_a_bad_resource_is_refused_naming_it(jwks: str, pair: str) -> None:
+    with pytest.raises(ConfigError, match="--resource"):
+        parse(["--jwks-file", jwks, "--resource", pair])
+
+
+def test_a_resource_given_for_two_audiences_is_refused(jwks: str) -> None:
+    with pytest.raises(ConfigError, match="given twice"):
+        parse(["--jwks-file", jwks, "--resource", "https://a.example=x", "--resource", "https://a.example=y"])
+
+
+def test_max_subject_token_age_defaults_to_a_day_and_zero_turns_it_off(jwks: str) -> None:
+    assert parse(["--jwks-file", jwks]).max_subject_token_age == 86400
+    assert parse(["--jwks-file", jwks, "--max-subject-token-age", "0"]).max_subject_token_age is None

@@ -92,3 +92,18 @@ def test_lifetime_is_the_shortest_of_requested_policy_and_max(requested: int | N
                                                               default: int, maximum: int, expected: int) -> None:
     d = Decision(allow=True, ttl_seconds=policy)
     assert grant(d, [], requested, default, maximum).ttl == expected
+
+
+@pytest.mark.parametrize("error", ["invalid_target", "invalid_scope"])
+def test_a_denial_may_name_its_oauth_error(error: str) -> None:
+    d = parse_decision({"result": {"allow": False, "reasons": ["r"], "error": error}})
+    assert d.error == error
+
+
+def test_an_unknown_decision_error_is_malformed() -> None:
+    with pytest.raises(MalformedDecision, match=r"decision\.error"):
+        parse_decision({"result": {"allow": False, "error": "server_error"}})
+
+
+def test_an_allow_ignores_an_error_field() -> None:
+    assert parse_decision({"result": {"allow": True, "error": "invalid_scope"}}).error is None

@@ -113,3 +113,37 @@ def test_any_field_values_are_read_or_refused_with_an_oauth_error(fields: dict[s
     else:
         assert req.audience and req.subject_token
         assert req.requested_ttl is None or req.requested_ttl > 0
+
+
+RESOURCES = {"https://orders.example.com/api": "orders-api"}
+
+
+def test_a_known_resource_names_its_audience() -> None:
+    p = params(resource="https://orders.example.com/api")
+    del p["audience"]
+    assert parse_token_request(p, RESOURCES).audience == "orders-api"
+
+
+def test_a_resource_that_agrees_with_the_audience_is_accepted() -> None:
+    p = params(resource="https://orders.example.com/api", audience="orders-api")
+    assert parse_token_request(p, RESOURCES).audience == "orders-api"
+
+
+def test_an_unknown_resource_is_invalid_target() -> None:
+    with pytest.raises(OAuthError) as err:
+        parse_token_request(params(resource="https://elsewhere.example.com/"), RESOURCES)
+    assert err.value.error == "invalid_target" and "names no known audience" in err.value.description
+
+
+def test_a_resource_that_disagrees_with_the_audience_is_invalid_target() -> None:
+    with pytest.raises(OAuthError) as err:
+        parse_token_request(params(resource="https://orders.example.com/api", audience="orders-db"), RESOURCES)
+    assert err.value.error == "invalid_target" and "must agree" in err.value.description
+
+
+def test_neither_audience_nor_resource_is_invalid_request() -> None:
+    p = params()
+    del p["audience"]
+    with pytest.raises(OAuthError) as err:
+        parse_token_request(p, RESOURCES)
+    assert err.value.error == "invalid_request" and "missing audience" in err.value.description
