@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 TOOLS := scripts/tools.sh
 OPA = $(shell $(TOOLS) path opa)
 PYTEST_ARGS ?=
+ARGS ?=
 
 .PHONY: all setup tools opa kube-tools postgres run test lint policy-test bench clean chart-policies image lock
 
@@ -41,7 +42,7 @@ postgres:
 	fi
 
 run: setup
-	@JITMESH_OPA_BIN=$(OPA) $(VENV)/bin/jitmesh up
+	@JITMESH_OPA_BIN=$(OPA) $(VENV)/bin/jitmesh up $(ARGS)
 
 policy-test: setup
 	@echo "[policy] opa check --strict / opa fmt / opa test"

@@ -14,8 +14,10 @@ sidecar joins as one more `stack.start(...)` and, if it needs one, a `stack.ever
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -40,6 +42,8 @@ DEMO_POD_NAME = "demo-app-0"
 DEMO_POD_UID = str(uuid.uuid5(uuid.NAMESPACE_URL, "jitmesh-up/demo/demo-app-0"))
 DEMO_AUDIENCE = "orders-api"
 DEMO_SCOPE = "read"
+# Asked once at start, to show a denial: the shipped policy gives demo/demo-app no grant for it.
+DEMO_DENIED_AUDIENCE = "orders-db"
 SUBJECT_TOKEN_TTL = 600
 SUBJECT_TOKEN_REFRESH = 300
 
@@ -130,12 +134,48 @@ class Stack:
 
 
 def port_free(port: int) -> bool:
+    """Whether a server could listen on the port now: sockets of a run just stopped that
+    linger in TIME-WAIT do not count, as they do not for the servers (SO_REUSEADDR)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
     return True
+
+
+def jitmesh_command() -> str:
+    """How to run `jitmesh` from this shell: plain when it is on PATH, else the path of this
+    installation's script (e.g. `.venv/bin/jitmesh`), relative when below the working directory."""
+    script = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "jitmesh" else \
+        Path(sys.executable).parent / "jitmesh"
+    found = shutil.which("jitmesh")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "jitmesh"
+    if not script.exists():
+        return f"{sys.executable} -m jitmesh.cli"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
+def show_denial(broker_url: str, subject_token_file: Path) -> None:
+    """Ask once, as the demo workload, for an audience the policy does not grant it, and say why."""
+    import httpx
+
+    from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+    try:
+        r = httpx.post(f"{broker_url}/token", timeout=10, data={
+            "grant_type": GRANT_TYPE_TOKEN_EXCHANGE, "subject_token": subject_token_file.read_text().strip(),
+            "subject_token_type": TOKEN_TYPE_JWT, "audience": DEMO_DENIED_AUDIENCE, "scope": "read"})
+        body = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        say(f"{DEMO_DENIED_AUDIENCE}: the denial demo could not ask the broker: {exc}")
+        return
+    say(f"{DEMO_DENIED_AUDIENCE}: asked once, on purpose, for an audience the shipped policy does not grant "
+        f"{DEMO_NAMESPACE}/{DEMO_SERVICE_ACCOUNT}: {r.status_code} {body.get('error')}: "
+        f"{body.get('error_description')} (decision {body.get('decision_id')})")
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -192,11 +232,16 @@ def run_up(args: argparse.Namespace) -> int:
             f"{', '.join(DEMO_AUDIENCES)} in {sidecar.token_dir}, TTL {args.demo_ttl}s (log {sidecar.log_path})")
         stack.start(sidecar)
         stack.every(0.5, LogNarrator(sidecar.log_path, say).poll)
-        say("ready. Ask for a token as the demo workload:")
-        print(f"\n  jitmesh token --broker-url {broker.url} --audience {DEMO_AUDIENCE} --scope {DEMO_SCOPE} "
+        show_denial(broker.url, cluster.subject_token_file)
+        jm = jitmesh_command()
+        say("ready. In another shell, point the CLI at this broker (admin commands read the token file):")
+        print(f"\n  export JITMESH_BROKER_URL={broker.url}"
+              f"\n  export JITMESH_ADMIN_TOKEN_FILE={admin_file}\n"
+              f"\n  then ask for a token as the demo workload:\n"
+              f"\n  {jm} token --audience {DEMO_AUDIENCE} --scope {DEMO_SCOPE} "
               f"--subject-token-file {cluster.subject_token_file}\n"
               f"\n  and watch the audit trail:\n"
-              f"\n  jitmesh audit --broker-url {broker.url} --admin-token-file {admin_file} --follow\n", flush=True)
+              f"\n  {jm} audit --follow\n", flush=True)
         say("Ctrl-C stops everything")
         code = stack.run()
     except KeyboardInterrupt:

@@ -100,8 +100,8 @@ class SidecarProcess(ManagedProcess):
 
 # What `jitmesh up`'s demo workload (demo/demo-app) asks for: the shipped policy grants the
 # first two and has no grant for the third, so the terminal shows issuance, refresh and denial.
-DEMO_AUDIENCES: dict[str, list[str]] = {"orders-api": ["read", "write"], "payments-api": ["read"],
-                                        "orders-db": ["read"]}
+# What the shipped policy grants demo/demo-app: its sidecar gets both and turns ready.
+DEMO_AUDIENCES: dict[str, list[str]] = {"orders-api": ["read", "write"], "payments-api": ["read"]}
 
 
 def demo_sidecar(*, broker_url: str, sa_token_file: Path, home: Path, ttl: int = 20, port: int | None = None,

@@ -4,8 +4,8 @@ command works; tokens appear on disk; SIGTERM stops all."""
 
 from __future__ import annotations
 
+import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -40,13 +40,31 @@ def up(tmp_path: Path, opa_bin: str) -> Iterator[tuple[subprocess.Popen[bytes], 
         proc.wait(30)
 
 
-def test_up_prints_a_token_command_that_works(up: tuple[subprocess.Popen[bytes], Path, int]) -> None:
+def pasted(out: Path, marker: str, drop: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the printed command containing `marker` (less `drop`) as a user pasting it would: in a
+    shell with the printed `export` lines, from the directory `jitmesh up` ran in, no JITMESH_* of ours."""
+    lines = [x.strip() for x in out.read_text().splitlines()]
+    exports = [x for x in lines if x.startswith("export JITMESH_")]
+    command = next(x for x in lines if marker in x).replace(drop, "")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JITMESH_")}
+    env["PATH"] = "/usr/bin:/bin"  # the venv is not on PATH: the printed command must not need it
+    return subprocess.run(["bash", "-c", "; ".join([*exports, command])], capture_output=True, text=True,
+                          timeout=60, cwd=out.parent, env=env)
+
+
+def test_up_prints_a_token_command_that_works_as_pasted(up: tuple[subprocess.Popen[bytes], Path, int]) -> None:
     _, out, _ = up
-    line = next(x.strip() for x in out.read_text().splitlines() if x.strip().startswith("jitmesh token "))
-    argv = shlex.split(line)
-    p = subprocess.run([sys.executable, "-m", "jitmesh.cli", *argv[1:]], capture_output=True, text=True, timeout=60)
+    p = pasted(out, " token --audience ")
     assert p.returncode == 0, p.stderr
     assert re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+", p.stdout.strip())
+
+
+def test_up_prints_an_audit_command_that_needs_no_more_flags(up: tuple[subprocess.Popen[bytes], Path, int]) -> None:
+    _, out, _ = up
+    assert "export JITMESH_ADMIN_TOKEN_FILE=" in out.read_text()
+    p = pasted(out, " audit --follow", drop=" --follow")  # the same command, without following
+    assert p.returncode == 0, p.stderr
+    assert "denied" in p.stdout, p.stdout[-2000:]
 
 
 def test_up_keeps_its_state_under_dot_jitmesh(up: tuple[subprocess.Popen[bytes], Path, int]) -> None:
@@ -79,9 +97,46 @@ def test_up_demo_sidecar_writes_granted_tokens_and_shows_the_denial(
     for audience in ("orders-api", "payments-api"):
         token = (tokens / audience).read_text()
         assert re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+", token), audience
-    # the shipped policy grants demo-app no access to orders-db: no file, and the terminal says why
+    # the shipped policy grants demo-app no access to orders-db: asked once, and the terminal says why
     assert not (tokens / "orders-db").exists()
-    assert re.search(r"orders-db: DENIED by policy: .*no grant for audience", text), text[-2000:]
+    assert re.search(r"orders-db: asked once, on purpose, .* 403 access_denied: .*no grant for audience", text), \
+        text[-2000:]
+    assert text.count("orders-db:") == 1
+
+
+def test_up_demo_sidecar_turns_ready(up: tuple[subprocess.Popen[bytes], Path, int]) -> None:
+    _, out, _ = up
+    url = re.search(r"demo workload's sidecar at (http://127\.0\.0\.1:\d+)", out.read_text())
+    assert url, out.read_text()[-2000:]
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url.group(1)}/readyz", timeout=5).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert httpx.get(f"{url.group(1)}/readyz", timeout=5).status_code == 200
+
+
+def test_up_starts_again_at_once_after_it_stopped(up: tuple[subprocess.Popen[bytes], Path, int],
+                                                  opa_bin: str) -> None:
+    proc, out, broker_port = up
+    with httpx.Client() as client:  # kept open, so the broker closes it as it stops: TIME-WAIT on its port
+        client.get(f"http://127.0.0.1:{broker_port}/healthz")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    argv = [str(a) for a in proc.args]  # type: ignore[union-attr]
+    again = subprocess.Popen(argv, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        seen = b""
+        assert again.stdout is not None
+        while b"Ctrl-C stops everything" not in seen and time.monotonic() < deadline:
+            if again.poll() is not None:
+                seen += again.stdout.read()
+                break
+            seen += again.stdout.read1(4096)  # type: ignore[attr-defined]
+        assert b"Ctrl-C stops everything" in seen, seen.decode(errors="replace")[-2000:]
+        assert b"is in use" not in seen
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(30)
 
 
 def test_up_demo_sidecar_refreshes_on_its_short_ttl(up: tuple[subprocess.Popen[bytes], Path, int]) -> None:

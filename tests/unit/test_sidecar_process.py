@@ -69,7 +69,7 @@ def test_narrator_emits_each_described_line_once_and_waits_for_partial_lines(tmp
     assert said == ["sidecar: orders-db: DENIED by policy: no grant (retry in 1.0s)"]
 
 
-def test_demo_sidecar_asks_for_granted_and_ungranted_audiences(tmp_path: Path) -> None:
+def test_demo_sidecar_asks_for_the_granted_audiences_only(tmp_path: Path) -> None:
     proc = demo_sidecar(broker_url="http://127.0.0.1:1", sa_token_file=tmp_path / "sa", home=tmp_path, ttl=15)
-    assert proc.token_dir == tmp_path / "tokens" and proc.audiences == ["orders-api", "payments-api", "orders-db"]
+    assert proc.token_dir == tmp_path / "tokens" and proc.audiences == ["orders-api", "payments-api"]
     assert proc.env is not None and proc.env["JITMESH_TTL"] == "15" and not proc.running()
