@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import sys
 import time
@@ -17,12 +16,14 @@ import httpx
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from jitmesh.log import configure, get_logger
 from pdp.approvals import cli as approvals_cli
+from pdp.audit import AUDIT_EVENTS, check_event
 from pdp.client import AdminTokenFileError, add_admin_client_flags, admin_headers, error_text
 from pdp.config import BrokerConfig, ConfigError, add_broker_flags
 from pdp.revocation import cli as revoke_cli
 from pdp.shadow import cli as shadow_cli
 from pdp.store import open_store_from_url
 from pdp.store.base import StoreError
+from pdp.when import parse_since, parse_when, rfc3339
 
 log = get_logger("pdp")
 
@@ -97,12 +98,17 @@ def run_token(args: argparse.Namespace) -> int:
 # --- jitmesh audit ----------------------------------------------------------------------
 
 def _format_record(rec: dict[str, Any]) -> str:
-    ts = datetime.datetime.fromtimestamp(rec["time"], datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ts = rfc3339(rec["time"])
     d = rec.get("details") or {}
+    head = f"{rec.get('seq', ''):>6} {ts} {rec['event']:<8}"
+    if d.get("action"):  # what an admin did, and to whom or what
+        target = " ".join(f"{k}={v}" for k, v in (("subject", rec.get("subject")), ("audience", rec.get("audience")),
+                                                   ("jti", rec.get("jti")), ("path", d.get("path"))) if v)
+        return f"{head} {d['action']} by {d.get('actor') or '-'} {target}".rstrip()
     scopes = d.get("granted_scopes") if rec["event"] == "issued" else d.get("requested_scopes")
     why = "; ".join(d.get("reasons") or []) or d.get("error_description") or ""
-    return (f"{rec.get('seq', ''):>6} {ts} {rec['event']:<8} {rec.get('subject') or '-'} -> "
-            f"{rec.get('audience') or '-'} [{' '.join(scopes or [])}] ttl={d.get('ttl')} "
+    ttl = f" ttl={d['ttl']}s" if d.get("ttl") is not None else ""
+    return (f"{head} {rec.get('subject') or '-'} -> {rec.get('audience') or '-'} [{' '.join(scopes or [])}]{ttl} "
             f"decision={rec['decision_id']} {why}").rstrip()
 
 
@@ -113,7 +119,20 @@ def run_audit(args: argparse.Namespace) -> int:
         print(f"jitmesh audit: {exc}", file=sys.stderr)
         return 2
     params: dict[str, Any] = {"limit": args.limit}
-    for name in ("since", "subject", "event", "audience"):
+    now = time.time()
+    try:
+        if args.event:
+            check_event(args.event, "--event")
+        if args.since:
+            params["since"] = parse_since(args.since, "--since", now)
+        elif args.follow:
+            params["since"] = now  # follow from now on, not from the start of the trail
+        if args.until:
+            params["until"] = parse_when(args.until, "--until", now)
+    except ValueError as exc:
+        print(f"jitmesh audit: {exc}", file=sys.stderr)
+        return 2
+    for name in ("subject", "event", "audience"):
         if getattr(args, name):
             params[name] = getattr(args, name)
     url = f"{args.broker_url.rstrip('/')}/v1/admin/audit"
@@ -158,9 +177,12 @@ def register(sub: Any) -> None:
 
     a = sub.add_parser("audit", help="query or follow the broker's audit trail")
     add_admin_client_flags(a)
-    a.add_argument("--since", default=None, help="unix seconds or RFC 3339")
+    a.add_argument("--since", default=None,
+                   help="from this time: a duration back from now (15m, 1h, 7d), RFC 3339, or unix seconds "
+                        "(default: the start of the trail; with --follow, now)")
+    a.add_argument("--until", default=None, help="up to this time, in the same forms as --since")
     a.add_argument("--subject", default=None, help="e.g. system:serviceaccount:demo:demo-app")
-    a.add_argument("--event", default=None, help="issued, denied, error, pending, revoked")
+    a.add_argument("--event", default=None, help=", ".join(AUDIT_EVENTS))
     a.add_argument("--audience", default=None)
     a.add_argument("--limit", type=int, default=100, help="records per query (1-1000)")
     a.add_argument("--json", action="store_true", help="one JSON record a line")

@@ -7,10 +7,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from jitmesh.log import get_logger
-from pdp.audit import record_json
+from pdp.audit import check_event, record_json
 from pdp.http import admin as http_admin
 from pdp.http.body import int_param, parse_time
-from pdp.http.errors import guarded
+from pdp.http.errors import guarded, invalid_request
 from pdp.http.services import broker_of
 from pdp.store.base import StoreError
 
@@ -58,6 +58,11 @@ async def audit_endpoint(request: Request) -> Response:
     broker = broker_of(request)
     await require_admin(request)
     q = request.query_params
+    if q.get("event"):
+        try:
+            check_event(q["event"])
+        except ValueError as exc:
+            raise invalid_request(str(exc)) from None
     since = parse_time(q["since"], "since") if q.get("since") else None
     until = parse_time(q["until"], "until") if q.get("until") else None
     limit = int_param(q.get("limit"), "limit", 1, AUDIT_MAX_LIMIT, 100)

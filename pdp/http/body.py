@@ -5,10 +5,11 @@ end first, so the client is not reset mid-upload and sees the clear answer."""
 
 from __future__ import annotations
 
-import datetime
+import time
 
 from starlette.requests import Request
 
+from pdp import when
 from pdp.http.errors import invalid_request
 
 DRAIN_LIMIT_BYTES = 4 * 1024 * 1024
@@ -42,15 +43,8 @@ def int_param(value: str | None, name: str, low: int, high: int, default: int | 
 
 
 def parse_time(value: str, name: str) -> float:
-    """Unix seconds or RFC 3339."""
+    """A time parameter: unix seconds, an RFC 3339 time or a duration back from now (pdp/when.py)."""
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        ts = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise invalid_request(f"{name} {value!r:.60}: expected unix seconds or an RFC 3339 time") from None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=datetime.UTC)
-    return ts.timestamp()
+        return when.parse_when(value, name, time.time())
+    except when.WhenError as exc:
+        raise invalid_request(str(exc)) from None

@@ -22,12 +22,12 @@ Document, `schema_version` 1:
 from __future__ import annotations
 
 import json
-import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
+from pdp import when
 from pdp.shadow.classify import CANDIDATE_VERDICTS, ENFORCED_VERDICTS, NOT_COMPARED, SHADOW_CLASSES, ShadowClass
 from pdp.store.shadow import ShadowCount, ShadowSample
 
@@ -37,48 +37,29 @@ FINDING_CLASSES: Final[tuple[ShadowClass, ...]] = ("deny_to_allow", "candidate_e
 CHANGE_CLASSES: Final[tuple[ShadowClass, ...]] = ("allow_to_deny", "narrower", "wider")
 DEFAULT_TOP_K: Final = 5
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-_UNIT_SECONDS = (86400, 3600, 60, 1)
-
 
 class ReportArgumentError(ValueError):
     """A report argument (window, format, classes) that cannot be used, with what would be right."""
 
 
-def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+rfc3339 = when.rfc3339
 
 
 def parse_time(text: str, what: str = "--since") -> float:
-    """An RFC 3339 time (`2026-11-22T10:00:00Z`, or with an offset) -> unix seconds."""
+    """An RFC 3339 time (`2026-11-22T10:00:00Z`, or with an offset) or a duration -> unix seconds."""
     try:
-        parsed = datetime.fromisoformat(text.strip().replace("z", "Z"))
-    except ValueError:
-        raise ReportArgumentError(f"{what} {text!r}: expected an RFC 3339 time such as 2026-11-22T10:00:00Z") from None
-    if parsed.tzinfo is None:
-        raise ReportArgumentError(f"{what} {text!r}: an RFC 3339 time needs a zone, e.g. 2026-11-22T10:00:00Z")
-    return parsed.timestamp()
+        return when.parse_when(text, what, time.time(), unix_seconds=False)
+    except when.WhenError as exc:
+        raise ReportArgumentError(str(exc)) from None
 
 
 def parse_since(text: str, now: float) -> float:
     """`--since`: a duration back from now (`90s`, `15m`, `2h`, `7d`, `1h30m`) or an RFC 3339
     time -> unix seconds. A time in the future or a zero duration is an error."""
-    raw = text.strip()
-    m = _DURATION.match(raw)
-    if raw and m:
-        seconds = sum(int(v) * unit for v, unit in zip(m.groups(), _UNIT_SECONDS, strict=True) if v)
-        if seconds <= 0:
-            raise ReportArgumentError(f"--since {text!r}: the duration must be longer than zero, e.g. 15m")
-        return now - seconds
     try:
-        t = parse_time(raw)
-    except ReportArgumentError:
-        raise ReportArgumentError(
-            f"--since {text!r}: expected a duration such as 90s, 15m, 2h, 7d or 1h30m, "
-            "or an RFC 3339 time with a zone such as 2026-11-22T10:00:00Z") from None
-    if t > now:
-        raise ReportArgumentError(f"--since {text!r} is in the future (now is {rfc3339(now)})")
-    return t
+        return when.parse_since(text, "--since", now, unix_seconds=False)
+    except when.WhenError as exc:
+        raise ReportArgumentError(str(exc)) from None
 
 
 def parse_fail_on(text: str) -> tuple[ShadowClass, ...]:

@@ -70,11 +70,23 @@ def test_audit_api_needs_an_admin_token(broker: BrokerHandle) -> None:
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "lots"}, {"since": "yesterday"}])
+@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "lots"}, {"since": "yesterday"}, {"since": "NaN"},
+                                    {"since": "1e400"}, {"since": "-1"}, {"until": "inf"}, {"event": "bogus"}])
 def test_audit_api_rejects_malformed_queries_with_invalid_request(broker: BrokerHandle,
                                                                   params: dict[str, str]) -> None:
     r = httpx.get(f"{broker.url}/v1/admin/audit", headers=broker.admin_headers(), params=params)
     assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+
+
+def test_audit_api_names_the_known_events_for_an_unknown_one(broker: BrokerHandle) -> None:
+    r = httpx.get(f"{broker.url}/v1/admin/audit", headers=broker.admin_headers(), params={"event": "bogus"})
+    assert r.status_code == 400 and "known: issued, denied" in r.json()["error_description"]
+
+
+def test_audit_api_accepts_a_duration_since(broker: BrokerHandle) -> None:
+    body = broker.exchange(broker.mint("payments", "api"), "orders-db", scope="read").json()
+    r = httpx.get(f"{broker.url}/v1/admin/audit", headers=broker.admin_headers(), params={"since": "1h"})
+    assert r.status_code == 200 and body["decision_id"] in {rec["decision_id"] for rec in r.json()["records"]}
 
 
 def test_audit_api_accepts_rfc3339_since(broker: BrokerHandle) -> None:
@@ -140,6 +152,46 @@ def test_audit_command_follow_prints_new_records(broker: BrokerHandle) -> None:
     body = broker.exchange(broker.mint("payments", "api"), "orders-db", scope="read").json()
     out, _ = proc.communicate(timeout=20)
     assert body["decision_id"] in out
+
+
+def admin_run(broker: BrokerHandle, *args: str) -> subprocess.CompletedProcess[str]:
+    return run("audit", "--broker-url", broker.url, "--admin-token-file", str(broker.admin_token_file), *args)
+
+
+def test_audit_command_takes_a_duration_since(broker: BrokerHandle) -> None:
+    body = broker.exchange(broker.mint("payments", "api"), "orders-db", scope="read").json()
+    p = admin_run(broker, "--since", "1h")
+    assert p.returncode == 0, p.stderr
+    assert body["decision_id"] in p.stdout
+
+
+def test_audit_command_refuses_an_unknown_event_listing_the_known_ones(broker: BrokerHandle) -> None:
+    p = admin_run(broker, "--event", "bogus")
+    assert p.returncode == 2 and p.stdout == ""
+    assert "--event 'bogus' is not an audit event; known: issued, denied" in p.stderr
+
+
+def test_audit_command_follow_starts_at_the_end(broker: BrokerHandle) -> None:
+    old = broker.exchange(broker.mint("payments", "api"), "orders-db", scope="read").json()
+    time.sleep(1.1)  # the trail's times are the broker's clock; this one is the same machine's
+    proc = subprocess.Popen([*JITMESH, "audit", "--broker-url", broker.url, "--admin-token-file",
+                             str(broker.admin_token_file), "--follow", "--interval", "0.2", "--follow-seconds", "4"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    new = broker.exchange(broker.mint("payments", "api"), "orders-db", scope="read").json()
+    out, _ = proc.communicate(timeout=20)
+    assert new["decision_id"] in out and old["decision_id"] not in out
+
+
+def test_audit_lines_of_admin_actions_say_which_action_ran(broker: BrokerHandle) -> None:
+    r = httpx.post(f"{broker.url}/v1/admin/revocations", json={"subject": "system:serviceaccount:x:y",
+                                                               "reason": "audit line test"},
+                   headers=broker.admin_headers())
+    assert r.status_code == 201, r.text
+    p = admin_run(broker, "--event", "revoked")
+    assert p.returncode == 0, p.stderr
+    assert "revocation.create by " in p.stdout and "subject=system:serviceaccount:x:y" in p.stdout
+    assert "ttl=None" not in admin_run(broker).stdout
 
 
 def test_audit_command_without_admin_token_exits_non_zero(broker: BrokerHandle) -> None:

@@ -23,7 +23,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["--since", "yesterday"], "--since 'yesterday': expected a duration such as 90s, 15m"),
     (["--since", "0s"], "--since '0s': the duration must be longer than zero"),
     (["--since", "2999-01-01T00:00:00Z"], "is in the future"),
-    (["--until", "soon"], "--until 'soon': expected an RFC 3339 time"),
+    (["--until", "soon"], "--until 'soon': expected a duration such as 90s, 15m, 2h, 7d or 1h30m (back from now), "
+                          "or an RFC 3339 time"),
     (["--since", "2h", "--until", "2020-01-01T00:00:00Z"], "--until '2020-01-01T00:00:00Z' is not after --since"),
     (["--format", "yaml"], "--format 'yaml': expected one of table, json, markdown"),
     (["--fail-on", "deny_to_allow,oops"], "--fail-on: unknown class 'oops'"),
