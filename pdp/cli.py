@@ -89,10 +89,25 @@ def run_token(args: argparse.Namespace) -> int:
         return 1
     if r.status_code != 200:
         print(f"jitmesh token: refused: {error_text(r)}", file=sys.stderr)
+        pending = _json_or_empty(r)
+        if pending.get("error") == "authorization_pending" and pending.get("access_request_id"):
+            rid = pending["access_request_id"]
+            print(f"jitmesh token: access request {rid} waits for a human approval. An approver runs:\n\n"
+                  f"  jitmesh approvals --broker-url {args.broker_url} --approve {rid}\n\n"
+                  f"then ask again with the same command (every {pending.get('interval', 5)} s is enough).",
+                  file=sys.stderr)
         return 1
     doc = r.json()
     print(json.dumps(doc, indent=2) if args.json else doc["access_token"])
     return 0
+
+
+def _json_or_empty(r: httpx.Response) -> dict[str, Any]:
+    try:
+        doc = r.json()
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 # --- jitmesh audit ----------------------------------------------------------------------

@@ -177,3 +177,15 @@ def test_a_sidecar_polls_while_pending_and_writes_the_token_once_approved(
         time.sleep(0.1)
     claims = jwt.decode(sc.token_file("ledger").read_text(), options={"verify_signature": False})
     assert claims["aud"] == "ledger"
+
+
+def test_token_command_on_a_pending_approval_prints_the_request_id_and_the_approve_line(
+        broker: BrokerHandle, tmp_path: Path) -> None:
+    sa = tmp_path / "sa.jwt"
+    sa.write_text(broker.mint("finance", "notary", pod=POD))
+    p = subprocess.run([sys.executable, "-m", "jitmesh.cli", "token", "--broker-url", broker.url,
+                        "--audience", "ledger", "--scope", "read", "--subject-token-file", str(sa)],
+                       capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert p.returncode == 1 and p.stdout == ""
+    rid = pending_id(ask(broker, sa="notary", scope="read"))  # the same request, asked again
+    assert f"jitmesh approvals --broker-url {broker.url} --approve {rid}" in p.stderr
