@@ -4,6 +4,7 @@ start, wait until they answer, stop cleanly. Used by `jitmesh up`, the tests and
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -15,9 +16,35 @@ from typing import IO
 
 import httpx
 
+# Below the kernel's ephemeral range (32768-60999 by default): a port handed out here is not
+# also given, between this call and the server's bind, to some outgoing connection.
+_PORTS = range(20000, 32000)
+
+
+def _ephemeral_range() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(low, high + 1)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port nothing listens on now, chosen at random outside the ephemeral range, so that
+    the process it is meant for can bind it a moment later."""
+    ephemeral = _ephemeral_range()
+    for _ in range(200):
+        port = random.choice(_PORTS)  # noqa: S311 (a port, not a secret)
+        if port in ephemeral:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # every try was taken: let the kernel pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

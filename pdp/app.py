@@ -22,7 +22,7 @@ from pdp.attestation.verify import JWKSURL, JWKSAttestor, JWKSFile, KeySource
 from pdp.audit import Auditor
 from pdp.config import BrokerConfig
 from pdp.exchange import TokenExchange
-from pdp.http.errors import guarded
+from pdp.http.errors import guarded, http_exception
 from pdp.http.services import Broker
 from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient
@@ -137,4 +137,5 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         *revocation_api.routes(guarded),
         *approvals_api.routes(guarded),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={404: http_exception, 405: http_exception})

@@ -84,9 +84,12 @@ class Issued:
     issued_token_type: str = TOKEN_TYPE_JWT
 
     def body(self) -> dict[str, Any]:
-        return {"access_token": self.access_token, "issued_token_type": self.issued_token_type,
-                "token_type": "Bearer", "expires_in": self.expires_in, "scope": self.scope,
-                "decision_id": self.decision_id}
+        doc = {"access_token": self.access_token, "issued_token_type": self.issued_token_type,
+               "token_type": "Bearer", "expires_in": self.expires_in, "scope": self.scope,
+               "decision_id": self.decision_id}
+        if not self.scope:  # nothing granted: no scope at all rather than an empty one (RFC 6749 section 5.1)
+            del doc["scope"]
+        return doc
 
 
 def invalid_client(description: str) -> OAuthError:
@@ -181,7 +184,7 @@ def parse_token_request(params: Mapping[str, list[str]], resources: Mapping[str,
     if actor:
         raise invalid_request("delegation is not supported: jitmesh issues tokens only to the workload whose own "
                               "subject_token is presented; send no actor_token")
-    subject_token = one("subject_token")
+    subject_token = (one("subject_token") or "").strip()  # a token read from a file often ends in a newline
     if not subject_token:
         raise invalid_request("missing subject_token: the pod's projected ServiceAccount token")
     if len(subject_token) > MAX_SUBJECT_TOKEN_BYTES:
@@ -207,8 +210,11 @@ def parse_token_request(params: Mapping[str, list[str]], resources: Mapping[str,
     ttl: int | None = None
     raw_ttl = one("requested_ttl")
     if raw_ttl is not None and raw_ttl != "":
-        if not raw_ttl.isascii() or not raw_ttl.isdigit() or len(raw_ttl) > 9 or int(raw_ttl) <= 0:
+        if not raw_ttl.isascii() or not raw_ttl.isdigit() or int(raw_ttl) <= 0:
             raise invalid_request(f"requested_ttl {raw_ttl!r:.40} must be a positive whole number of seconds")
+        if len(raw_ttl) > 9:
+            raise invalid_request(f"requested_ttl {raw_ttl!r:.40} is too large: at most 999999999 seconds "
+                                  "(the broker caps every lifetime at its --max-ttl anyway)")
         ttl = int(raw_ttl)
     request_id = one("access_request_id") or None
     if request_id is not None and not _ACCESS_REQUEST_ID.fullmatch(request_id):

@@ -94,6 +94,8 @@ def access_token_claims(*, issuer: str, subject: Subject, audience: str, scopes:
         KUBERNETES_CLAIM: k8s,
         DECISION_ID_CLAIM: decision_id,
     }
+    if not scopes:  # RFC 9068 section 2.2.3: scope is present only when scopes were granted
+        del claims["scope"]
     if dry_run:
         claims[DRY_RUN_CLAIM] = True
     return claims

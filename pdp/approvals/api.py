@@ -17,19 +17,17 @@ as long. Every decision is audited with the admin who made it.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final, cast, get_args
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from jitmesh.contract import MAX_REASON_CHARS
 from jitmesh.log import get_logger
 from pdp.audit import Auditor
 from pdp.decision import rfc3339
 from pdp.http.admin import admin_record, audit_admin_call, require_admin
-from pdp.http.body import int_param, read_body
+from pdp.http.body import check_reason, int_param, parse_json, read_body
 from pdp.http.errors import OAuthError, invalid_request
 from pdp.http.services import broker_of
 from pdp.store.base import AccessRequest, AccessRequestStatus, Store, StoreError
@@ -50,28 +48,14 @@ def access_request_json(r: AccessRequest) -> dict[str, Any]:
 
 def parse_reason(body: bytes, content_type: str | None, required: bool) -> str | None:
     """The `reason` of an approve or deny body, strictly; an empty body is no reason."""
-    media = (content_type or "application/json").split(";")[0].strip().lower()
-    if not body.strip():
-        doc: Any = {}
-    elif media != "application/json":
-        raise invalid_request(f"the body must be application/json, not {media!r:.80}")
-    else:
-        try:
-            doc = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise invalid_request(f"the body is not valid JSON: {exc}"[:200]) from None
+    doc: Any = parse_json(body, content_type) if body.strip() else {}
     if not isinstance(doc, dict):
         raise invalid_request(f'the body must be a JSON object like {{"reason": "..."}}, not a {type(doc).__name__}')
     unknown = sorted(set(doc) - {"reason"})
     if unknown:
         raise invalid_request(f"unknown field(s) {', '.join(repr(u)[:60] for u in unknown[:5])}; expected reason")
-    reason = doc.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or "\x00" in reason):
-        raise invalid_request(f"reason must be a string of at most {MAX_REASON_CHARS} characters")
-    reason = reason.strip() if reason else None
-    if required and not reason:
-        raise invalid_request("a reason is required to deny: say why, it goes into the audit trail and to the workload")
-    return reason
+    return check_reason(doc.get("reason"), "a reason is required to deny: say why, it goes into the audit trail "
+                        "and to the workload" if required else None)
 
 
 async def list_access_requests(request: Request) -> Response:

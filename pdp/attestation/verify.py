@@ -149,9 +149,13 @@ def verify_jwt(token: str, keys: Mapping[str, VerificationKey], issuer: str, aud
         header = unverified_header(token)
     kid = header.get("kid")
     alg = header.get("alg")
+    if alg is None:
+        raise AttestationError("subject token header has no alg; expected one of " + ", ".join(ALGORITHM_KEY_TYPES))
     if not isinstance(alg, str) or alg not in ALGORITHM_KEY_TYPES:
         raise AttestationError(f"subject token alg {alg!r:.40} is not accepted; expected one of "
                                + ", ".join(ALGORITHM_KEY_TYPES))
+    if kid is None:
+        raise AttestationError("subject token header has no kid, so no key of the cluster's JWKS can verify it")
     if not isinstance(kid, str) or kid not in keys:
         raise AttestationError(f"subject token kid {kid!r:.80} is not a key of the cluster's JWKS")
     key = keys[kid]

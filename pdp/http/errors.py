@@ -63,6 +63,25 @@ def error_response(err: OAuthError) -> JSONResponse:
     return oauth_response(err.status, err.body(), err.retry_after, err.challenge)
 
 
+_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (no such route, a method the route does not take) as JSON, like
+    every other error of the broker."""
+    status = getattr(exc, "status_code", 500)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 404:
+        description = f"no endpoint at {request.url.path[:200]!r}; /.well-known/oauth-authorization-server lists them"
+    elif status == 405:
+        description = f"{request.method} is not allowed on {request.url.path[:200]!r}; allowed: " \
+                      f"{headers.get('allow', headers.get('Allow', '?'))}"
+    else:
+        description = str(getattr(exc, "detail", "")) or "the request cannot be served"
+    return JSONResponse({"error": _HTTP_ERRORS.get(status, "invalid_request"), "error_description": description},
+                        status_code=status, headers=headers)
+
+
 def guarded(endpoint: Endpoint) -> Endpoint:
     """`endpoint` with every failure answered as OAuth JSON: its own OAuthError as is, a
     store failure and anything unexpected as 503 (logged)."""

@@ -15,7 +15,6 @@ Every revocation and lift is audited with who made it (`details.actor`) as a
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from jitmesh.contract import MAX_REASON_CHARS, SERVICEACCOUNT_SUB_PREFIX
 from jitmesh.log import get_logger
 from pdp.audit import Auditor
 from pdp.http.admin import admin_record, audit_admin_call, require_admin
-from pdp.http.body import read_body
+from pdp.http.body import check_reason, parse_json, read_body
 from pdp.http.errors import OAuthError, invalid_request
 from pdp.http.services import Broker, broker_of
 from pdp.revocation import stream
@@ -52,13 +51,7 @@ class RevocationRequest:
 
 def parse_revocation_request(body: bytes, content_type: str | None) -> RevocationRequest:
     """The JSON body of `POST /v1/admin/revocations`, strictly."""
-    media = (content_type or "application/json").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise invalid_request(f"the body must be application/json, not {media!r:.80}")
-    try:
-        doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise invalid_request(f"the body is not valid JSON: {exc}"[:200]) from None
+    doc = parse_json(body, content_type)
     if not isinstance(doc, dict):
         raise invalid_request(f"the body must be a JSON object with one of {', '.join(REVOCATION_KINDS)} "
                               f"and reason, not a {type(doc).__name__}")
@@ -80,11 +73,10 @@ def parse_revocation_request(body: bytes, content_type: str | None) -> Revocatio
                               or not all(value.split(":")[2:])):
         raise invalid_request(f"subject {value!r:.80} is not a token subject; expected "
                               f"{SERVICEACCOUNT_SUB_PREFIX}<namespace>:<serviceaccount>")
-    reason = doc.get("reason")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS or "\x00" in reason:
-        raise invalid_request(f"reason is required: a non-empty string of at most {MAX_REASON_CHARS} characters "
-                              "saying why")
-    return RevocationRequest(kind=kind, value=value, reason=reason.strip())
+    reason = check_reason(doc.get("reason"), f"reason is required: a non-empty string of at most "
+                          f"{MAX_REASON_CHARS} characters saying why")
+    assert reason is not None
+    return RevocationRequest(kind=kind, value=value, reason=reason)
 
 
 def revocation_json(r: Revocation) -> dict[str, Any]:

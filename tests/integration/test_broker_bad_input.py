@@ -309,3 +309,37 @@ def test_an_unsupported_requested_token_type_is_invalid_request(broker: BrokerHa
     r = httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api"),
                                                      requested_token_type="urn:ietf:params:oauth:token-type:saml2"))
     assert_error(r, 400, "invalid_request")
+
+
+def test_a_subject_token_with_a_trailing_newline_is_accepted(broker: BrokerHandle) -> None:
+    r = httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api") + "\n", scope="read"))
+    assert r.status_code == 200, r.text
+
+
+def test_a_subject_token_without_kid_says_so(broker: BrokerHandle) -> None:
+    claims = claims_of(broker)
+    token = jwt.encode(claims, broker.issuer._key, algorithm="RS256")  # no kid header
+    body = assert_error(httpx.post(f"{broker.url}/token", data=form(token)), 400, "invalid_grant")
+    assert "has no kid" in body["error_description"] and "None" not in body["error_description"]
+
+
+def test_a_huge_requested_ttl_is_told_the_maximum(broker: BrokerHandle) -> None:
+    r = httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api"), requested_ttl="2147483648"))
+    body = assert_error(r, 400, "invalid_request")
+    assert "at most 999999999 seconds" in body["error_description"]
+
+
+def test_a_token_with_no_scope_granted_has_no_scope_field_or_claim(broker: BrokerHandle) -> None:
+    r = httpx.post(f"{broker.url}/token", data=form(broker.mint("payments", "api")))
+    assert r.status_code == 200, r.text
+    assert "scope" not in r.json()
+    assert "scope" not in jwt.decode(r.json()["access_token"], options={"verify_signature": False})
+
+
+@pytest.mark.parametrize(("method", "path", "status", "error"), [
+    ("GET", "/no/such/endpoint", 404, "not_found"), ("GET", "/token", 405, "method_not_allowed")])
+def test_unknown_routes_and_methods_answer_json(broker: BrokerHandle, method: str, path: str, status: int,
+                                                error: str) -> None:
+    r = httpx.request(method, f"{broker.url}{path}")
+    assert r.status_code == status and r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"] == error and r.json()["error_description"]

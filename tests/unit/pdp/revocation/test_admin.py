@@ -119,7 +119,12 @@ def test_a_revocation_request_names_one_target_and_a_reason(body: bytes, kind: s
     (b'{"jti": "a\\u0000", "reason": "r"}', "printable"),
     (b'{"subject": "system:serviceaccount:a", "reason": "r"}', "<namespace>:<serviceaccount>"),
     (b'{"subject": "system:serviceaccount::b", "reason": "r"}', "<namespace>:<serviceaccount>"),
-    (b'{"jti": "a", "reason": 5}', "reason is required"),
+    (b'{"jti": "a", "reason": 5}', "reason must be a string, not int"),
+    (b'{"jti": "a"}', "reason is required"),
+    (b'{"jti": "a", "reason": "   "}', "reason is required"),
+    (b'{"jti": "a", "reason": "bell\\u0007"}', "control characters (it has U+0007)"),
+    (b'{"jti": "a", "reason": "r", "n": 1' + b"1" * 5000 + b"}", "a number in it has thousands of digits"),
+    (b'{"jti": "a", "reason": NaN}', "not valid JSON"),
     (b'null', "JSON object"),
 ])
 def test_bad_revocation_requests_are_invalid_request(body: bytes, says: str) -> None:
