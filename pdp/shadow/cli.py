@@ -131,6 +131,27 @@ async def _replay(args: argparse.Namespace, candidate_url: str, headers: dict[st
     return tally, state, paths
 
 
+DATA_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def default_data(candidate_dir: Path, prog: str) -> list[Path]:
+    """The data a candidate is replayed with when no --data is given: none when the candidate
+    directory has data of its own; else the enforced policy's `data.json` beside it (as
+    `policies/data.json` is beside `policies/candidate/`), said on stderr; else a warning,
+    since a candidate without the data the enforced policy had decides differently."""
+    if any(p.suffix in DATA_SUFFIXES for p in candidate_dir.rglob("*") if p.is_file()):
+        return []
+    beside = candidate_dir.resolve().parent / "data.json"
+    if beside.is_file():
+        print(f"{prog}: no --data given: replaying with {beside}, the data beside the candidate directory",
+              file=sys.stderr)
+        return [beside]
+    print(f"{prog}: WARNING: no --data given and {candidate_dir} has no data file: the candidate sees no "
+          "data.jitmesh and will decide differently from live; pass the enforced policy's data with --data",
+          file=sys.stderr)
+    return []
+
+
 def run_replay(args: argparse.Namespace) -> int:
     from pdp.shadow.replay import ReplayError, check_candidate
 
@@ -148,9 +169,10 @@ def run_replay(args: argparse.Namespace) -> int:
     except (ReportArgumentError, AdminTokenFileError, ReplayError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    data = [Path(d) for d in args.data] or default_data(candidate_dir, prog)
     with tempfile.TemporaryDirectory(prefix="jitmesh-replay-") as tmp:
         try:
-            opa = OPAServer([candidate_dir, *args.data], Path(tmp) / "opa.log", opa_bin=args.opa_bin).start()
+            opa = OPAServer([candidate_dir, *data], Path(tmp) / "opa.log", opa_bin=args.opa_bin).start()
         except (OPANotFound, RuntimeError) as exc:
             print(f"{prog}: cannot start OPA on the candidate: {exc}", file=sys.stderr)
             return EXIT_USAGE if "rego" in str(exc).lower() else EXIT_UNAVAILABLE
@@ -199,7 +221,8 @@ def register(sub: Any) -> None:
     p.add_argument("--candidate-path", default=DEFAULT_CANDIDATE_PATH,
                    help="data path of the candidate's decision (default %(default)s)")
     p.add_argument("--data", action="append", default=[],
-                   help="data file or directory the candidate needs, e.g. policies/data.json; repeatable")
+                   help="data file or directory the candidate needs, e.g. policies/data.json; repeatable "
+                        "(default: the candidate's own data, else the data.json beside its directory)")
     p.add_argument("--opa-bin", default=None, help="path to the opa binary")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="report progress on stderr every few seconds (default on)")

@@ -46,3 +46,31 @@ def test_shipped_candidate_live_and_replayed_agree(opa_server: Any, broker_facto
     replayed = json.loads(out.stdout)
     assert replayed["classes"] == live["classes"]
     assert replayed["matrix"] == live["matrix"]
+
+
+def test_replay_without_data_uses_the_data_beside_the_candidate(opa_server: Any,
+                                                                broker_factory: Callable[..., Any]) -> None:
+    broker = broker_factory(opa_server.url, shadow_policy_path=CANDIDATE_PATH)
+    sa = broker.mint("demo", "demo-app", pod=PodRef("demo-app-1", "uid-demo-1"))
+    for scope, ttl, _ in REQUESTS:
+        assert broker.exchange(sa, "orders-api", scope=scope, ttl=ttl).status_code == 200
+    live = report(broker, len(REQUESTS))
+    out = subprocess.run(
+        [sys.executable, "-m", "jitmesh.cli", "shadow", "replay", "--candidate", str(POLICIES / "candidate"),
+         "--broker-url", broker.url, "--admin-token-file", str(broker.admin_token_file), "--since", "10m",
+         "--format", "json"], capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert f"replaying with {POLICIES / 'data.json'}" in out.stderr
+    assert json.loads(out.stdout)["classes"] == live["classes"]
+
+
+def test_replay_without_any_data_warns(opa_server: Any, broker_factory: Callable[..., Any], tmp_path: Path) -> None:
+    broker = broker_factory(opa_server.url)
+    candidate = tmp_path / "lonely" / "candidate"
+    candidate.mkdir(parents=True)
+    (candidate / "authz.rego").write_text((POLICIES / "candidate" / "authz.rego").read_text())
+    out = subprocess.run(
+        [sys.executable, "-m", "jitmesh.cli", "shadow", "replay", "--candidate", str(candidate),
+         "--broker-url", broker.url, "--admin-token-file", str(broker.admin_token_file), "--since", "10m"],
+        capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert "WARNING: no --data given" in out.stderr
