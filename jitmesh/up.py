@@ -42,6 +42,8 @@ DEMO_POD_NAME = "demo-app-0"
 DEMO_POD_UID = str(uuid.uuid5(uuid.NAMESPACE_URL, "jitmesh-up/demo/demo-app-0"))
 DEMO_AUDIENCE = "orders-api"
 DEMO_SCOPE = "read"
+# The example candidate shipped beside the policy (policies/candidate/), for `jitmesh up --shadow`.
+SHADOW_CANDIDATE_PATH = "jitmesh/candidate/authz/decision"
 # Asked once at start, to show a denial: the shipped policy gives demo/demo-app no grant for it.
 DEMO_DENIED_AUDIENCE = "orders-db"
 SUBJECT_TOKEN_TTL = 600
@@ -222,8 +224,12 @@ def run_up(args: argparse.Namespace) -> int:
         broker = BrokerProcess(port=args.broker_port, log_path=home / "broker.log", flags={
             "opa_url": opa.url, "jwks_file": cluster.jwks_file, "subject_issuer": cluster.issuer.issuer,
             "store": store, "admin_token_file": admin_file,
+            "shadow_policy_path": SHADOW_CANDIDATE_PATH if args.shadow else None,
         })
         say(f"starting the broker at {broker.url} (store {store}, log {broker.log_path})")
+        if args.shadow:
+            say(f"shadow mode on: every request is also asked of the example candidate ({SHADOW_CANDIDATE_PATH}, "
+                f"from {policies / 'candidate'}); it never changes what is issued")
         stack.start(broker)
         stack.every(SUBJECT_TOKEN_REFRESH, cluster.refresh_subject_token)
         sidecar = demo_sidecar(broker_url=broker.url, sa_token_file=cluster.subject_token_file, home=home,
@@ -241,7 +247,9 @@ def run_up(args: argparse.Namespace) -> int:
               f"\n  {jm} token --audience {DEMO_AUDIENCE} --scope {DEMO_SCOPE} "
               f"--subject-token-file {cluster.subject_token_file}\n"
               f"\n  and watch the audit trail:\n"
-              f"\n  {jm} audit --follow\n", flush=True)
+              f"\n  {jm} audit --follow\n"
+              + (f"\n  and compare the candidate policy with the enforced one:\n"
+                 f"\n  {jm} shadow report --since 10m\n" if args.shadow else ""), flush=True)
         say("Ctrl-C stops everything")
         code = stack.run()
     except KeyboardInterrupt:
@@ -268,4 +276,7 @@ def register(sub: Any) -> None:
     p.add_argument("--demo-ttl", type=int, default=20,
                    help="TTL the demo sidecar asks for, in seconds, so refreshes show quickly (default %(default)s)")
     p.add_argument("--opa-bin", default=None, help="path to the opa binary (default: the cached build)")
+    p.add_argument("--shadow", action="store_true",
+                   help="shadow mode: also ask the example candidate policy (policies/candidate/) about every "
+                        "request, so `jitmesh shadow report` shows a comparison")
     p.set_defaults(func=run_up)

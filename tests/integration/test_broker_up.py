@@ -22,14 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def up(tmp_path: Path, opa_bin: str) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
+def up(tmp_path: Path, opa_bin: str,
+       request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
     out = tmp_path / "up.out"
     broker_port, opa_port, sidecar_port = free_port(), free_port(), free_port()
+    extra = list(getattr(request, "param", []))  # more `jitmesh up` flags, by indirect parametrization
     with out.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "jitmesh.cli", "up", "--policies", str(REPO / "policies"),
                                  "--broker-port", str(broker_port), "--opa-port", str(opa_port),
                                  "--sidecar-port", str(sidecar_port), "--demo-ttl", "5",
-                                 "--opa-bin", opa_bin], cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT)
+                                 "--opa-bin", opa_bin, *extra], cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while "Ctrl-C stops everything" not in out.read_text() and time.monotonic() < deadline:
         assert proc.poll() is None, out.read_text()
@@ -151,3 +153,17 @@ def test_up_demo_sidecar_refreshes_on_its_short_ttl(up: tuple[subprocess.Popen[b
         time.sleep(0.2)  # the terminal narrates the sidecar's log every 0.5 s, after the file changed
     assert token_file.read_text() != first
     assert "orders-api: token refreshed" in out.read_text()
+
+
+@pytest.mark.parametrize("up", [["--shadow"]], indirect=True)
+def test_up_shadow_compares_the_example_candidate(up: tuple[subprocess.Popen[bytes], Path, int]) -> None:
+    _, out, _ = up
+    assert "shadow mode on" in out.read_text()
+    deadline = time.monotonic() + 30
+    while True:  # the demo sidecar's issuances are the comparisons
+        p = pasted(out, " shadow report --since 10m")
+        if "NO DATA" not in p.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert p.returncode == 0, p.stderr
+    assert "NO DATA" not in p.stdout and "allow_to_deny" in p.stdout, p.stdout
