@@ -167,6 +167,18 @@ class Store(abc.ABC):
     async def active_revocations(self) -> list[Revocation]: ...
 
     @abc.abstractmethod
+    async def revocations_in_force(self, lifted_if_created_after: float) -> list[Revocation]:
+        """The active revocations, and the lifted ones created after `lifted_if_created_after`:
+        a token issued before a revocation stays revoked after a lift (docs/contract.md §2),
+        so a lifted revocation counts until every token it covers has expired."""
+
+    @abc.abstractmethod
+    async def store_epoch(self) -> str:
+        """A random id made when the store was created. A store made anew (a new SQLite file,
+        a new database) has another one, so an event id from the old one is recognised as
+        such and its holder resynchronised, not left waiting for a seq that means nothing."""
+
+    @abc.abstractmethod
     async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:
         """Events with seq > after_seq, oldest first."""
 

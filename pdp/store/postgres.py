@@ -101,6 +101,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     shadow_store.MIGRATION,
     records.REVOCATION_PURGE_MIGRATION,
     records.ACCESS_REQUESTS_MIGRATION,
+    records.STORE_EPOCH_MIGRATION_POSTGRES,
 )
 
 # advisory lock keys (arbitrary, fixed): "jitm" followed by a small number
@@ -474,6 +475,21 @@ class PostgresStore(Store):
         async with self._conn("listing active revocations") as conn:
             cur = await conn.execute(SELECT_REVOCATIONS + " WHERE lifted_at IS NULL ORDER BY created_at, id")
             return [revocation_of(r) for r in await cur.fetchall()]
+
+    @bounded
+    async def revocations_in_force(self, lifted_if_created_after: float) -> list[Revocation]:
+        async with self._conn("listing revocations in force") as conn:
+            cur = await conn.execute(records.SELECT_REVOCATIONS_IN_FORCE.format(p="%s"), (lifted_if_created_after,))
+            return [revocation_of(r) for r in await cur.fetchall()]
+
+    @bounded
+    async def store_epoch(self) -> str:
+        async with self._conn("reading the store's epoch") as conn:
+            cur = await conn.execute(records.SELECT_STORE_EPOCH)
+            row = await cur.fetchone()
+            if row is None:
+                raise StoreError(f"{self.where} has no epoch; its schema is incomplete")
+            return str(row["value"])
 
     @bounded
     async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:

@@ -128,6 +128,23 @@ PURGE_REVOCATION_EVENTS = ("DELETE FROM revocation_events WHERE revocation_id IN
 PURGE_REVOCATIONS = "DELETE FROM revocations WHERE expires_at < {p} OR lifted_at < {p}"
 
 
+# Revocations that still cover tokens, and the store's epoch (a later migration of both stores).
+SELECT_REVOCATIONS_IN_FORCE = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, "
+                               "lifted_by FROM revocations WHERE lifted_at IS NULL OR created_at > {p} "
+                               "ORDER BY created_at, id")
+STORE_META_TABLE = "CREATE TABLE store_meta (key text PRIMARY KEY, value text NOT NULL)"
+STORE_EPOCH_MIGRATION_SQLITE: tuple[str, ...] = (
+    STORE_META_TABLE,
+    "INSERT INTO store_meta (key, value) VALUES ('epoch', lower(hex(randomblob(8))))",
+)
+STORE_EPOCH_MIGRATION_POSTGRES: tuple[str, ...] = (
+    STORE_META_TABLE,
+    "INSERT INTO store_meta (key, value) "
+    "VALUES ('epoch', substr(md5(random()::text || clock_timestamp()::text), 1, 16))",
+)
+SELECT_STORE_EPOCH = "SELECT value FROM store_meta WHERE key = 'epoch'"
+
+
 def purge_sql(template: str, placeholder: str) -> str:
     """A purge statement with the driver's placeholder (`?` for sqlite3, `%s` for psycopg)."""
     return template.format(p=placeholder)

@@ -93,6 +93,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     shadow_store.MIGRATION,
     records.REVOCATION_PURGE_MIGRATION,
     records.ACCESS_REQUESTS_MIGRATION,
+    records.STORE_EPOCH_MIGRATION_SQLITE,
 )
 
 MAX_BATCH = 512            # writes per transaction
@@ -468,6 +469,17 @@ class SQLiteStore(Store):
         rows = await self._read(lambda c: c.execute(
             SELECT_REVOCATIONS + " WHERE lifted_at IS NULL ORDER BY created_at, id").fetchall())
         return [revocation_of(r) for r in rows]
+
+    async def revocations_in_force(self, lifted_if_created_after: float) -> list[Revocation]:
+        rows = await self._read(lambda c: c.execute(records.SELECT_REVOCATIONS_IN_FORCE.format(p="?"),
+                                                    (lifted_if_created_after,)).fetchall())
+        return [revocation_of(r) for r in rows]
+
+    async def store_epoch(self) -> str:
+        row = await self._read(lambda c: c.execute(records.SELECT_STORE_EPOCH).fetchone())
+        if row is None:
+            raise StoreError(f"SQLite store {self.path!r} has no epoch; its schema is incomplete")
+        return str(row[0])
 
     async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:
         rows = await self._read(lambda c: c.execute(
