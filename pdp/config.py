@@ -46,6 +46,12 @@ def _positive(value: int, flag: str) -> int:
     return value
 
 
+def _count(value: int, flag: str) -> int:
+    if value <= 0:
+        raise ConfigError(f"{flag} {value}: must be a positive number")
+    return value
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     listen_host: str = "127.0.0.1"
@@ -71,6 +77,8 @@ class BrokerConfig:
     pod_lookup: bool = False
     opa_timeout: float = 1.0
     revocation_max_staleness: float = 30.0
+    max_event_streams: int = 10_000  # open revocation event streams, overall
+    max_event_streams_per_subject: int = 8
     enforcement: Enforcement = "enforce"  # dry-run: policy denials are issued anyway (pdp/enforcement.py)
 
     @classmethod
@@ -107,6 +115,8 @@ class BrokerConfig:
             raise ConfigError(f"--default-ttl {default_ttl} is longer than --max-ttl {max_ttl}")
         key_rotation = _positive(args.key_rotation, "--key-rotation")
         approval_ttl = _positive(getattr(args, "approval_ttl", 3600), "--approval-ttl")
+        max_streams = _count(getattr(args, "max_event_streams", 10_000), "--max-event-streams")
+        per_subject = _count(getattr(args, "max_event_streams_per_subject", 8), "--max-event-streams-per-subject")
         if not 0 < args.opa_timeout <= 30:
             raise ConfigError(f"--opa-timeout {args.opa_timeout}: expected seconds in (0, 30]")
         return cls(
@@ -117,6 +127,7 @@ class BrokerConfig:
             approval_ttl=approval_ttl, kubeconfig=kubeconfig, pod_lookup=bool(args.pod_lookup),
             opa_timeout=float(args.opa_timeout), enforcement=args.enforcement,
             tls_cert_file=tls_cert, tls_key_file=tls_key,
+            max_event_streams=max_streams, max_event_streams_per_subject=per_subject,
         )
 
 
@@ -175,5 +186,9 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--approval-ttl", type=int, default=3600,
                    help="how long a human approval of an access request covers new tokens, in seconds "
                         "(default %(default)s)")
+    p.add_argument("--max-event-streams", type=int, default=10_000,
+                   help="most revocation event streams open at once (default %(default)s)")
+    p.add_argument("--max-event-streams-per-subject", type=int, default=8,
+                   help="most revocation event streams one subject may hold open (default %(default)s)")
     p.add_argument("--key-rotation", type=int, default=86400,
                    help="rotate the signing key every SECONDS (default %(default)s)")
