@@ -50,7 +50,7 @@ import re
 import time
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -316,54 +316,65 @@ async def stream(hub: EventHub, store: Store, viewer: Viewer, last_event_id: Las
     if sub is None:
         sub = hub.open(viewer)
     try:
-        deadline = clock() + MAX_STREAM_SECONDS
-        if ends_at is not None:
-            deadline = min(deadline, ends_at)
-        epoch = await hub.epoch()
-        cursor = hub.seq
-        if last_event_id is not None:
-            reason = await _resync_reason(store, epoch, last_event_id)
-            if reason is None:
-                cursor = last_event_id.seq
-            else:
-                cursor, in_force = await hub.snapshot()
-                docs = [d for r in in_force if (d := revocation_doc(r, viewer)) is not None]
-                log.info("events.resync", viewer=viewer.name, reason=reason, revocations=len(docs))
-                yield sse_resync(epoch, cursor, reason, docs)
-            while True:  # the events after the cursor, from the store
-                page = await store.revocation_events(after_seq=cursor, limit=BACKLOG_PAGE)
-                for ev in page:
-                    doc = event_doc(ev, viewer)
-                    if doc is not None:
-                        yield sse_event(epoch, ev, doc)
-                    cursor = ev.seq
-                if len(page) < BACKLOG_PAGE:
-                    break
-        yield sse_ready(epoch, cursor)
-        idle_since = clock()
-        while not stopping() and not sub.stopped:
-            now = clock()
-            if now >= deadline:
-                return
-            wake_in = min(idle_since + keepalive, deadline) - now
-            item: RevocationEvent | None
-            try:
-                async with asyncio.timeout(max(0.0, wake_in)):
-                    item = await sub.queue.get()
-            except TimeoutError:
-                if clock() - idle_since >= keepalive:
-                    idle_since = clock()
-                    yield ": keep-alive\n\n"
-                continue
-            if sub.overflowed:
-                log.warning("events.stream_too_slow", viewer=viewer.name)
-                return
-            if item is None or item.seq <= cursor:
-                continue
-            cursor = item.seq
-            doc = event_doc(item, viewer)
-            if doc is not None:
-                idle_since = clock()
-                yield sse_event(epoch, item, doc)
+        async with contextlib.aclosing(_stream(hub, store, viewer, last_event_id, ends_at, stopping, keepalive,
+                                               clock, sub)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+    except StoreError as exc:  # the response has started: end it, and the client resumes
+        log.warning("events.stream_store_failed", viewer=viewer.name, error=str(exc))
     finally:
         sub.close()
+
+
+async def _stream(hub: EventHub, store: Store, viewer: Viewer, last_event_id: LastEventId | None,
+                  ends_at: float | None, stopping: Callable[[], bool], keepalive: float, clock: Callable[[], float],
+                  sub: Subscription) -> AsyncGenerator[str, None]:
+    deadline = clock() + MAX_STREAM_SECONDS
+    if ends_at is not None:
+        deadline = min(deadline, ends_at)
+    epoch = await hub.epoch()
+    cursor = hub.seq
+    if last_event_id is not None:
+        reason = await _resync_reason(store, epoch, last_event_id)
+        if reason is None:
+            cursor = last_event_id.seq
+        else:
+            cursor, in_force = await hub.snapshot()
+            docs = [d for r in in_force if (d := revocation_doc(r, viewer)) is not None]
+            log.info("events.resync", viewer=viewer.name, reason=reason, revocations=len(docs))
+            yield sse_resync(epoch, cursor, reason, docs)
+        while True:  # the events after the cursor, from the store
+            page = await store.revocation_events(after_seq=cursor, limit=BACKLOG_PAGE)
+            for ev in page:
+                doc = event_doc(ev, viewer)
+                if doc is not None:
+                    yield sse_event(epoch, ev, doc)
+                cursor = ev.seq
+            if len(page) < BACKLOG_PAGE:
+                break
+    yield sse_ready(epoch, cursor)
+    idle_since = clock()
+    while not stopping() and not sub.stopped:
+        now = clock()
+        if now >= deadline:
+            return
+        wake_in = min(idle_since + keepalive, deadline) - now
+        item: RevocationEvent | None
+        try:
+            async with asyncio.timeout(max(0.0, wake_in)):
+                item = await sub.queue.get()
+        except TimeoutError:
+            if clock() - idle_since >= keepalive:
+                idle_since = clock()
+                yield ": keep-alive\n\n"
+            continue
+        if sub.overflowed:
+            log.warning("events.stream_too_slow", viewer=viewer.name)
+            return
+        if item is None or item.seq <= cursor:
+            continue
+        cursor = item.seq
+        doc = event_doc(item, viewer)
+        if doc is not None:
+            idle_since = clock()
+            yield sse_event(epoch, item, doc)

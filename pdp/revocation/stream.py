@@ -70,6 +70,7 @@ async def events_endpoint(request: Request) -> Response:
     server = getattr(request.app.state, "uvicorn_server", None)
     if hub.stopping is None and server is not None:
         hub.stopping = lambda: bool(server.should_exit)
+    await hub.epoch()  # read once; a store that cannot answer is a 503 here, not a broken stream
     try:
         sub = hub.open(viewer)  # before the response starts, so a refusal is a status, not a dropped stream
     except revocation_events.TooManyStreams as exc:
