@@ -35,7 +35,8 @@ Who sees what:
 
 The data of each event is one JSON object:
 `{"seq", "action": "revoked"|"lifted", "time", "id", "kind", "value", "reason",
-"created_at", "expires_at", "lifted_at"}` (+ `created_by`, `lifted_by` for admins),
+"created_at", "expires_at", "lifted_at"}` (+ `created_by`, `lifted_by` for admins, and for a
+jti revocation `audience`: the revoked token's, when known, as `expires_at` is its expiry),
 `id` being the revocation's id and `time` when it was revoked or lifted. A `resync` event's
 data is `{"seq", "epoch", "reason", "revocations": [...]}`, each revocation as above without
 `seq`, `action` and `time`.
@@ -113,6 +114,8 @@ def revocation_doc(r: Revocation, viewer: Viewer) -> dict[str, Any] | None:
     if viewer.admin:
         doc["created_by"] = r.created_by
         doc["lifted_by"] = r.lifted_by
+        if r.kind == "jti":  # with expires_at, what a verifier needs to apply it without asking
+            doc["audience"] = r.audience
         return doc
     if r.kind == "subject":
         return doc if r.value == viewer.subject else None

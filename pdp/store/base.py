@@ -63,6 +63,8 @@ class Revocation:
     expires_at: float | None = None
     lifted_at: float | None = None
     lifted_by: str | None = None
+    # the revoked token's audience (jti revocations, when known), so a verifier can apply it alone
+    audience: str | None = None
 
     @property
     def active(self) -> bool:

@@ -122,10 +122,11 @@ INSERT_AUDIT = ("INSERT INTO audit (decision_id, time, event, subject, audience,
                 "details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) RETURNING seq")
 SELECT_AUDIT = ("SELECT seq, decision_id, time, event, subject, audience, policy_path, jti, pod_uid, details "
                 "FROM audit")
-SELECT_REVOCATIONS = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, lifted_by "
-                      "FROM revocations")
+SELECT_REVOCATIONS = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, lifted_by, "
+                      "audience FROM revocations")
 INSERT_REVOCATION = ("INSERT INTO revocations (id, kind, value, reason, created_at, created_by, expires_at, "
-                     "lifted_at, lifted_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)")
+                     "lifted_at, lifted_by, audience) "
+                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
 INSERT_EVENT = ("INSERT INTO revocation_events (action, revocation_id, time, revocation) "
                 "VALUES (%s, %s, %s, %s::jsonb) RETURNING seq")
 
@@ -446,7 +447,8 @@ class PostgresStore(Store):
             try:
                 await conn.execute(INSERT_REVOCATION, (
                     revocation.id, revocation.kind, revocation.value, revocation.reason, revocation.created_at,
-                    revocation.created_by, revocation.expires_at, revocation.lifted_at, revocation.lifted_by))
+                    revocation.created_by, revocation.expires_at, revocation.lifted_at, revocation.lifted_by,
+                    revocation.audience))
             except pg_errors.UniqueViolation:
                 raise StoreError(f"revocation {revocation.id!r} already exists; ids must be unique") from None
             return await self._append_event(conn, "revoked", revocation, revocation.created_at)
@@ -456,7 +458,7 @@ class PostgresStore(Store):
         async with self._conn(f"lifting revocation {revocation_id!r}") as conn, conn.transaction():
             cur = await conn.execute("UPDATE revocations SET lifted_at = %s, lifted_by = %s "
                                      "WHERE id = %s AND lifted_at IS NULL RETURNING id, kind, value, reason, "
-                                     "created_at, created_by, expires_at, lifted_at, lifted_by",
+                                     "created_at, created_by, expires_at, lifted_at, lifted_by, audience",
                                      (when, lifted_by, revocation_id))
             row = await cur.fetchone()
             if row is None:

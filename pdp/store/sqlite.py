@@ -105,10 +105,11 @@ INSERT_KEY = ("INSERT INTO signing_keys (kid, private_pem, created_at, retired_a
               "VALUES (?, ?, ?, ?, ?)")
 SELECT_AUDIT = ("SELECT seq, decision_id, time, event, subject, audience, policy_path, jti, pod_uid, details "
                 "FROM audit")
-SELECT_REVOCATIONS = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, lifted_by "
-                      "FROM revocations")
+SELECT_REVOCATIONS = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, lifted_by, "
+                      "audience FROM revocations")
 INSERT_REVOCATION = ("INSERT INTO revocations (id, kind, value, reason, created_at, created_by, expires_at, "
-                     "lifted_at, lifted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                     "lifted_at, lifted_by, audience) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def path_from_url(url: str) -> str:
@@ -436,7 +437,7 @@ class SQLiteStore(Store):
                 c.execute(INSERT_REVOCATION,
                           (revocation.id, revocation.kind, revocation.value, revocation.reason,
                            revocation.created_at, revocation.created_by, revocation.expires_at,
-                           revocation.lifted_at, revocation.lifted_by))
+                           revocation.lifted_at, revocation.lifted_by, revocation.audience))
             except sqlite3.IntegrityError:
                 raise StoreError(f"revocation {revocation.id!r} already exists; ids must be unique") from None
             return self._append_event(c, "revoked", revocation, revocation.created_at)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from jitmesh.devissuer import PodRef
@@ -128,3 +129,16 @@ def test_metrics_count_open_streams_and_the_last_event_followed(broker: BrokerHa
         events.next_of("revoked")
         assert metric("jitmesh_revocation_events_seq") >= seq_of(eid) + 1
     lift(broker, doc["id"])
+
+
+def test_a_holder_revocation_event_carries_the_tokens_audience_and_expiry_for_verifiers(broker: BrokerHandle) -> None:
+    r = broker.exchange(broker.mint("payments", "api", pod=POD), "orders-db", scope="read", ttl=120)
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    with admin_stream(broker) as events:
+        events.next_of("ready")
+        assert httpx.post(f"{broker.url}/revoke", data={"token": token}, timeout=10).status_code == 200
+        _, ev = events.next_of("revoked")
+    assert (ev["kind"], ev["value"]) == ("jti", claims["jti"])
+    assert ev["audience"] == "orders-db" and ev["expires_at"] == claims["exp"]

@@ -345,6 +345,20 @@ def test_revocations_in_force_are_the_active_ones_and_those_lifted_that_were_mad
     assert with_store(store_url, body) == ["active-old", "lifted-new"]
 
 
+def test_a_jti_revocation_keeps_its_tokens_audience_in_the_table_and_the_log(store_url: str) -> None:
+    rev = Revocation(id="j1", kind="jti", value="jti-1", reason="holder", created_at=100.0, created_by="sub",
+                     expires_at=400.0, audience="orders-db")
+
+    async def body(s: Store) -> tuple[Any, ...]:
+        await s.add_revocation(rev)
+        lifted = await s.lift_revocation("j1", "admin:bob", 200.0)
+        return (await s.get_revocation("j1"), [e.revocation.audience for e in await s.revocation_events()],
+                await s.revocations_in_force(0.0), lifted)
+    got, logged, in_force, lifted = with_store(store_url, body)
+    assert got.audience == "orders-db" and logged == ["orders-db", "orders-db"]
+    assert [r.audience for r in in_force] == ["orders-db"] and lifted.revocation.audience == "orders-db"
+
+
 def test_the_store_epoch_survives_reopening_and_differs_for_a_store_made_anew(store_url: str,
                                                                                tmp_path: Path) -> None:
     first = with_store(store_url, lambda s: s.store_epoch())

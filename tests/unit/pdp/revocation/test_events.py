@@ -287,3 +287,12 @@ def test_a_replay_further_behind_than_the_bound_is_a_resync(monkeypatch: pytest.
     monkeypatch.setattr(events_module, "REPLAY_LIMIT", 2)
     chunks = resumed(LastEventId("e2", 1), SUBJECT_A, 1)
     assert "event: resync" in chunks[0] and "more than 2 events behind" in data_of(chunks[0])["reason"]
+
+
+def test_a_jti_event_tells_an_admin_the_tokens_audience_and_expiry_but_not_a_sidecar() -> None:
+    r = Revocation(id="r", kind="jti", value="j", reason="leaked", created_at=10.0, created_by="holder",
+                   expires_at=310.0, audience="orders-db")
+    ev = RevocationEvent(seq=1, action="revoked", revocation=r, time=10.0)
+    admin, sidecar = event_doc(ev, ADMIN), event_doc(ev, SIDECAR)
+    assert admin is not None and (admin["audience"], admin["expires_at"]) == ("orders-db", 310.0)
+    assert sidecar is not None and "audience" not in sidecar
