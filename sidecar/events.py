@@ -13,7 +13,7 @@ revokes. A lifted revocation still revokes the tokens issued before it (docs/con
 §2): a `lifted` event, or a lifted revocation in a resync, drops a token issued at or
 before the revocation was made (or of unknown issue time), so a lift never brings back a
 token that was revoked. A stream silent for longer than
-`READ_TIMEOUT` (the broker sends a keep-alive every 10 s) counts as dropped.
+`READ_TIMEOUT` (the broker sends a keep-alive every 15 s) counts as dropped.
 
 The sidecar learns its own subject and pod uid from its ServiceAccount token's claims,
 unverified: it only compares them with what the broker, which did verify, sends.

@@ -19,8 +19,10 @@
   fans each event out to the open streams; an idle stream sleeps until an event, its
   keep-alive or its end (nothing polls per stream). A stream that cannot keep up is closed
   and its client resumes from the store.
-- Streams are bounded: at most `max_streams` open, and `max_per_subject` per workload subject
-  (admins, verifiers with many replicas among them, only count towards the overall bound);
+- Streams are bounded: at most `max_streams` open, and `max_per_subject` per workload subject,
+  counted per pod for a pod-bound ServiceAccount token (the replicas of a Deployment share one
+  subject; each pod's sidecar needs one stream); admins, verifiers with many replicas among
+  them, only count towards the overall bound;
   `TooManyStreams` beyond that (the endpoint answers 503 with Retry-After).
 
 Who sees what:
@@ -87,8 +89,11 @@ class Viewer:
 
     @property
     def key(self) -> str:
-        """What the per-subject bound counts by."""
-        return self.subject if self.subject is not None else self.name
+        """What the per-subject bound counts by: the subject, and its pod when the token is
+        pod-bound (every replica of a Deployment shares one ServiceAccount subject)."""
+        if self.subject is None:
+            return self.name
+        return f"{self.subject} (pod {self.pod_uid})" if self.pod_uid else self.subject
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,15 @@ SUBJECT_A = Viewer(admin=False, subject="system:serviceaccount:a:a", name="a")
 SUBJECT_B = Viewer(admin=False, subject="system:serviceaccount:b:b", name="b")
 
 
+def test_the_per_subject_bound_counts_each_pod_of_a_subject_apart_and_admins_not_at_all() -> None:
+    hub = EventHub(MemoryStore(), start_seq=0, max_streams=10, max_per_subject=1)
+    pods = [hub.open(Viewer(admin=False, subject="system:serviceaccount:a:a", pod_uid=f"p{i}")) for i in range(3)]
+    with pytest.raises(TooManyStreams, match="pod p0"):
+        hub.open(Viewer(admin=False, subject="system:serviceaccount:a:a", pod_uid="p0"))
+    admins = [hub.open(ADMIN) for _ in range(3)]
+    assert hub.streams == len(pods) + len(admins) == 6
+
+
 def test_the_hub_refuses_streams_beyond_its_bounds_overall_and_per_subject() -> None:
     hub = EventHub(MemoryStore(), start_seq=0, max_streams=3, max_per_subject=2)
     a1, a2 = hub.open(SUBJECT_A), hub.open(SUBJECT_A)
