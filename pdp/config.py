@@ -189,6 +189,7 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--max-event-streams", type=int, default=10_000,
                    help="most revocation event streams open at once (default %(default)s)")
     p.add_argument("--max-event-streams-per-subject", type=int, default=8,
-                   help="most revocation event streams one subject may hold open (default %(default)s)")
+                   help="most revocation event streams one subject (one pod, for a pod-bound ServiceAccount "
+                        "token) may hold open; admins count only towards --max-event-streams (default %(default)s)")
     p.add_argument("--key-rotation", type=int, default=86400,
                    help="rotate the signing key every SECONDS (default %(default)s)")
