@@ -77,7 +77,8 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         await the_store.open()
         metrics = BrokerMetrics()
         keys = KeyRing(the_store, config.key_rotation, config.max_ttl)
-        revocations = RevocationIndex(the_store, max_staleness=config.revocation_max_staleness)
+        revocations = RevocationIndex(the_store, max_staleness=config.revocation_max_staleness,
+                                      max_token_ttl=config.max_ttl, clock=clock)
         the_opa = opa or OPAClient(config.opa_url, timeout=config.opa_timeout)
         the_attestor = attestor or build_attestor(config)
         auditor = Auditor(the_store)

@@ -47,6 +47,12 @@ def _positive(value: int, flag: str) -> int:
     return value
 
 
+def _count(value: int, flag: str) -> int:
+    if value <= 0:
+        raise ConfigError(f"{flag} {value}: must be a positive number")
+    return value
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     listen_host: str = "127.0.0.1"
@@ -74,6 +80,8 @@ class BrokerConfig:
     revocation_max_staleness: float = 30.0
     resources: Mapping[str, str] = field(default_factory=dict)  # RFC 8693 resource URI -> audience
     max_subject_token_age: float | None = 86400.0  # refuse subject tokens issued longer ago (None: no limit)
+    max_event_streams: int = 10_000  # open revocation event streams, overall
+    max_event_streams_per_subject: int = 8
     enforcement: Enforcement = "enforce"  # dry-run: policy denials are issued anyway (pdp/enforcement.py)
 
     @classmethod
@@ -113,6 +121,8 @@ class BrokerConfig:
         max_age = getattr(args, "max_subject_token_age", 86400)
         if max_age < 0:
             raise ConfigError(f"--max-subject-token-age {max_age}: expected seconds, or 0 for no limit")
+        max_streams = _count(getattr(args, "max_event_streams", 10_000), "--max-event-streams")
+        per_subject = _count(getattr(args, "max_event_streams_per_subject", 8), "--max-event-streams-per-subject")
         if not 0 < args.opa_timeout <= 30:
             raise ConfigError(f"--opa-timeout {args.opa_timeout}: expected seconds in (0, 30]")
         return cls(
@@ -125,6 +135,7 @@ class BrokerConfig:
             max_subject_token_age=float(max_age) if max_age else None,
             resources=_resources(getattr(args, "resource", None) or []),
             tls_cert_file=tls_cert, tls_key_file=tls_key,
+            max_event_streams=max_streams, max_event_streams_per_subject=per_subject,
         )
 
 
@@ -203,5 +214,10 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--approval-ttl", type=int, default=3600,
                    help="how long a human approval of an access request covers new tokens, in seconds "
                         "(default %(default)s)")
+    p.add_argument("--max-event-streams", type=int, default=10_000,
+                   help="most revocation event streams open at once (default %(default)s)")
+    p.add_argument("--max-event-streams-per-subject", type=int, default=8,
+                   help="most revocation event streams one subject (one pod, for a pod-bound ServiceAccount "
+                        "token) may hold open; admins count only towards --max-event-streams (default %(default)s)")
     p.add_argument("--key-rotation", type=int, default=86400,
                    help="rotate the signing key every SECONDS (default %(default)s)")

@@ -73,8 +73,10 @@ async def revoke_endpoint(request: Request) -> Response:
     if claims is None or broker.revocations.lookup("jti", claims["jti"]) is not None:
         return Response(status_code=200, headers=NO_STORE)
     now = broker.clock()
+    aud = claims.get("aud")
     revocation = Revocation(id=str(uuid.uuid4()), kind="jti", value=str(claims["jti"]), reason="revoked by holder",
-                            created_at=now, created_by=str(claims["sub"]), expires_at=float(claims["exp"]))
+                            created_at=now, created_by=str(claims["sub"]), expires_at=float(claims["exp"]),
+                            audience=aud if isinstance(aud, str) else None)
     try:
         await broker.store.add_revocation(revocation)
     except StoreError as exc:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from jitmesh.log import get_logger
 from sidecar import files
-from sidecar.broker import BrokerClient, Failed, Issued, Outcome, Pending, RevokeFailed
+from sidecar.broker import BrokerClient, Failed, Issued, Outcome, Pending, RevokeFailed, jwt_claims
 from sidecar.config import AudienceSpec, SidecarConfig
 from sidecar.metrics import SidecarMetrics
 from sidecar.schedule import poll_interval, refresh_delay, retry_delay
@@ -32,6 +32,7 @@ class HeldToken:
     expires_at: float  # Unix time from which it is no longer served (exp minus the safety margin)
     scope: str
     jti: str | None
+    iat: float | None = None  # when the broker issued it: a lifted revocation still covers it if made after
 
 
 @dataclass
@@ -225,7 +226,9 @@ class Agent:
         except OSError as exc:
             return self._failed(st, Failed("write_failed", f"{self.config.token_dir}: {exc.strerror or exc}"))
         refreshed = self.token(name) is not None
-        self._set(st, HeldToken(issued.access_token, expires_at, issued.scope, issued.jti))
+        iat = jwt_claims(issued.access_token).get("iat")
+        issued_at = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None
+        self._set(st, HeldToken(issued.access_token, expires_at, issued.scope, issued.jti, issued_at))
         st.failures = 0
         st.last_failure = None
         st.access_request_id = None

@@ -6,8 +6,14 @@ rotates it). On a `revoked` event naming one of the tokens held (its jti), the p
 subject, the pod's uid or one of the sidecar's audiences, `Agent.on_revoked` removes the
 file at once and asks the broker again. The stream is reconnected with backoff and
 `Last-Event-ID`, so revocations made while it was down (broker restarted, network cut)
-are replayed by the broker and applied all the same. A stream silent for longer than
-`READ_TIMEOUT` (the broker sends a keep-alive every 10 s) counts as dropped.
+are replayed by the broker and applied all the same. When the broker cannot replay from
+that id (its store was made anew, or the id is too far behind), it sends one `resync` event
+with every revocation in force that concerns this pod, and the sidecar drops each token it
+revokes. A lifted revocation still revokes the tokens issued before it (docs/contract.md
+§2): a `lifted` event, or a lifted revocation in a resync, drops a token issued at or
+before the revocation was made (or of unknown issue time), so a lift never brings back a
+token that was revoked. A stream silent for longer than
+`READ_TIMEOUT` (the broker sends a keep-alive every 15 s) counts as dropped.
 
 The sidecar learns its own subject and pod uid from its ServiceAccount token's claims,
 unverified: it only compares them with what the broker, which did verify, sends.
@@ -42,6 +48,9 @@ BACKOFF_MAX = 5.0
 class HeldJTI(Protocol):
     @property
     def jti(self) -> str | None: ...
+
+    @property
+    def iat(self) -> float | None: ...
 
 
 class RevocationTarget(Protocol):
@@ -166,8 +175,10 @@ class RevocationSubscriber:
                 if sse.event == "ready":
                     self.connected.set()
                     log.info("events.subscribed", last_event_id=self.last_event_id)
-                elif sse.event == "revoked":
+                elif sse.event in ("revoked", "lifted"):
                     self._apply(sse.data, identity)
+                elif sse.event == "resync":
+                    self._resync(sse.data, identity)
         return True
 
     def _holding(self, jti: str) -> str | None:
@@ -177,12 +188,45 @@ class RevocationSubscriber:
                 return audience
         return None
 
+    def _issued_before(self, audience: str, created_at: Any) -> bool:
+        """Whether the token held for `audience` was issued at or before `created_at` (a token
+        whose issue time is unknown counts as issued before)."""
+        held = self.agent.token(audience)
+        if held is None:
+            return False
+        if held.iat is None or not isinstance(created_at, (int, float)) or isinstance(created_at, bool):
+            return True
+        return held.iat <= created_at
+
+    def _apply_doc(self, doc: Any, identity: Identity, source: str) -> None:
+        hit = affected(doc, self.audiences, self._holding, identity)
+        if hit and doc.get("lifted_at") is not None:  # lifted: only the tokens issued before it
+            hit = [a for a in hit if self._issued_before(a, doc.get("created_at"))]
+        for audience in hit:
+            self.applied += 1
+            self.agent.on_revoked(audience, reason=f"{doc.get('kind')} revoked (revocation {doc.get('id')}, {source})")
+
     def _apply(self, data: str, identity: Identity) -> None:
         try:
             event = json.loads(data)
         except ValueError:
             log.warning("events.bad_event", data=data[:200])
             return
-        for audience in affected(event, self.audiences, self._holding, identity):
-            self.applied += 1
-            self.agent.on_revoked(audience, reason=f"{event.get('kind')} revoked (revocation {event.get('id')})")
+        self._apply_doc(event, identity, "event")
+
+    def _resync(self, data: str, identity: Identity) -> None:
+        try:
+            state = json.loads(data)
+            revocations = state["revocations"]
+            if not isinstance(revocations, list):
+                raise TypeError("revocations is not a list")
+        except (ValueError, TypeError, KeyError) as exc:
+            # fail closed: without the state, no token held can be vouched for
+            log.warning("events.bad_resync", error=str(exc)[:200], data=data[:200])
+            for audience in self.audiences:
+                self.agent.on_revoked(audience, reason="the broker's resynchronisation could not be read")
+            return
+        log.warning("events.resync", reason=str(state.get("reason"))[:200], revocations=len(revocations),
+                    last_event_id=self.last_event_id)
+        for doc in revocations:
+            self._apply_doc(doc, identity, "resync")

@@ -1,17 +1,29 @@
 """`GET /v1/revocations/events`: Server-Sent Events of the store's revocation event log
 (docs/contract.md §2), for sidecars and for verifiers.
 
-- The SSE `id` of an event is its `seq` in the store's log. A client that reconnects with
-  `Last-Event-ID` (header, or the `last_event_id` query parameter) first gets every event
-  after it from the store, then the live ones: nothing is missed across a reconnect, even
-  to another replica sharing the store. A client without one starts at the current end.
-- Every stream starts with `retry: 1000` and an `event: ready` whose id is where the
-  stream stands, so even a client that has seen no revocation can resume from there.
-  While nothing happens, a `: keep-alive` comment goes out every `KEEPALIVE_SECONDS`.
+- The SSE `id` of an event is `<epoch>-<seq>`: the store's epoch (made when the store was
+  created) and the event's `seq` in the store's log. A client that reconnects with
+  `Last-Event-ID` (header, or the `last_event_id` query parameter) gets the events after it
+  that it may see, then the live ones: nothing is missed across a reconnect, even to another
+  replica sharing the store. A client without one starts at the current end.
+- An id this store cannot have issued (another epoch: the store was made anew; no epoch;
+  a seq above the log's head) or one too far behind (more than `REPLAY_LIMIT` events) gets
+  a resynchronisation instead: one `event: resync` carrying every revocation in force that
+  the subscriber may see (for a lifted one, the tokens issued before it are still revoked),
+  then the live events. A client never waits, silent, for a seq that means nothing.
+- Every stream starts with `retry: 1000` (on the first event) and has an `event: ready` whose
+  id is where the stream stands, so even a client that has seen no revocation can resume from
+  there. While nothing happens, a `: keep-alive` comment goes out every `KEEPALIVE_SECONDS`.
 - One `EventHub` task per broker follows the log (`Store.wait_revocation_events`: LISTEN/
   NOTIFY on PostgreSQL, so a revocation made on another replica arrives at once) and
-  fans each event out to the open streams; a stream that cannot keep up is closed and
-  its client resumes from the store.
+  fans each event out to the open streams; an idle stream sleeps until an event, its
+  keep-alive or its end (nothing polls per stream). A stream that cannot keep up is closed
+  and its client resumes from the store.
+- Streams are bounded: at most `max_streams` open, and `max_per_subject` per workload subject,
+  counted per pod for a pod-bound ServiceAccount token (the replicas of a Deployment share one
+  subject; each pod's sidecar needs one stream); admins, verifiers with many replicas among
+  them, only count towards the overall bound;
+  `TooManyStreams` beyond that (the endpoint answers 503 with Retry-After).
 
 Who sees what:
 - an admin (`--admin-token-file`, or SubjectAccessReview) sees every event in full;
@@ -25,8 +37,11 @@ Who sees what:
 
 The data of each event is one JSON object:
 `{"seq", "action": "revoked"|"lifted", "time", "id", "kind", "value", "reason",
-"created_at", "expires_at", "lifted_at"}` (+ `created_by`, `lifted_by` for admins),
-`id` being the revocation's id and `time` when it was revoked or lifted.
+"created_at", "expires_at", "lifted_at"}` (+ `created_by`, `lifted_by` for admins, and for a
+jti revocation `audience`: the revoked token's, when known, as `expires_at` is its expiry),
+`id` being the revocation's id and `time` when it was revoked or lifted. A `resync` event's
+data is `{"seq", "epoch", "reason", "revocations": [...]}`, each revocation as above without
+`seq`, `action` and `time`.
 """
 
 from __future__ import annotations
@@ -34,22 +49,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+import weakref
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from jitmesh.log import get_logger
-from pdp.store.base import RevocationEvent, Store, StoreError
+from pdp.store.base import Revocation, RevocationEvent, Store, StoreError
 
 log = get_logger("pdp.events")
 
-KEEPALIVE_SECONDS = 10.0
+KEEPALIVE_SECONDS = 15.0     # the sidecar counts a stream silent for 30 s as dropped
 RETRY_MILLISECONDS = 1000
 QUEUE_LIMIT = 1024           # events buffered per stream before it is closed as too slow
 BACKLOG_PAGE = 500
+REPLAY_LIMIT = 1000          # events replayed after a Last-Event-ID; further behind, a resync
 MAX_STREAM_SECONDS = 3600.0  # even an admin stream is re-established now and then
 SHUTDOWN_CHECK_SECONDS = 0.5
+DEFAULT_MAX_STREAMS = 10_000
+DEFAULT_MAX_STREAMS_PER_SUBJECT = 8
+RETRY_AFTER_FULL = 10        # seconds a refused subscriber is asked to wait
+
+_EVENT_ID = re.compile(r"([A-Za-z0-9_]{1,64})-([0-9]{1,18})")
+
+Snapshot = Callable[[], Awaitable[tuple[int, list[Revocation]]]]
 
 
 @dataclass(frozen=True)
@@ -61,16 +87,40 @@ class Viewer:
     pod_uid: str | None = None
     name: str = ""
 
+    @property
+    def key(self) -> str:
+        """What the per-subject bound counts by: the subject, and its pod when the token is
+        pod-bound (every replica of a Deployment shares one ServiceAccount subject)."""
+        if self.subject is None:
+            return self.name
+        return f"{self.subject} (pod {self.pod_uid})" if self.pod_uid else self.subject
 
-def event_doc(ev: RevocationEvent, viewer: Viewer) -> dict[str, Any] | None:
-    """What this viewer is shown of the event; None when it does not concern it."""
-    r = ev.revocation
-    doc: dict[str, Any] = {"seq": ev.seq, "action": ev.action, "time": ev.time, "id": r.id, "kind": r.kind,
-                           "value": r.value, "reason": r.reason, "created_at": r.created_at,
-                           "expires_at": r.expires_at, "lifted_at": r.lifted_at}
+
+@dataclass(frozen=True)
+class LastEventId:
+    """A parsed Last-Event-ID: `epoch` None for a bare number (which no epoch vouches for)."""
+
+    epoch: str | None
+    seq: int
+
+
+class TooManyStreams(Exception):
+    """No room for another stream, overall or for this subject."""
+
+
+def event_id(epoch: str, seq: int) -> str:
+    return f"{epoch}-{seq}"
+
+
+def revocation_doc(r: Revocation, viewer: Viewer) -> dict[str, Any] | None:
+    """What this viewer is shown of a revocation; None when it does not concern it."""
+    doc: dict[str, Any] = {"id": r.id, "kind": r.kind, "value": r.value, "reason": r.reason,
+                           "created_at": r.created_at, "expires_at": r.expires_at, "lifted_at": r.lifted_at}
     if viewer.admin:
         doc["created_by"] = r.created_by
         doc["lifted_by"] = r.lifted_by
+        if r.kind == "jti":  # with expires_at, what a verifier needs to apply it without asking
+            doc["audience"] = r.audience
         return doc
     if r.kind == "subject":
         return doc if r.value == viewer.subject else None
@@ -81,29 +131,57 @@ def event_doc(ev: RevocationEvent, viewer: Viewer) -> dict[str, Any] | None:
     return doc
 
 
-def sse_event(ev: RevocationEvent, doc: dict[str, Any]) -> str:
-    return f"id: {ev.seq}\nevent: {ev.action}\ndata: {json.dumps(doc, separators=(',', ':'))}\n\n"
+def event_doc(ev: RevocationEvent, viewer: Viewer) -> dict[str, Any] | None:
+    """What this viewer is shown of the event; None when it does not concern it."""
+    shown = revocation_doc(ev.revocation, viewer)
+    if shown is None:
+        return None
+    return {"seq": ev.seq, "action": ev.action, "time": ev.time, **shown}
 
 
-def sse_ready(seq: int) -> str:
-    return f"retry: {RETRY_MILLISECONDS}\nid: {seq}\nevent: ready\ndata: {json.dumps({'seq': seq})}\n\n"
+def _data(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"))
 
 
-def parse_last_event_id(header: str | None, query: str | None) -> int | None:
-    """The resume point, or None for "from now"; ValueError for anything but a whole number."""
+def sse_event(epoch: str, ev: RevocationEvent, doc: dict[str, Any]) -> str:
+    return f"id: {event_id(epoch, ev.seq)}\nevent: {ev.action}\ndata: {_data(doc)}\n\n"
+
+
+def sse_ready(epoch: str, seq: int) -> str:
+    return (f"retry: {RETRY_MILLISECONDS}\nid: {event_id(epoch, seq)}\nevent: ready\n"
+            f"data: {_data({'seq': seq, 'epoch': epoch})}\n\n")
+
+
+def sse_resync(epoch: str, seq: int, reason: str, docs: list[dict[str, Any]]) -> str:
+    body = {"seq": seq, "epoch": epoch, "reason": reason, "revocations": docs}
+    return f"retry: {RETRY_MILLISECONDS}\nid: {event_id(epoch, seq)}\nevent: resync\ndata: {_data(body)}\n\n"
+
+
+def parse_last_event_id(header: str | None, query: str | None) -> LastEventId | None:
+    """The resume point, or None for "from now"; ValueError for anything but an id this
+    broker hands out (`<epoch>-<seq>`) or a bare seq."""
     raw = header if header not in (None, "") else query
     if raw is None or raw == "":
         return None
     raw = raw.strip()
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise ValueError(f"Last-Event-ID {raw!r:.40}: expected the id (a whole number) of the last event received")
-    return int(raw)
+    if raw.isascii() and raw.isdigit() and len(raw) <= 18:
+        return LastEventId(None, int(raw))
+    match = _EVENT_ID.fullmatch(raw) if raw.isascii() else None
+    if match is None:
+        raise ValueError(f"Last-Event-ID {raw!r:.40}: expected the id (<epoch>-<seq>) of the last event received")
+    return LastEventId(match.group(1), int(match.group(2)))
 
 
 class Subscription:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[RevocationEvent] = asyncio.Queue(QUEUE_LIMIT)
+    """One stream's place at the hub; its slot is given back on `close()`, or when it is
+    dropped without ever being read (a response that never started)."""
+
+    def __init__(self, hub: EventHub, key: str) -> None:
+        self.queue: asyncio.Queue[RevocationEvent | None] = asyncio.Queue(QUEUE_LIMIT)
         self.overflowed = False
+        self.stopped = False
+        self._hub = weakref.ref(hub)
+        self._release = weakref.finalize(self, hub._release, key)
 
     def put(self, events: list[RevocationEvent]) -> None:
         for ev in events:
@@ -113,28 +191,80 @@ class Subscription:
                 self.overflowed = True
                 return
 
+    def stop(self) -> None:
+        self.stopped = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+    def close(self) -> None:
+        hub = self._hub()
+        if hub is not None:
+            hub._subs.discard(self)
+        self._release()
+
 
 class EventHub:
     """Follows the store's revocation event log and hands each event to every open stream."""
 
-    def __init__(self, store: Store, start_seq: int, wait: float = 5.0) -> None:
+    def __init__(self, store: Store, start_seq: int, wait: float = 5.0, *, max_streams: int = DEFAULT_MAX_STREAMS,
+                 max_per_subject: int = DEFAULT_MAX_STREAMS_PER_SUBJECT, snapshot: Snapshot | None = None,
+                 lifted_window: float = 3600.0) -> None:
         self.store = store
         self.seq = start_seq
         self.wait = wait
-        self._subs: set[Subscription] = set()
+        self.max_streams = max_streams
+        self.max_per_subject = max_per_subject
+        self.lifted_window = lifted_window  # with no snapshot: how long a lift keeps covering old tokens
+        self.snapshot: Snapshot = snapshot or self._store_snapshot
+        self.stopping: Callable[[], bool] | None = None  # set by the endpoint: is the server shutting down?
+        self._subs: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._open = 0
+        self._per_key: Counter[str] = Counter()
+        self._epoch: str | None = None
+        self._stopped = False
 
     @property
     def streams(self) -> int:
-        return len(self._subs)
+        return self._open
+
+    async def epoch(self) -> str:
+        if self._epoch is None:
+            self._epoch = await self.store.store_epoch()
+        return self._epoch
+
+    async def _store_snapshot(self) -> tuple[int, list[Revocation]]:
+        seq = await self.store.last_revocation_seq()  # first: the list read after it is at least as new
+        return seq, await self.store.revocations_in_force(time.time() - self.lifted_window)
+
+    def open(self, viewer: Viewer) -> Subscription:
+        """A slot for one more stream; TooManyStreams when there is none."""
+        if self._open >= self.max_streams:
+            raise TooManyStreams(f"this broker serves at most {self.max_streams} revocation event streams "
+                                 "and all are open; retry later")
+        if not viewer.admin and self._per_key[viewer.key] >= self.max_per_subject:
+            raise TooManyStreams(f"{viewer.key!r:.120} already has {self.max_per_subject} revocation event streams "
+                                 "open, the most one subject may hold; close one or retry later")
+        sub = Subscription(self, viewer.key)
+        self._open += 1
+        self._per_key[viewer.key] += 1
+        self._subs.add(sub)
+        if self._stopped:
+            sub.stop()
+        return sub
+
+    def _release(self, key: str) -> None:
+        self._open -= 1
+        self._per_key[key] -= 1
+        if self._per_key[key] <= 0:
+            del self._per_key[key]
 
     @contextlib.contextmanager
-    def subscribe(self) -> Any:
-        sub = Subscription()
-        self._subs.add(sub)
+    def subscribe(self, viewer: Viewer | None = None) -> Iterator[Subscription]:
+        sub = self.open(viewer or Viewer(admin=True, name="local"))
         try:
             yield sub
         finally:
-            self._subs.discard(sub)
+            sub.close()
 
     def publish(self, events: list[RevocationEvent]) -> None:
         fresh = [e for e in events if e.seq > self.seq]
@@ -143,6 +273,18 @@ class EventHub:
         self.seq = fresh[-1].seq
         for sub in list(self._subs):
             sub.put(fresh)
+
+    def stop_all(self) -> None:
+        self._stopped = True
+        for sub in list(self._subs):
+            sub.stop()
+
+    async def watch_shutdown(self) -> None:
+        """End every stream once the server shuts down (it waits for open responses to finish)."""
+        while not self._stopped:
+            await asyncio.sleep(SHUTDOWN_CHECK_SECONDS)
+            if self.stopping is not None and self.stopping():
+                self.stop_all()
 
     async def run(self) -> None:
         delay = 0.2
@@ -158,43 +300,89 @@ class EventHub:
             self.publish(events)
 
 
-async def stream(hub: EventHub, store: Store, viewer: Viewer, last_event_id: int | None,
+async def _resync_reason(store: Store, epoch: str, last: LastEventId) -> str | None:
+    """Why `last` cannot be resumed from by replay, or None when it can."""
+    if last.epoch is None:
+        return "the Last-Event-ID carries no store epoch"
+    if last.epoch != epoch:
+        return "the Last-Event-ID is from another store (it was made anew): resynchronise"
+    head = await store.last_revocation_seq()
+    if last.seq > head:
+        return f"the Last-Event-ID is beyond the newest event ({head})"
+    if head - last.seq > REPLAY_LIMIT:
+        return f"the Last-Event-ID is more than {REPLAY_LIMIT} events behind"
+    return None
+
+
+async def stream(hub: EventHub, store: Store, viewer: Viewer, last_event_id: LastEventId | None,
                  ends_at: float | None = None, stopping: Callable[[], bool] = lambda: False,
-                 keepalive: float = KEEPALIVE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> AsyncIterator[str]:
-    """The text of one SSE stream: the backlog after `last_event_id`, then live events."""
+                 keepalive: float = KEEPALIVE_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 sub: Subscription | None = None) -> AsyncIterator[str]:
+    """The text of one SSE stream: a replay or a resync after `last_event_id`, then live events.
+    `sub` is the slot the caller opened (the bounds are checked before the response starts);
+    without one, the stream opens its own."""
+    if sub is None:
+        sub = hub.open(viewer)
+    try:
+        async with contextlib.aclosing(_stream(hub, store, viewer, last_event_id, ends_at, stopping, keepalive,
+                                               clock, sub)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+    except StoreError as exc:  # the response has started: end it, and the client resumes
+        log.warning("events.stream_store_failed", viewer=viewer.name, error=str(exc))
+    finally:
+        sub.close()
+
+
+async def _stream(hub: EventHub, store: Store, viewer: Viewer, last_event_id: LastEventId | None,
+                  ends_at: float | None, stopping: Callable[[], bool], keepalive: float, clock: Callable[[], float],
+                  sub: Subscription) -> AsyncGenerator[str, None]:
     deadline = clock() + MAX_STREAM_SECONDS
     if ends_at is not None:
         deadline = min(deadline, ends_at)
-    with hub.subscribe() as sub:
-        cursor = hub.seq if last_event_id is None else last_event_id
-        if last_event_id is not None:
-            while True:
-                page = await store.revocation_events(after_seq=cursor, limit=BACKLOG_PAGE)
-                for ev in page:
-                    doc = event_doc(ev, viewer)
-                    if doc is not None:
-                        yield sse_event(ev, doc)
-                    cursor = ev.seq
-                if len(page) < BACKLOG_PAGE:
-                    break
-        yield sse_ready(cursor)
-        idle_since = clock()
-        while not stopping() and clock() < deadline:
-            if sub.overflowed:
-                log.warning("events.stream_too_slow", viewer=viewer.name)
-                return
-            try:
-                ev = await asyncio.wait_for(sub.queue.get(), timeout=SHUTDOWN_CHECK_SECONDS)
-            except TimeoutError:
-                if clock() - idle_since >= keepalive:
-                    idle_since = clock()
-                    yield ": keep-alive\n\n"
-                continue
-            if ev.seq <= cursor:
-                continue
-            cursor = ev.seq
-            doc = event_doc(ev, viewer)
-            if doc is not None:
+    epoch = await hub.epoch()
+    cursor = hub.seq
+    if last_event_id is not None:
+        reason = await _resync_reason(store, epoch, last_event_id)
+        if reason is None:
+            cursor = last_event_id.seq
+        else:
+            cursor, in_force = await hub.snapshot()
+            docs = [d for r in in_force if (d := revocation_doc(r, viewer)) is not None]
+            log.info("events.resync", viewer=viewer.name, reason=reason, revocations=len(docs))
+            yield sse_resync(epoch, cursor, reason, docs)
+        while True:  # the events after the cursor, from the store
+            page = await store.revocation_events(after_seq=cursor, limit=BACKLOG_PAGE)
+            for ev in page:
+                doc = event_doc(ev, viewer)
+                if doc is not None:
+                    yield sse_event(epoch, ev, doc)
+                cursor = ev.seq
+            if len(page) < BACKLOG_PAGE:
+                break
+    yield sse_ready(epoch, cursor)
+    idle_since = clock()
+    while not stopping() and not sub.stopped:
+        now = clock()
+        if now >= deadline:
+            return
+        wake_in = min(idle_since + keepalive, deadline) - now
+        item: RevocationEvent | None
+        try:
+            async with asyncio.timeout(max(0.0, wake_in)):
+                item = await sub.queue.get()
+        except TimeoutError:
+            if clock() - idle_since >= keepalive:
                 idle_since = clock()
-                yield sse_event(ev, doc)
+                yield ": keep-alive\n\n"
+            continue
+        if sub.overflowed:
+            log.warning("events.stream_too_slow", viewer=viewer.name)
+            return
+        if item is None or item.seq <= cursor:
+            continue
+        cursor = item.seq
+        doc = event_doc(item, viewer)
+        if doc is not None:
+            idle_since = clock()
+            yield sse_event(epoch, item, doc)

@@ -68,14 +68,17 @@ async def events_endpoint(request: Request) -> Response:
         raise invalid_request(str(exc)) from None
     viewer, ends_at = await _viewer(request)
     server = getattr(request.app.state, "uvicorn_server", None)
-
-    def stopping() -> bool:
-        return bool(server is not None and server.should_exit)
-
-    log.info("events.subscribed", viewer=viewer.name, admin=viewer.admin, last_event_id=last,
-             streams=hub.streams + 1)
-    body = revocation_events.stream(hub, broker.store, viewer, last, ends_at=ends_at, stopping=stopping)
+    if hub.stopping is None and server is not None:
+        hub.stopping = lambda: bool(server.should_exit)
+    await hub.epoch()  # read once; a store that cannot answer is a 503 here, not a broken stream
+    try:
+        sub = hub.open(viewer)  # before the response starts, so a refusal is a status, not a dropped stream
+    except revocation_events.TooManyStreams as exc:
+        log.warning("events.refused", viewer=viewer.name, streams=hub.streams, reason=str(exc))
+        raise OAuthError(503, "temporarily_unavailable", str(exc),
+                         retry_after=revocation_events.RETRY_AFTER_FULL) from None
+    log.info("events.subscribed", viewer=viewer.name, admin=viewer.admin,
+             last_event_id=None if last is None else f"{last.epoch}-{last.seq}", streams=hub.streams)
+    body = revocation_events.stream(hub, broker.store, viewer, last, ends_at=ends_at, sub=sub)
     return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-

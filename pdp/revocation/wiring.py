@@ -84,7 +84,10 @@ def has_kube_client(broker: Broker) -> bool:
 def start(broker: Broker) -> list[asyncio.Task[Any]]:
     """Give a started broker its event hub, Kubernetes admins and pod watcher; the tasks
     returned stop with it."""
-    hub = EventHub(broker.store, broker.revocations.seq)
+    index = broker.revocations
+    hub = EventHub(broker.store, index.seq, max_streams=broker.config.max_event_streams,
+                   max_per_subject=broker.config.max_event_streams_per_subject, snapshot=index.snapshot,
+                   lifted_window=index.lifted_window)
     broker.hub = hub
     if has_kube_client(broker):
         api_client = load_kube_api_client(broker.config.kubeconfig)
@@ -96,7 +99,8 @@ def start(broker: Broker) -> list[asyncio.Task[Any]]:
     followed = Gauge("jitmesh_revocation_events_seq", "Sequence number of the last revocation event followed",
                      registry=broker.metrics.registry)
     followed.set_function(lambda: hub.seq)
-    tasks = [asyncio.create_task(hub.run(), name="revocation-events")]
+    tasks = [asyncio.create_task(hub.run(), name="revocation-events"),
+             asyncio.create_task(hub.watch_shutdown(), name="revocation-events-shutdown")]
     if broker.podwatch is not None:
         podwatch = broker.podwatch
 

@@ -63,6 +63,8 @@ class Revocation:
     expires_at: float | None = None
     lifted_at: float | None = None
     lifted_by: str | None = None
+    # the revoked token's audience (jti revocations, when known), so a verifier can apply it alone
+    audience: str | None = None
 
     @property
     def active(self) -> bool:
@@ -165,6 +167,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def active_revocations(self) -> list[Revocation]: ...
+
+    @abc.abstractmethod
+    async def revocations_in_force(self, lifted_if_created_after: float) -> list[Revocation]:
+        """The active revocations, and the lifted ones created after `lifted_if_created_after`:
+        a token issued before a revocation stays revoked after a lift (docs/contract.md §2),
+        so a lifted revocation counts until every token it covers has expired."""
+
+    @abc.abstractmethod
+    async def store_epoch(self) -> str:
+        """A random id made when the store was created. A store made anew (a new SQLite file,
+        a new database) has another one, so an event id from the old one is recognised as
+        such and its holder resynchronised, not left waiting for a seq that means nothing."""
 
     @abc.abstractmethod
     async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:

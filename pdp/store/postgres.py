@@ -101,6 +101,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     shadow_store.MIGRATION,
     records.REVOCATION_PURGE_MIGRATION,
     records.ACCESS_REQUESTS_MIGRATION,
+    records.STORE_EPOCH_MIGRATION_POSTGRES,
 )
 
 # advisory lock keys (arbitrary, fixed): "jitm" followed by a small number
@@ -121,10 +122,11 @@ INSERT_AUDIT = ("INSERT INTO audit (decision_id, time, event, subject, audience,
                 "details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) RETURNING seq")
 SELECT_AUDIT = ("SELECT seq, decision_id, time, event, subject, audience, policy_path, jti, pod_uid, details "
                 "FROM audit")
-SELECT_REVOCATIONS = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, lifted_by "
-                      "FROM revocations")
+SELECT_REVOCATIONS = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, lifted_by, "
+                      "audience FROM revocations")
 INSERT_REVOCATION = ("INSERT INTO revocations (id, kind, value, reason, created_at, created_by, expires_at, "
-                     "lifted_at, lifted_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)")
+                     "lifted_at, lifted_by, audience) "
+                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
 INSERT_EVENT = ("INSERT INTO revocation_events (action, revocation_id, time, revocation) "
                 "VALUES (%s, %s, %s, %s::jsonb) RETURNING seq")
 
@@ -445,7 +447,8 @@ class PostgresStore(Store):
             try:
                 await conn.execute(INSERT_REVOCATION, (
                     revocation.id, revocation.kind, revocation.value, revocation.reason, revocation.created_at,
-                    revocation.created_by, revocation.expires_at, revocation.lifted_at, revocation.lifted_by))
+                    revocation.created_by, revocation.expires_at, revocation.lifted_at, revocation.lifted_by,
+                    revocation.audience))
             except pg_errors.UniqueViolation:
                 raise StoreError(f"revocation {revocation.id!r} already exists; ids must be unique") from None
             return await self._append_event(conn, "revoked", revocation, revocation.created_at)
@@ -455,7 +458,7 @@ class PostgresStore(Store):
         async with self._conn(f"lifting revocation {revocation_id!r}") as conn, conn.transaction():
             cur = await conn.execute("UPDATE revocations SET lifted_at = %s, lifted_by = %s "
                                      "WHERE id = %s AND lifted_at IS NULL RETURNING id, kind, value, reason, "
-                                     "created_at, created_by, expires_at, lifted_at, lifted_by",
+                                     "created_at, created_by, expires_at, lifted_at, lifted_by, audience",
                                      (when, lifted_by, revocation_id))
             row = await cur.fetchone()
             if row is None:
@@ -474,6 +477,21 @@ class PostgresStore(Store):
         async with self._conn("listing active revocations") as conn:
             cur = await conn.execute(SELECT_REVOCATIONS + " WHERE lifted_at IS NULL ORDER BY created_at, id")
             return [revocation_of(r) for r in await cur.fetchall()]
+
+    @bounded
+    async def revocations_in_force(self, lifted_if_created_after: float) -> list[Revocation]:
+        async with self._conn("listing revocations in force") as conn:
+            cur = await conn.execute(records.SELECT_REVOCATIONS_IN_FORCE.format(p="%s"), (lifted_if_created_after,))
+            return [revocation_of(r) for r in await cur.fetchall()]
+
+    @bounded
+    async def store_epoch(self) -> str:
+        async with self._conn("reading the store's epoch") as conn:
+            cur = await conn.execute(records.SELECT_STORE_EPOCH)
+            row = await cur.fetchone()
+            if row is None:
+                raise StoreError(f"{self.where} has no epoch; its schema is incomplete")
+            return str(row["value"])
 
     @bounded
     async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:

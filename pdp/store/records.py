@@ -81,7 +81,7 @@ def revocation_to_json(revocation: Revocation) -> str:
         "id": revocation.id, "kind": revocation.kind, "value": revocation.value,
         "reason": revocation.reason, "created_at": revocation.created_at,
         "created_by": revocation.created_by, "expires_at": revocation.expires_at,
-        "lifted_at": revocation.lifted_at, "lifted_by": revocation.lifted_by,
+        "lifted_at": revocation.lifted_at, "lifted_by": revocation.lifted_by, "audience": revocation.audience,
     }, separators=(",", ":"))
 
 
@@ -90,7 +90,7 @@ def revocation_from_json(raw: Any) -> Revocation:
     return Revocation(id=d["id"], kind=d["kind"], value=d["value"], reason=d["reason"],
                       created_at=d["created_at"], created_by=d["created_by"],
                       expires_at=d.get("expires_at"), lifted_at=d.get("lifted_at"),
-                      lifted_by=d.get("lifted_by"))
+                      lifted_by=d.get("lifted_by"), audience=d.get("audience"))
 
 
 def audit_query(select: str, placeholder: str, *, since: float | None, until: float | None,
@@ -126,6 +126,26 @@ REVOCATION_PURGE_MIGRATION: tuple[str, ...] = (
 PURGE_REVOCATION_EVENTS = ("DELETE FROM revocation_events WHERE revocation_id IN "
                            "(SELECT id FROM revocations WHERE expires_at < {p} OR lifted_at < {p})")
 PURGE_REVOCATIONS = "DELETE FROM revocations WHERE expires_at < {p} OR lifted_at < {p}"
+
+
+# Revocations that still cover tokens, and the store's epoch (a later migration of both stores).
+SELECT_REVOCATIONS_IN_FORCE = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, "
+                               "lifted_by, audience FROM revocations WHERE lifted_at IS NULL OR created_at > {p} "
+                               "ORDER BY created_at, id")
+STORE_META_TABLE = "CREATE TABLE store_meta (key text PRIMARY KEY, value text NOT NULL)"
+REVOCATION_AUDIENCE_COLUMN = "ALTER TABLE revocations ADD COLUMN audience text"
+STORE_EPOCH_MIGRATION_SQLITE: tuple[str, ...] = (
+    REVOCATION_AUDIENCE_COLUMN,
+    STORE_META_TABLE,
+    "INSERT INTO store_meta (key, value) VALUES ('epoch', lower(hex(randomblob(8))))",
+)
+STORE_EPOCH_MIGRATION_POSTGRES: tuple[str, ...] = (
+    REVOCATION_AUDIENCE_COLUMN,
+    STORE_META_TABLE,
+    "INSERT INTO store_meta (key, value) "
+    "VALUES ('epoch', substr(md5(random()::text || clock_timestamp()::text), 1, 16))",
+)
+SELECT_STORE_EPOCH = "SELECT value FROM store_meta WHERE key = 'epoch'"
 
 
 def purge_sql(template: str, placeholder: str) -> str:
@@ -225,7 +245,7 @@ def audit_of(row: RowMapping) -> AuditRecord:
 def revocation_of(row: RowMapping) -> Revocation:
     return Revocation(id=row["id"], kind=row["kind"], value=row["value"], reason=row["reason"],
                       created_at=row["created_at"], created_by=row["created_by"], expires_at=row["expires_at"],
-                      lifted_at=row["lifted_at"], lifted_by=row["lifted_by"])
+                      lifted_at=row["lifted_at"], lifted_by=row["lifted_by"], audience=row["audience"])
 
 
 def event_of(row: RowMapping) -> RevocationEvent:

@@ -93,6 +93,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     shadow_store.MIGRATION,
     records.REVOCATION_PURGE_MIGRATION,
     records.ACCESS_REQUESTS_MIGRATION,
+    records.STORE_EPOCH_MIGRATION_SQLITE,
 )
 
 MAX_BATCH = 512            # writes per transaction
@@ -104,10 +105,11 @@ INSERT_KEY = ("INSERT INTO signing_keys (kid, private_pem, created_at, retired_a
               "VALUES (?, ?, ?, ?, ?)")
 SELECT_AUDIT = ("SELECT seq, decision_id, time, event, subject, audience, policy_path, jti, pod_uid, details "
                 "FROM audit")
-SELECT_REVOCATIONS = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, lifted_by "
-                      "FROM revocations")
+SELECT_REVOCATIONS = ("SELECT id, kind, value, reason, created_at, created_by, expires_at, lifted_at, lifted_by, "
+                      "audience FROM revocations")
 INSERT_REVOCATION = ("INSERT INTO revocations (id, kind, value, reason, created_at, created_by, expires_at, "
-                     "lifted_at, lifted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                     "lifted_at, lifted_by, audience) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def path_from_url(url: str) -> str:
@@ -435,7 +437,7 @@ class SQLiteStore(Store):
                 c.execute(INSERT_REVOCATION,
                           (revocation.id, revocation.kind, revocation.value, revocation.reason,
                            revocation.created_at, revocation.created_by, revocation.expires_at,
-                           revocation.lifted_at, revocation.lifted_by))
+                           revocation.lifted_at, revocation.lifted_by, revocation.audience))
             except sqlite3.IntegrityError:
                 raise StoreError(f"revocation {revocation.id!r} already exists; ids must be unique") from None
             return self._append_event(c, "revoked", revocation, revocation.created_at)
@@ -468,6 +470,17 @@ class SQLiteStore(Store):
         rows = await self._read(lambda c: c.execute(
             SELECT_REVOCATIONS + " WHERE lifted_at IS NULL ORDER BY created_at, id").fetchall())
         return [revocation_of(r) for r in rows]
+
+    async def revocations_in_force(self, lifted_if_created_after: float) -> list[Revocation]:
+        rows = await self._read(lambda c: c.execute(records.SELECT_REVOCATIONS_IN_FORCE.format(p="?"),
+                                                    (lifted_if_created_after,)).fetchall())
+        return [revocation_of(r) for r in rows]
+
+    async def store_epoch(self) -> str:
+        row = await self._read(lambda c: c.execute(records.SELECT_STORE_EPOCH).fetchone())
+        if row is None:
+            raise StoreError(f"SQLite store {self.path!r} has no epoch; its schema is incomplete")
+        return str(row[0])
 
     async def revocation_events(self, after_seq: int = 0, limit: int = 1000) -> list[RevocationEvent]:
         rows = await self._read(lambda c: c.execute(

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from jitmesh.devissuer import PodRef
@@ -26,13 +27,19 @@ def admin_stream(broker: BrokerHandle, last_event_id: str | None = None) -> Even
     return EventReader(broker.url, broker.admin_token, last_event_id)
 
 
+def seq_of(event_id: str | None) -> int:
+    """The seq part of an `<epoch>-<seq>` event id."""
+    assert event_id is not None
+    return int(event_id.rpartition("-")[2])
+
+
 def test_the_stream_is_server_sent_events_that_start_with_ready(broker: BrokerHandle) -> None:
     with admin_stream(broker) as events:
         assert events.response.status_code == 200
         assert events.response.headers["content-type"].startswith("text/event-stream")
         assert events.response.headers["cache-control"] == "no-store"
         eid, data = events.next_of("ready")
-        assert eid is not None and data == {"seq": int(eid)}
+        assert eid == f"{data['epoch']}-{data['seq']}" and set(data) == {"seq", "epoch"}
 
 
 def test_an_admin_sees_each_revocation_with_what_when_why_and_who(broker: BrokerHandle) -> None:
@@ -40,13 +47,13 @@ def test_an_admin_sees_each_revocation_with_what_when_why_and_who(broker: Broker
         events.next_of("ready")
         doc = revoked(broker, subject="system:serviceaccount:payments:api", reason="incident 7")
         eid, ev = events.next_of("revoked")
-        assert eid == str(ev["seq"])
+        assert seq_of(eid) == ev["seq"]
         assert ev["id"] == doc["id"] and ev["kind"] == "subject"
         assert ev["value"] == "system:serviceaccount:payments:api" and ev["reason"] == "incident 7"
         assert ev["time"] == pytest.approx(doc["created_at"]) and ev["created_by"].startswith("admin-token:")
         lift(broker, doc["id"])
         lid, lifted = events.next_of("lifted")
-        assert int(lid or 0) > int(eid) and lifted["id"] == doc["id"] and lifted["lifted_at"] is not None
+        assert seq_of(lid) > seq_of(eid) and lifted["id"] == doc["id"] and lifted["lifted_at"] is not None
 
 
 def test_reconnecting_with_last_event_id_replays_every_event_missed(broker: BrokerHandle) -> None:
@@ -57,7 +64,7 @@ def test_reconnecting_with_last_event_id_replays_every_event_missed(broker: Brok
         replayed = [events.next_of("revoked")[1]["id"] for _ in missed]
         assert replayed == missed
         eid, data = events.next_of("ready")
-        assert data["seq"] == int(eid or 0) >= int(ready or 0) + 3
+        assert data["seq"] == seq_of(eid) >= seq_of(ready) + 3
 
 
 def test_last_event_id_may_be_a_query_parameter(broker: BrokerHandle) -> None:
@@ -120,5 +127,18 @@ def test_metrics_count_open_streams_and_the_last_event_followed(broker: BrokerHa
         assert metric("jitmesh_revocation_event_streams") >= 1
         doc = revoked(broker, audience="metered")
         events.next_of("revoked")
-        assert metric("jitmesh_revocation_events_seq") >= int(eid or 0) + 1
+        assert metric("jitmesh_revocation_events_seq") >= seq_of(eid) + 1
     lift(broker, doc["id"])
+
+
+def test_a_holder_revocation_event_carries_the_tokens_audience_and_expiry_for_verifiers(broker: BrokerHandle) -> None:
+    r = broker.exchange(broker.mint("payments", "api", pod=POD), "orders-db", scope="read", ttl=120)
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    with admin_stream(broker) as events:
+        events.next_of("ready")
+        assert httpx.post(f"{broker.url}/revoke", data={"token": token}, timeout=10).status_code == 200
+        _, ev = events.next_of("revoked")
+    assert (ev["kind"], ev["value"]) == ("jti", claims["jti"])
+    assert ev["audience"] == "orders-db" and ev["expires_at"] == claims["exp"]

@@ -137,3 +137,24 @@ def test_the_stream_ends_with_the_serviceaccount_token_and_resumes_with_the_rota
     old = file_jti(sc.token_file(AUD))
     revoked(broker, jti=str(old))
     wait_for(lambda: file_jti(sc.token_file(AUD)) != old, timeout=2, what="revoked file gone")
+
+
+def test_a_subject_revoked_and_lifted_while_the_sidecars_stream_was_down_still_takes_its_old_token(
+        make_opa: Callable[..., Any], broker_factory: Callable[..., BrokerHandle],
+        make_sidecar: Callable[..., SidecarProcess], tmp_path: Path) -> None:
+    """A lift re-opens issuance only: the sidecar, back on its broker, drops the token issued
+    before the revocation and serves a new one, never the old one again."""
+    opa = make_opa(POLICIES)
+    a = broker_factory(opa.url)
+    b = broker_factory(opa.url, issuer=a.issuer, store=a.store_url)
+    sc = start_sidecar(make_sidecar, a, tmp_path)
+    old = file_jti(sc.token_file(AUD))
+    a.stop()
+    doc = revoked(b, subject="system:serviceaccount:payments:api", reason="revoked and lifted while down")
+    time.sleep(1.1)  # a token after the lift is issued in a later second than the revocation
+    assert lift(b, doc["id"]).status_code == 200
+    a.process.start(timeout=30)
+    wait_for(lambda: file_jti(sc.token_file(AUD)) != old, timeout=10, what="the old token's file gone")
+    wait_for(lambda: file_jti(sc.token_file(AUD)) not in (None, old), timeout=20, what="a new token after the lift")
+    time.sleep(1.0)
+    assert file_jti(sc.token_file(AUD)) != old

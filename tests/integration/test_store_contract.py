@@ -330,6 +330,44 @@ def test_last_revocation_seq_is_the_newest_event_or_zero(store_url: str) -> None
     assert with_store(store_url, body) == (0, 0)
 
 
+def test_revocations_in_force_are_the_active_ones_and_those_lifted_that_were_made_after_the_cut(
+        store_url: str) -> None:
+    def rev(rid: str, created_at: float) -> Revocation:
+        return Revocation(id=rid, kind="subject", value=f"system:serviceaccount:ns:{rid}", reason="r",
+                          created_at=created_at, created_by="admin:alice")
+
+    async def body(s: Store) -> list[str]:
+        for r in (rev("active-old", 100.0), rev("lifted-old", 100.0), rev("lifted-new", 900.0)):
+            await s.add_revocation(r)
+        await s.lift_revocation("lifted-old", "admin:bob", 950.0)
+        await s.lift_revocation("lifted-new", "admin:bob", 950.0)
+        return [r.id for r in await s.revocations_in_force(500.0)]
+    assert with_store(store_url, body) == ["active-old", "lifted-new"]
+
+
+def test_a_jti_revocation_keeps_its_tokens_audience_in_the_table_and_the_log(store_url: str) -> None:
+    rev = Revocation(id="j1", kind="jti", value="jti-1", reason="holder", created_at=100.0, created_by="sub",
+                     expires_at=400.0, audience="orders-db")
+
+    async def body(s: Store) -> tuple[Any, ...]:
+        await s.add_revocation(rev)
+        lifted = await s.lift_revocation("j1", "admin:bob", 200.0)
+        return (await s.get_revocation("j1"), [e.revocation.audience for e in await s.revocation_events()],
+                await s.revocations_in_force(0.0), lifted)
+    got, logged, in_force, lifted = with_store(store_url, body)
+    assert got.audience == "orders-db" and logged == ["orders-db", "orders-db"]
+    assert [r.audience for r in in_force] == ["orders-db"] and lifted.revocation.audience == "orders-db"
+
+
+def test_the_store_epoch_survives_reopening_and_differs_for_a_store_made_anew(store_url: str,
+                                                                               tmp_path: Path) -> None:
+    first = with_store(store_url, lambda s: s.store_epoch())
+    again = with_store(store_url, lambda s: s.store_epoch())
+    other = with_store(f"sqlite:///{tmp_path}/another.db", lambda s: s.store_epoch())
+    assert first == again and first != other
+    assert first.isalnum() and len(first) == 16
+
+
 def test_purge_drops_expired_and_long_lifted_revocations_with_their_events_and_keeps_the_rest(
         store_url: str) -> None:
     def rev(rid: str, kind: str, expires_at: float | None) -> Revocation:
@@ -499,7 +537,8 @@ def test_every_call_on_a_closed_store_is_a_store_error(store_url: str) -> None:
             store.ping, store.list_keys, lambda: store.add_key(key("a", 1.0)),
             lambda: store.append_audit(record(1)), store.query_audit,
             lambda: store.add_revocation(revocation()), lambda: store.get_revocation("x"),
-            store.active_revocations, store.revocation_events,
+            store.active_revocations, store.revocation_events, store.store_epoch,
+            lambda: store.revocations_in_force(0.0),
             lambda: store.wait_revocation_events(0, 0.1)]
         for call in calls:
             with pytest.raises(StoreError):

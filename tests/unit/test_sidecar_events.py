@@ -67,6 +67,7 @@ def test_backoff_grows_to_a_ceiling_with_jitter() -> None:
 @dataclass
 class Held:
     jti: str | None
+    iat: float | None = None
 
 
 @dataclass
@@ -140,3 +141,41 @@ def test_a_refused_stream_is_retried_with_backoff(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert 2 <= len(calls) <= 6  # 0.1-0.2, 0.2-0.4, 0.4-0.8 s apart: not a hot loop
+
+
+def run_stream(tmp_path: Path, agent: FakeAgent, body: bytes) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    async def run() -> None:
+        sub = RevocationSubscriber(config(tmp_path), agent, transport=httpx.MockTransport(handler),
+                                   rng=random.Random(0))
+        await sub._stream_once()
+        await sub.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_lifted_event_drops_a_token_issued_before_the_revocation_and_keeps_a_newer_one(tmp_path: Path) -> None:
+    agent = FakeAgent({"orders-db": Held("old", iat=100.0), "billing": Held("new", iat=300.0)})
+    lifted = {"kind": "subject", "value": "system:serviceaccount:payments:api", "id": "r1", "created_at": 200.0,
+              "lifted_at": 250.0}
+    run_stream(tmp_path, agent, sse((1, "lifted", lifted)))
+    assert agent.revoked == ["orders-db"]
+
+
+def test_a_resync_drops_every_token_its_state_revokes(tmp_path: Path) -> None:
+    agent = FakeAgent({"orders-db": Held("j-orders", iat=100.0), "billing": Held("j-billing", iat=100.0)})
+    state = {"seq": 3, "epoch": "e2", "reason": "another store", "revocations": [
+        {"kind": "jti", "value": "j-orders", "id": "r1", "created_at": 150.0, "lifted_at": None},
+        {"kind": "subject", "value": "system:serviceaccount:shop:web", "id": "r2", "created_at": 150.0,
+         "lifted_at": None},
+        {"kind": "audience", "value": "billing", "id": "r3", "created_at": 50.0, "lifted_at": 60.0}]}
+    run_stream(tmp_path, agent, b"id: e2-3\nevent: resync\ndata: " + json.dumps(state).encode() + b"\n\n")
+    assert agent.revoked == ["orders-db"]  # billing's token came after its audience revocation was lifted
+
+
+def test_an_unreadable_resync_drops_every_token(tmp_path: Path) -> None:
+    agent = FakeAgent({"orders-db": Held("a"), "billing": Held("b")})
+    run_stream(tmp_path, agent, b"id: e2-3\nevent: resync\ndata: {\"seq\": 3}\n\n")
+    assert agent.revoked == ["orders-db", "billing"]

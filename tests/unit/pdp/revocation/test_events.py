@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from pdp.revocation.events import EventHub, Viewer, event_doc, parse_last_event_id, stream
+from pdp.revocation import events as events_module
+from pdp.revocation.events import (
+    EventHub,
+    LastEventId,
+    TooManyStreams,
+    Viewer,
+    event_doc,
+    parse_last_event_id,
+    stream,
+)
+from pdp.revocation.index import RevocationIndex
 from pdp.store.base import Revocation, RevocationEvent, RevocationKind
 from tests.fixtures.broker import MemoryStore
 
@@ -51,13 +63,15 @@ def test_a_workload_without_a_pod_sees_no_pod_events() -> None:
 
 
 @pytest.mark.parametrize(("header", "query", "expected"), [
-    (None, None, None), ("", None, None), ("7", None, 7), (None, "9", 9), ("3", "9", 3), (" 4 ", None, 4)])
+    (None, None, None), ("", None, None), ("ab12-7", None, LastEventId("ab12", 7)),
+    (None, "ab12-9", LastEventId("ab12", 9)), ("e-3", "e-9", LastEventId("e", 3)), (" e-4 ", None, LastEventId("e", 4)),
+    ("7", None, LastEventId(None, 7))])
 def test_last_event_id_comes_from_the_header_else_the_query(header: str | None, query: str | None,
-                                                            expected: int | None) -> None:
+                                                            expected: LastEventId | None) -> None:
     assert parse_last_event_id(header, query) == expected
 
 
-@pytest.mark.parametrize("raw", ["x", "-1", "1e3", "٣", "9" * 19])
+@pytest.mark.parametrize("raw", ["x", "-1", "1e3", "٣", "9" * 19, "e-", "e-1-2", "é-1", "e-" + "9" * 19])
 def test_a_malformed_last_event_id_is_refused(raw: str) -> None:
     with pytest.raises(ValueError, match="Last-Event-ID"):
         parse_last_event_id(raw, None)
@@ -88,7 +102,7 @@ def test_a_resumed_stream_replays_the_backlog_then_goes_live_without_duplicates(
         await add(store, "audience", "a2")
         hub = EventHub(store, start_seq=0)
         follower = asyncio.create_task(hub.run())
-        gen = stream(hub, store, ADMIN, last_event_id=first.seq)
+        gen = stream(hub, store, ADMIN, last_event_id=LastEventId("memory", first.seq))
         head = await take(gen, 2)            # backlog a2, then ready
         await add(store, "audience", "a3")   # live
         tail = await take(gen, 1)
@@ -96,9 +110,9 @@ def test_a_resumed_stream_replays_the_backlog_then_goes_live_without_duplicates(
         return head + tail
 
     chunks = asyncio.run(scenario())
-    assert chunks[0].startswith("id: 2\nevent: revoked\n") and "a2" in chunks[0]
-    assert chunks[1].startswith("retry: 1000\nid: 2\nevent: ready\n")
-    assert chunks[2].startswith("id: 3\nevent: revoked\n") and "a3" in chunks[2]
+    assert chunks[0].startswith("id: memory-2\nevent: revoked\n") and "a2" in chunks[0]
+    assert chunks[1].startswith("retry: 1000\nid: memory-2\nevent: ready\n")
+    assert chunks[2].startswith("id: memory-3\nevent: revoked\n") and "a3" in chunks[2]
 
 
 def test_a_fresh_stream_starts_at_the_current_end() -> None:
@@ -108,7 +122,7 @@ def test_a_fresh_stream_starts_at_the_current_end() -> None:
         hub = EventHub(store, start_seq=old.seq)
         return await take(stream(hub, store, ADMIN, last_event_id=None), 1)
 
-    assert asyncio.run(scenario()) == ['retry: 1000\nid: 1\nevent: ready\ndata: {"seq": 1}\n\n']
+    assert asyncio.run(scenario()) == ['retry: 1000\nid: memory-1\nevent: ready\ndata: {"seq":1,"epoch":"memory"}\n\n']
 
 
 def test_a_quiet_stream_sends_keep_alive_comments() -> None:
@@ -160,3 +174,134 @@ def test_the_hub_hands_each_event_once_to_every_subscriber_in_order() -> None:
         assert [one.queue.get_nowait().seq for _ in range(one.queue.qsize())] == [1, 2]
         assert two.queue.qsize() == 2
     assert hub.streams == 0
+
+
+def test_idle_streams_do_not_wake_until_an_event_arrives() -> None:
+    wakeups = 0
+
+    def counting_clock() -> float:
+        nonlocal wakeups
+        wakeups += 1
+        return time.monotonic()
+
+    async def scenario() -> tuple[int, int]:
+        nonlocal wakeups
+        store = MemoryStore()
+        hub = EventHub(store, start_seq=0)
+        gens = [stream(hub, store, ADMIN, None, keepalive=600, clock=counting_clock) for _ in range(20)]
+        for gen in gens:
+            await take(gen, 1)                               # ready
+        pending = [asyncio.ensure_future(take(gen, 1)) for gen in gens]
+        await asyncio.sleep(0.1)
+        wakeups = 0
+        await asyncio.sleep(1.5)                             # idle: three polling periods of the old stream
+        idle = wakeups
+        hub.publish([await add(store, "audience", "wake")])
+        await asyncio.wait_for(asyncio.gather(*pending), 5)
+        return idle, wakeups
+
+    idle, after_event = asyncio.run(scenario())
+    assert idle == 0
+    assert after_event >= 20  # each stream woke for the event, and only then
+
+
+SUBJECT_A = Viewer(admin=False, subject="system:serviceaccount:a:a", name="a")
+SUBJECT_B = Viewer(admin=False, subject="system:serviceaccount:b:b", name="b")
+
+
+def test_the_per_subject_bound_counts_each_pod_of_a_subject_apart_and_admins_not_at_all() -> None:
+    hub = EventHub(MemoryStore(), start_seq=0, max_streams=10, max_per_subject=1)
+    pods = [hub.open(Viewer(admin=False, subject="system:serviceaccount:a:a", pod_uid=f"p{i}")) for i in range(3)]
+    with pytest.raises(TooManyStreams, match="pod p0"):
+        hub.open(Viewer(admin=False, subject="system:serviceaccount:a:a", pod_uid="p0"))
+    admins = [hub.open(ADMIN) for _ in range(3)]
+    assert hub.streams == len(pods) + len(admins) == 6
+
+
+def test_the_hub_refuses_streams_beyond_its_bounds_overall_and_per_subject() -> None:
+    hub = EventHub(MemoryStore(), start_seq=0, max_streams=3, max_per_subject=2)
+    a1, a2 = hub.open(SUBJECT_A), hub.open(SUBJECT_A)
+    with pytest.raises(TooManyStreams, match="system:serviceaccount:a:a"):
+        hub.open(SUBJECT_A)
+    b1 = hub.open(SUBJECT_B)
+    with pytest.raises(TooManyStreams, match="at most 3"):
+        hub.open(SUBJECT_B)
+    a1.close()
+    a1.close()  # twice is once
+    assert hub.streams == 2
+    a3 = hub.open(SUBJECT_A)
+    for sub in (a2, b1):
+        sub.close()
+    assert hub.streams == 1 and not a3.stopped
+
+
+def test_a_stream_dropped_before_it_started_gives_its_slot_back() -> None:
+    store = MemoryStore()
+    hub = EventHub(store, start_seq=0, max_streams=1)
+    gen = stream(hub, store, SUBJECT_A, None, sub=hub.open(SUBJECT_A))
+    assert hub.streams == 1
+    del gen  # a response that never began sending: nothing ran the generator's finally
+    assert hub.streams == 0
+    hub.open(SUBJECT_A)
+
+
+def data_of(chunk: str) -> dict[str, Any]:
+    line = next(x for x in chunk.splitlines() if x.startswith("data: "))
+    doc: dict[str, Any] = json.loads(line[len("data: "):])
+    return doc
+
+
+def resumed(last: LastEventId | None, viewer: Viewer, n: int) -> list[str]:
+    async def scenario() -> list[str]:
+        store = MemoryStore(epoch="e2")
+        mine = Revocation(id="mine", kind="subject", value="system:serviceaccount:a:a", reason="r",
+                          created_at=time.time(), created_by="t")
+        other = Revocation(id="other", kind="subject", value="system:serviceaccount:b:b", reason="r",
+                           created_at=time.time(), created_by="t")
+        for r in (mine, other):
+            await store.add_revocation(r)
+        await add(store, "jti", "j-1")
+        await store.lift_revocation("mine", "admin", time.time())  # lifted: still covers older tokens
+        index = RevocationIndex(store)
+        await index.load()
+        hub = EventHub(store, start_seq=index.seq, snapshot=index.snapshot)
+        return await take(stream(hub, store, viewer, last), n)
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("last", [LastEventId("e1", 2), LastEventId(None, 2), LastEventId("e2", 99999999)])
+def test_an_id_the_store_cannot_have_issued_gets_a_resync_of_what_the_viewer_may_see(last: LastEventId) -> None:
+    chunks = resumed(last, SUBJECT_A, 2)
+    assert "event: resync" in chunks[0] and "id: e2-4" in chunks[0]
+    state = data_of(chunks[0])
+    assert state["seq"] == 4 and state["epoch"] == "e2" and state["reason"]
+    assert sorted(r["id"] for r in state["revocations"]) == ["id-j-1", "mine"]  # not another subject's
+    assert next(r for r in state["revocations"] if r["id"] == "mine")["lifted_at"] is not None
+    assert "event: ready" in chunks[1] and "id: e2-4" in chunks[1]
+
+
+def test_an_admin_resync_carries_every_revocation_in_force() -> None:
+    state = data_of(resumed(LastEventId("e1", 1), ADMIN, 1)[0])
+    assert sorted(r["id"] for r in state["revocations"]) == ["id-j-1", "mine", "other"]
+
+
+def test_a_replay_shows_only_the_events_the_viewer_may_see() -> None:
+    chunks = resumed(LastEventId("e2", 0), SUBJECT_A, 4)
+    assert [data_of(c).get("id") for c in chunks[:3]] == ["mine", "id-j-1", "mine"]
+    assert "event: ready" in chunks[3] and "id: e2-4" in chunks[3]
+
+
+def test_a_replay_further_behind_than_the_bound_is_a_resync(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events_module, "REPLAY_LIMIT", 2)
+    chunks = resumed(LastEventId("e2", 1), SUBJECT_A, 1)
+    assert "event: resync" in chunks[0] and "more than 2 events behind" in data_of(chunks[0])["reason"]
+
+
+def test_a_jti_event_tells_an_admin_the_tokens_audience_and_expiry_but_not_a_sidecar() -> None:
+    r = Revocation(id="r", kind="jti", value="j", reason="leaked", created_at=10.0, created_by="holder",
+                   expires_at=310.0, audience="orders-db")
+    ev = RevocationEvent(seq=1, action="revoked", revocation=r, time=10.0)
+    admin, sidecar = event_doc(ev, ADMIN), event_doc(ev, SIDECAR)
+    assert admin is not None and (admin["audience"], admin["expires_at"]) == ("orders-db", 310.0)
+    assert sidecar is not None and "audience" not in sidecar

@@ -139,3 +139,63 @@ def test_access_requests_are_purged_a_month_after_they_lapsed_or_ran_out() -> No
                                                            created_at=1.0, expires_at=ran_out)))
     assert asyncio.run(approvals_api.purge(store, now)) == 1
     assert list(store.access_requests) == ["recent"]
+
+
+def claims(iat: float, **extra: Any) -> dict[str, Any]:
+    return {"jti": "j", "sub": "s", "aud": "a", "iat": iat, **extra}
+
+
+@pytest.mark.parametrize(("kind", "value", "token"), [
+    ("subject", "s", {}), ("audience", "a", {}), ("pod_uid", "p", {"kubernetes.io": {"pod": {"uid": "p"}}}),
+    ("jti", "j", {})])
+def test_a_lifted_revocation_still_revokes_tokens_issued_before_it_but_not_after(
+        kind: RevocationKind, value: str, token: dict[str, Any]) -> None:
+    now = 10_000.0
+    store = MemoryStore()
+    index = RevocationIndex(store, max_token_ttl=3600, clock=lambda: now)
+    r = Revocation(id="1", kind=kind, value=value, reason="r", created_at=now - 100, created_by="t")
+    asyncio.run(store.add_revocation(r))
+    asyncio.run(index.load())
+    asyncio.run(store.lift_revocation("1", "admin", now - 50))
+    asyncio.run(index.refresh())
+    assert index.refusal("s", "p", "a") is None                          # issuance re-opened
+    assert index.token_revoked(claims(now - 100, **token)) is not None   # issued at the revocation's second
+    assert index.token_revoked(claims(now - 3000, **token)) is not None  # long before
+    assert index.token_revoked({"jti": "j", "sub": "s", "aud": "a", **token}) is not None  # no iat: fail closed
+    if kind != "jti":
+        assert index.token_revoked(claims(now - 40, jti="new", **token)) is None  # issued after the lift
+
+
+def test_a_lift_made_on_this_replica_keeps_covering_older_tokens_until_its_event_arrives() -> None:
+    index = RevocationIndex(MemoryStore(), clock=lambda: 1_000.0)
+    index.add(Revocation(id="1", kind="subject", value="s", reason="r", created_at=900.0, created_by="t"))
+    index.remove("1")
+    assert index.refusal("s", None, "a") is None
+    assert index.token_revoked(claims(899.0)) is not None
+
+
+def test_a_restarted_index_loads_the_lifted_revocations_whose_tokens_may_be_unexpired() -> None:
+    now = 100_000.0
+    store = MemoryStore()
+    for rid, created in (("recent", now - 600), ("old", now - 3600 - EXPIRED_GRACE - 10)):
+        asyncio.run(store.add_revocation(Revocation(id=rid, kind="subject", value=rid, reason="r",
+                                                    created_at=created, created_by="t")))
+        asyncio.run(store.lift_revocation(rid, "admin", now - 1))
+    index = RevocationIndex(store, max_token_ttl=3600, clock=lambda: now)
+    asyncio.run(index.load())
+    assert index.token_revoked({"jti": "x", "sub": "recent", "aud": "a", "iat": now - 700}) is not None
+    assert index.token_revoked({"jti": "x", "sub": "old", "aud": "a", "iat": now - 7300}) is None
+    assert [r.id for r in index.in_force()] == ["recent"]
+
+
+def test_purge_keeps_a_lifted_revocation_until_every_token_it_covers_has_expired() -> None:
+    day = 86400.0
+    store = MemoryStore()
+    r = Revocation(id="1", kind="subject", value="s", reason="r", created_at=0.0, created_by="t")
+    asyncio.run(store.add_revocation(r))
+    asyncio.run(store.lift_revocation("1", "admin", 10.0))
+    long_lived = RevocationIndex(store, max_token_ttl=40 * day, clock=lambda: 35 * day)
+    asyncio.run(long_lived.load())
+    assert asyncio.run(long_lived.purge(35 * day)) == 0  # a 40-day token issued before it may be alive
+    assert long_lived.token_revoked(claims(-1.0)) is not None
+    assert asyncio.run(long_lived.purge(41 * day)) == 1
