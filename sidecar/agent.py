@@ -157,12 +157,16 @@ class Agent:
         st.generation += 1
         had = st.token
         self._clear(st)
-        files.remove_token(self.config.token_dir, audience)
-        self.metrics.revoked.labels(audience).inc()
+        removed = files.remove_token(self.config.token_dir, audience)
         st.failures = 0
         st.hold = self._rng.uniform(0.0, self.config.reask_jitter)
-        log.warning("token.revoked", audience=audience, jti=had.jti if had else None, reason=reason,
-                    ask_again_in=round(st.hold, 3))
+        if had is None and not removed:  # nothing was held: say so, rather than that a file went
+            log.info("revocation.noted", audience=audience, reason=reason, held_token=False,
+                     ask_again_in=round(st.hold, 3))
+        else:
+            self.metrics.revoked.labels(audience).inc()
+            log.warning("token.revoked", audience=audience, jti=had.jti if had else None, reason=reason,
+                        ask_again_in=round(st.hold, 3))
         st.wake.set()
 
     # -- one audience ----------------------------------------------------------------

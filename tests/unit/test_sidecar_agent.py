@@ -474,3 +474,19 @@ def test_on_revoked_ignores_an_unknown_audience(tmp_path: Path) -> None:
 
     run_agent(make_config(tmp_path), broker, body)
     assert len(broker.forms) == 1
+
+
+def test_a_revocation_for_an_audience_that_never_had_a_token_does_not_claim_a_file_went(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broker = FakeBroker()
+    broker.default = error(403, "access_denied", "no grant")
+
+    async def body(agent: Agent) -> None:
+        await eventually(lambda: len(broker.forms) >= 1)
+        agent.on_revoked("orders-db", reason="subject revoked")
+
+    with caplog.at_level(logging.INFO, logger="jitmesh"):
+        agent = run_agent(make_config(tmp_path, backoff_initial=5, backoff_max=5), broker, body)
+    events = [r.getMessage() for r in caplog.records]
+    assert "revocation.noted" in events and "token.revoked" not in events
+    assert 'jitmesh_sidecar_tokens_revoked_total{audience="orders-db"} 1.0' not in agent.metrics.render().decode()
