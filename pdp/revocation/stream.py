@@ -1,5 +1,5 @@
-"""`GET /v1/revocations/events`: who may subscribe (an admin, or a workload attested by its
-ServiceAccount token, as at /token), and the stream of the events it may see."""
+"""`GET /v1/revocations/events`: who may subscribe (an admin or reader, or a workload attested
+by its ServiceAccount token, as at /token), and the stream of the events it may see."""
 
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ def _unverified_exp(token: str) -> float | None:
 
 
 async def _viewer(request: Request) -> tuple[Viewer, float | None]:
-    """Admin, else a workload attested by its ServiceAccount token (as at /token)."""
+    """An admin or reader (everything), else a workload attested by its ServiceAccount token
+    (as at /token). A token that is neither costs at most one bounded, rate-limited round of
+    API-server reviews (pdp.admin.auth)."""
     broker = broker_of(request)
     authorization = request.headers.get("authorization")
     token = authorization.partition(" ")[2].strip() if authorization else ""
     if not token or authorization is None or authorization.partition(" ")[0].lower() != "bearer":
         raise OAuthError(401, "invalid_token", "a bearer token is required: the sidecar's ServiceAccount token "
-                         "or an admin token")
-    if broker.admin.is_admin(authorization):
+                         "or an admin or reader token")
+    if broker.admin.lists(authorization) or (broker.readers is not None and broker.readers.lists(authorization)):
         admin = await require_admin(request, "revocation.events")
         return Viewer(admin=True, name=admin.who), None
     try:
@@ -49,8 +51,8 @@ async def _viewer(request: Request) -> tuple[Viewer, float | None]:
         if broker.reviewer is not None:
             admin = await require_admin(request, "revocation.events")
             return Viewer(admin=True, name=admin.who), None
-        raise OAuthError(401, "invalid_token", f"the bearer token is neither an admin token nor an acceptable "
-                         f"ServiceAccount token: {exc}") from None
+        raise OAuthError(401, "invalid_token", f"the bearer token is neither an admin or reader token nor an "
+                         f"acceptable ServiceAccount token: {exc}") from None
     exp = _unverified_exp(token)
     ends_at = None if exp is None else time.monotonic() + max(0.0, exp - time.time())
     return Viewer(admin=False, subject=subject.sub, pod_uid=subject.pod.uid if subject.pod else None,
