@@ -2,10 +2,11 @@
 written before any token leaves the broker, and a JSON log line on stdout.
 
 Strangers must not fill it (docs/contract.md §2, "Admin and operations"): repeated refusals
-(`denied`, `error`) from one client address for the same reason coalesce into one record
-per minute whose `details.count` says how many there were (`details.last_time`: the last
-one); the count is written back every few seconds. Every issued token keeps a record of its
-own. The trail is kept for `--audit-retention` and purged after (`purge_audit`).
+(`denied`, `error`) of requests without an attested subject, from one client address for
+the same error, coalesce into one record per minute whose `details.count` says how many
+there were (`details.last_time`: the last one); the count is written back every few
+seconds. Every issued token, and every decision about an attested subject, keeps a record
+of its own. The trail is kept for `--audit-retention` and purged after (`purge_audit`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ COALESCE_MAX_CLOSING = 10_000  # finished windows whose count is not written yet
 FLUSH_EVERY = 5.0
 OVERFLOW_ADDRESS = "*"  # addresses beyond the table share one record a minute
 
-CoalesceKey = tuple[str, str, str | None, str | None, str | None]
+CoalesceKey = tuple[str, str, str | None]
 
 
 def decision_record(*, decision_id: str, time: float, event: str, policy_path: str,
@@ -80,12 +81,12 @@ class _Run:
 
 def coalesce_key(record: AuditRecord) -> CoalesceKey | None:
     """What makes refusals the same for coalescing, or None for a record always kept alone.
-    Without an attested subject the audience is left out: a stranger could vary it at will."""
-    if record.event not in COALESCED_EVENTS or record.jti is not None:
+    Only refusals of requests without an attested subject coalesce (what a stranger can
+    send); the audience is left out, a stranger could vary it at will."""
+    if record.event not in COALESCED_EVENTS or record.jti is not None or record.subject is not None:
         return None
     d = record.details
-    client = str(d.get("client_ip") or "-")
-    return (client, record.event, d.get("error"), record.subject, record.audience if record.subject else None)
+    return (str(d.get("client_ip") or "-"), record.event, d.get("error"))
 
 
 class Auditor:
