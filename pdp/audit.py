@@ -1,12 +1,14 @@
 """The audit trail: every decision (issued, denied, error, pending) becomes a store record,
 written before any token leaves the broker, and a JSON log line on stdout.
 
-Strangers must not fill it (docs/contract.md §2, "Admin and operations"): repeated refusals
-(`denied`, `error`) of requests without an attested subject, from one client address for
-the same error, coalesce into one record per minute whose `details.count` says how many
-there were (`details.last_time`: the last one); the count is written back every few
-seconds. Every issued token, and every decision about an attested subject, keeps a record
-of its own. The trail is kept for `--audit-retention` and purged after (`purge_audit`).
+Strangers must not fill it (docs/contract.md §2, "Admin and operations"): refusals
+(`denied`, `error`) of requests without an attested subject are counted per client address
+and error code and minute; the first COALESCE_AFTER of each keep records of their own (so
+an occasional refusal can be found by its decision id), the rest coalesce into one record
+(`details.coalesced`) whose `details.count` says how many there were and `details.last_time`
+when the last was; the count is written back every few seconds. Every issued token, and
+every decision about an attested subject, keeps a record of its own. The trail is kept for
+`--audit-retention` and purged after (`purge_audit`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ COALESCED_EVENTS = frozenset({"denied", "error"})
 COALESCE_WINDOW = 60.0
 COALESCE_MAX_KEYS = 10_000
 COALESCE_MAX_CLOSING = 10_000  # finished windows whose count is not written yet (the store is down)
+COALESCE_AFTER = 20  # refusals of a kind from one address that keep records of their own, per window
 FLUSH_EVERY = 5.0
 OVERFLOW_ADDRESS = "*"  # addresses beyond the table share one record a minute
 
@@ -70,19 +73,21 @@ def record_json(record: AuditRecord) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class _Run:
-    """Refusals of one key within one window: the stored first record and how many since."""
+    """Refusals of one key within one window: how many had a record of their own, and the
+    record that counts the rest (None until there is a rest)."""
 
-    record: AuditRecord
     window_end: float
-    count: int = 1
-    written: int = 1  # the count the store has
+    alone: int = 0
+    record: AuditRecord | None = None
+    count: int = 0
+    written: int = 0  # the count the store has
     last_time: float = 0.0
 
 
 def coalesce_key(record: AuditRecord) -> CoalesceKey | None:
     """What makes refusals the same for coalescing, or None for a record always kept alone.
     Only refusals of requests without an attested subject coalesce (what a stranger can
-    send); the audience is left out, a stranger could vary it at will."""
+    send); the audience and the description are left out, a stranger could vary them at will."""
     if record.event not in COALESCED_EVENTS or record.jti is not None or record.subject is not None:
         return None
     d = record.details
@@ -91,18 +96,19 @@ def coalesce_key(record: AuditRecord) -> CoalesceKey | None:
 
 class Auditor:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time, window: float = COALESCE_WINDOW,
-                 max_keys: int = COALESCE_MAX_KEYS) -> None:
+                 max_keys: int = COALESCE_MAX_KEYS, alone: int = COALESCE_AFTER) -> None:
         self.store = store
         self.clock = clock
         self.window = window
         self.max_keys = max_keys
+        self.alone = alone
         self._runs: dict[CoalesceKey, _Run] = {}
         self._closing: list[_Run] = []
 
     async def write(self, record: AuditRecord) -> AuditRecord:
         """Durably append, then log. Raises StoreError when the store cannot; the caller
-        must then issue nothing. A refusal like one already recorded this minute from the
-        same address only counts in that record."""
+        must then issue nothing. Past the first few refusals of a kind from one address in
+        a window, a refusal only counts in that window's coalesced record."""
         detail = REFUSAL_DETAIL.get()
         if detail and record.event in COALESCED_EVENTS and "tokenreview_error" not in record.details:
             record = dataclasses.replace(record, details={**record.details, "tokenreview_error": detail})
@@ -115,23 +121,26 @@ class Auditor:
                 record = dataclasses.replace(record, details={**record.details, "client_ip": OVERFLOW_ADDRESS})
                 key = (OVERFLOW_ADDRESS, *key[1:])
         run = self._runs.get(key)
-        if run is not None and record.time < run.window_end:
+        if run is None or record.time >= run.window_end:
+            if run is not None:
+                self._close(run)
+            run = self._runs[key] = _Run(window_end=record.time + self.window)
+        if run.alone < self.alone:
+            run.alone += 1
+            return await self._append(record)
+        if run.count > 0:
             run.count += 1
             run.last_time = max(run.last_time, record.time)
-            return dataclasses.replace(record, seq=run.record.seq)
-        if run is not None:
-            self._close(run)
-        first = dataclasses.replace(record, details={**record.details, "count": 1})
-        run = _Run(record=first, window_end=record.time + self.window, last_time=record.time)
-        self._runs[key] = run
+            return dataclasses.replace(record, seq=run.record.seq if run.record else None)
+        first = dataclasses.replace(record, details={**record.details, "count": 1, "coalesced": True})
+        run.count = run.written = 1
+        run.last_time = record.time
         try:
-            stored = await self._append(first)
+            run.record = await self._append(first)
         except StoreError:
-            if self._runs.get(key) is run:
-                del self._runs[key]
+            run.count = run.written = 0  # the next refusal tries again
             raise
-        run.record = stored
-        return stored
+        return run.record
 
     async def _append(self, record: AuditRecord) -> AuditRecord:
         stored = await self.store.append_audit(record)
@@ -142,7 +151,8 @@ class Auditor:
         if run.count != run.written:
             if len(self._closing) >= COALESCE_MAX_CLOSING:
                 lost = self._closing.pop(0)
-                log.error("audit.count_lost", decision_id=lost.record.decision_id, count=lost.count)
+                log.error("audit.count_lost", decision_id=lost.record.decision_id if lost.record else None,
+                          count=lost.count)
             self._closing.append(run)
 
     def _forget_finished(self, now: float) -> None:
@@ -157,7 +167,7 @@ class Auditor:
         runs = [*self._closing, *self._runs.values()]
         self._closing = []
         for run in runs:
-            if run.count == run.written or run.record.seq is None:
+            if run.count == run.written or run.record is None or run.record.seq is None:
                 continue
             count = run.count
             details = {**run.record.details, "count": count, "last_time": run.last_time}
