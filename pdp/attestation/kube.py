@@ -131,7 +131,9 @@ class KubePodReader:
         except Exception as exc:
             if _api_unavailable(exc):
                 raise AttestationUnavailable(f"cannot read pod {namespace}/{name}: {type(exc).__name__}") from None
-            raise AttestationError(f"cannot read pod {namespace}/{name}: {exc}") from None
+            log.warning("pod_lookup.refused", namespace=namespace, pod=name, error=str(exc)[:500])
+            raise AttestationError(f"cannot read pod {namespace}/{name}: the API server answered "
+                                   f"{getattr(exc, 'status', None)}") from None
         if len(self._cache) > 10000:
             self._cache.clear()
         self._cache[key] = (now, info)
