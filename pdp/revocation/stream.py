@@ -5,6 +5,7 @@ by its ServiceAccount token, as at /token), and the stream of the events it may 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import jwt
@@ -43,6 +44,11 @@ async def _viewer(request: Request) -> tuple[Viewer, float | None]:
     if broker.admin.lists(authorization) or (broker.readers is not None and broker.readers.lists(authorization)):
         admin = await require_admin(request, "revocation.events")
         return Viewer(admin=True, name=admin.who), None
+    if broker.config.attestation == "tokenreview" and broker.review_limiter is not None:
+        wait = broker.review_limiter.take(request.client.host if request.client else None)
+        if wait > 0:  # attesting asks the API server: a stranger's tokens count against its address
+            raise OAuthError(429, "slow_down", "too many subscriptions from this address; retry later",
+                             retry_after=max(1, math.ceil(min(wait, 3600.0))))
     try:
         subject = await broker.attestor.attest(token)
     except AttestationUnavailable as exc:

@@ -89,9 +89,9 @@ def start(broker: Broker) -> list[asyncio.Task[Any]]:
     if has_kube_client(broker):
         api_client = load_kube_api_client(broker.config.kubeconfig)
         c = broker.config
-        broker.reviewer = KubeAdminReviewer(
-            api_client, broker.apiserver or ApiServerCalls(), audience=c.subject_audience,
-            limiter=AddressLimiter(c.admin_review_rate, c.admin_review_burst))
+        broker.review_limiter = AddressLimiter(c.admin_review_rate, c.admin_review_burst)
+        broker.reviewer = KubeAdminReviewer(api_client, broker.apiserver or ApiServerCalls(),
+                                            audience=c.subject_audience, limiter=broker.review_limiter)
         broker.podwatch = PodWatch(api_client, _podwatch_revoker(broker, hub), clock=broker.clock)
     streams = Gauge("jitmesh_revocation_event_streams", "Open GET /v1/revocations/events streams",
                     registry=broker.metrics.registry)

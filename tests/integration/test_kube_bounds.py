@@ -210,3 +210,19 @@ def test_a_kubernetes_identity_allowed_get_on_brokers_is_a_reader(
     r = httpx.post(f"{review_broker.url}/v1/admin/revocations", headers=reader,
                    json={"audience": f"aud-{ns}", "reason": "a reader tries"}, timeout=10)
     assert r.status_code == 403 and r.json()["error"] == "insufficient_scope", r.text
+
+
+def test_stream_subscriptions_that_need_a_token_review_are_limited_per_address(
+        kube: KubeControlPlane, broker_rights: None, policy_url: str,
+        broker_factory: Callable[..., BrokerHandle]) -> None:
+    broker = broker_factory(policy_url, attestation="tokenreview", kubeconfig=kube.kubeconfig(BROKER_USER),
+                            subject_audience=SUBJECT_AUDIENCE, admin_review_rate=0.2, admin_review_burst=4)
+    before = token_reviews(kube)
+    answers = [httpx.get(f"{broker.url}/v1/revocations/events", timeout=10,
+                         headers={"Authorization": f"Bearer stranger-{uuid.uuid4().hex}"}) for _ in range(10)]
+    assert {a.status_code for a in answers} == {401, 429}
+    assert all(int(a.headers["Retry-After"]) >= 1 for a in answers if a.status_code == 429)
+    assert token_reviews(kube) - before <= 4 + 4  # at most the burst, as a workload and as an admin
+    with httpx.stream("GET", f"{broker.url}/v1/revocations/events", headers=broker.admin_headers(),
+                      timeout=10) as admin_stream:
+        assert admin_stream.status_code == 200  # the admin token file is never limited
