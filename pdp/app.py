@@ -14,12 +14,12 @@ from starlette.routing import Route
 
 from jitmesh.log import get_logger
 from pdp import ops_api, token_api
-from pdp.admin.tokens import AdminTokens
+from pdp.admin.tokens import TokenFile
 from pdp.approvals import api as approvals_api
 from pdp.attestation.identity import Attestor, PodReader
-from pdp.attestation.kube import KubePodReader, TokenReviewAttestor, load_kube_api_client
+from pdp.attestation.kube import ApiServerCalls, KubePodReader, TokenReviewAttestor, load_kube_api_client
 from pdp.attestation.verify import JWKSURL, JWKSAttestor, JWKSFile, KeySource
-from pdp.audit import Auditor
+from pdp.audit import Auditor, purge_audit
 from pdp.config import BrokerConfig
 from pdp.exchange import TokenExchange
 from pdp.http.errors import guarded, http_exception
@@ -38,13 +38,14 @@ from pdp.tokens import KeyRing
 log = get_logger("pdp")
 
 
-def build_attestor(config: BrokerConfig) -> Attestor:
+def build_attestor(config: BrokerConfig, calls: ApiServerCalls | None = None) -> Attestor:
+    """The attestor the config names; its API-server calls run on `calls`."""
     api_client = None
     if config.attestation == "tokenreview" or config.pod_lookup:
         api_client = load_kube_api_client(config.kubeconfig)
-    pods: PodReader | None = KubePodReader(api_client) if config.pod_lookup else None
+    pods: PodReader | None = KubePodReader(api_client, calls=calls) if config.pod_lookup else None
     if config.attestation == "tokenreview":
-        return TokenReviewAttestor(api_client, config.subject_audience, pods)
+        return TokenReviewAttestor(api_client, config.subject_audience, pods, calls=calls)
     source: KeySource
     if config.jwks_file is not None:
         source = JWKSFile(config.jwks_file)
@@ -55,15 +56,17 @@ def build_attestor(config: BrokerConfig) -> Attestor:
                         max_age=config.max_subject_token_age)
 
 
-async def _every(interval: float, job: Callable[[], Awaitable[object]], name: str) -> None:
-    while True:
+async def _every(interval: float, job: Callable[[], Awaitable[object]], name: str, at_start: bool = False) -> None:
+    if not at_start:
         await asyncio.sleep(interval)
+    while True:
         try:
             await job()
         except StoreError as exc:
             log.warning(f"{name}.failed", error=str(exc))
         except Exception:
             log.error(f"{name}.failed", exc_info=True)
+        await asyncio.sleep(interval)
 
 
 def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attestor | None = None,
@@ -80,20 +83,23 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         revocations = RevocationIndex(the_store, max_staleness=config.revocation_max_staleness,
                                       max_token_ttl=config.max_ttl, clock=clock)
         the_opa = opa or OPAClient(config.opa_url, timeout=config.opa_timeout)
-        the_attestor = attestor or build_attestor(config)
-        auditor = Auditor(the_store)
+        calls = ApiServerCalls()  # every API-server call of this broker, bounded
+        the_attestor = attestor or build_attestor(config, calls)
+        auditor = Auditor(the_store, clock=clock)
         try:
             await keys.refresh(clock())
             await revocations.load()
         except BaseException:
             await the_store.close()
+            calls.close()
             raise
         shadow = (LiveShadow(config.shadow_policy_path, config.opa_url, the_store, metrics.registry)
                   if config.shadow_policy_path else None)
         exchange = TokenExchange(config, the_attestor, the_opa, keys, revocations, auditor, metrics, clock, shadow)
         broker = Broker(config=config, store=the_store, keys=keys, revocations=revocations, auditor=auditor,
-                        metrics=metrics, opa=the_opa, attestor=the_attestor, admin=AdminTokens(config.admin_token_file),
-                        exchange=exchange, clock=clock, shadow=shadow)
+                        metrics=metrics, opa=the_opa, attestor=the_attestor, admin=TokenFile(config.admin_token_file),
+                        exchange=exchange, clock=clock, shadow=shadow, apiserver=calls,
+                        readers=TokenFile(config.reader_token_file) if config.reader_token_file else None)
         key_interval = max(0.25, min(30.0, config.key_rotation / 4))
         broker.tasks = [
             asyncio.create_task(_every(key_interval, lambda: keys.refresh(clock()), "keys.refresh")),
@@ -101,6 +107,9 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
             asyncio.create_task(_every(PURGE_EVERY, lambda: revocations.purge(clock()), "revocations.purge")),
             asyncio.create_task(_every(PURGE_EVERY, lambda: approvals_api.purge(the_store, clock()),
                                        "access_requests.purge")),
+            asyncio.create_task(_every(PURGE_EVERY, lambda: purge_audit(the_store, clock(), config.audit_retention),
+                                       "audit.purge", at_start=True)),
+            asyncio.create_task(auditor.run()),
             *([asyncio.create_task(shadow.run())] if shadow else []),
         ]
         app.state.broker = broker
@@ -120,6 +129,7 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
                 await shadow.close()
             await the_opa.close()
             await the_attestor.close()
+            calls.close()
             await the_store.close()
             log.info("broker.stopped")
 

@@ -40,6 +40,7 @@ def run_broker(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pdp.app import create_app
+    from pdp.http.server import uvicorn_config
 
     try:
         asyncio.run(_check_store(config.store_url))
@@ -47,12 +48,7 @@ def run_broker(args: argparse.Namespace) -> int:
         print(f"jitmesh broker: --store: {exc}", file=sys.stderr)
         return 1
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=config.listen_host, port=config.listen_port, loop="uvloop", http="httptools",
-        lifespan="on", access_log=False, log_config=None, server_header=False, timeout_graceful_shutdown=5,
-        ssl_certfile=str(config.tls_cert_file) if config.tls_cert_file else None,
-        ssl_keyfile=str(config.tls_key_file) if config.tls_key_file else None,
-    ))
+    server = uvicorn.Server(uvicorn_config(app, config))
     app.state.uvicorn_server = server  # event streams end when it shuts down (pdp/revocation/events.py)
     server.run()
     # uvicorn leaves `started` False when the lifespan (store, keys) failed

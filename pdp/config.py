@@ -41,6 +41,29 @@ def _http_url(value: str, flag: str) -> str:
     return value.rstrip("/")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: str, flag: str) -> float:
+    """`90d`, `12h`, `30m`, `45s`, `2w`, or plain seconds, as seconds (positive)."""
+    text = str(value).strip().lower()
+    unit = _UNITS.get(text[-1:], None) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(f"{flag} {value!r}: expected a positive duration like 90d, 12h, 30m or 45s")
+    return seconds
+
+
+def _seconds_in(value: float, flag: str, low: float, high: float) -> float:
+    if not low < value <= high:
+        raise ConfigError(f"{flag} {value}: expected seconds in ({low:g}, {high:g}]")
+    return float(value)
+
+
 def _positive(value: int, flag: str) -> int:
     if value <= 0:
         raise ConfigError(f"{flag} {value}: must be a positive number of seconds")
@@ -83,6 +106,12 @@ class BrokerConfig:
     max_event_streams: int = 10_000  # open revocation event streams, overall
     max_event_streams_per_subject: int = 8
     enforcement: Enforcement = "enforce"  # dry-run: policy denials are issued anyway (pdp/enforcement.py)
+    reader_token_file: Path | None = None  # readers: introspection and the revocation event stream
+    audit_retention: float = 90 * 86400.0  # audit records older than this are purged
+    request_read_timeout: float = 10.0  # a request's headers and body must arrive within this
+    max_connections: int = 10_000  # open connections and requests beyond this are answered 503
+    admin_review_rate: float = 5.0  # API-server reviews of unknown bearer tokens per second per address
+    admin_review_burst: int = 20
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BrokerConfig:
@@ -117,6 +146,23 @@ class BrokerConfig:
         if default_ttl > max_ttl:
             raise ConfigError(f"--default-ttl {default_ttl} is longer than --max-ttl {max_ttl}")
         key_rotation = _positive(args.key_rotation, "--key-rotation")
+        readers = Path(args.reader_token_file) if getattr(args, "reader_token_file", None) else None
+        if readers is not None and not readers.is_file():
+            raise ConfigError(f"--reader-token-file {str(readers)!r}: no such file")
+        retention = parse_duration(getattr(args, "audit_retention", "90d"), "--audit-retention")
+        if retention < max_ttl:
+            raise ConfigError(f"--audit-retention {args.audit_retention}: shorter than --max-ttl {max_ttl}s; the "
+                              "record of a token must outlive the token")
+        read_timeout = _seconds_in(float(getattr(args, "request_read_timeout", 10.0)), "--request-read-timeout",
+                                   0, 300)
+        max_connections = int(getattr(args, "max_connections", 10_000))
+        if max_connections < 1:
+            raise ConfigError(f"--max-connections {max_connections}: must be at least 1")
+        review_rate = float(getattr(args, "admin_review_rate", 5.0))
+        review_burst = int(getattr(args, "admin_review_burst", 20))
+        if not review_rate > 0 or review_burst < 1:
+            raise ConfigError(f"--admin-review-rate {review_rate} / --admin-review-burst {review_burst}: expected a "
+                              "positive rate and a burst of at least 1")
         approval_ttl = _positive(getattr(args, "approval_ttl", 3600), "--approval-ttl")
         max_age = getattr(args, "max_subject_token_age", 86400)
         if max_age < 0:
@@ -134,8 +180,10 @@ class BrokerConfig:
             opa_timeout=float(args.opa_timeout), enforcement=args.enforcement,
             max_subject_token_age=float(max_age) if max_age else None,
             resources=_resources(getattr(args, "resource", None) or []),
-            tls_cert_file=tls_cert, tls_key_file=tls_key,
             max_event_streams=max_streams, max_event_streams_per_subject=per_subject,
+            tls_cert_file=tls_cert, tls_key_file=tls_key, reader_token_file=readers, audit_retention=retention,
+            request_read_timeout=read_timeout, max_connections=max_connections, admin_review_rate=review_rate,
+            admin_review_burst=review_burst,
         )
 
 
@@ -208,6 +256,20 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--max-subject-token-age", type=int, default=86400,
                    help="refuse subject tokens issued more than SECONDS ago (iat), so a long-lived "
                         "`kubectl create token` is no standing credential; 0: no limit (default %(default)s)")
+    p.add_argument("--reader-token-file", default=None,
+                   help="reader bearer tokens, one a line: /introspect and the revocation event stream only")
+    p.add_argument("--audit-retention", default="90d",
+                   help="keep audit records this long, e.g. 90d, 12h (default %(default)s; at least --max-ttl)")
+    p.add_argument("--request-read-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's headers and body; then 408 (default %(default)s)")
+    p.add_argument("--max-connections", type=int, default=10_000,
+                   help="open connections beyond this are answered 503 (default %(default)s)")
+    p.add_argument("--admin-review-rate", type=float, default=5.0,
+                   help="API-server reviews of unrecognised bearer tokens per second per client address; more "
+                        "are answered 429 (default %(default)s)")
+    p.add_argument("--admin-review-burst", type=int, default=20,
+                   help="reviews a client address may ask for at once before --admin-review-rate applies "
+                        "(default %(default)s)")
     p.add_argument("--max-ttl", type=int, default=3600, help="longest token lifetime in seconds (default %(default)s)")
     p.add_argument("--default-ttl", type=int, default=None,
                    help="lifetime when none is asked (default 300, at most --max-ttl)")

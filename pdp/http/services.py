@@ -12,9 +12,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from pdp.admin.auth import AdminReviewer
-from pdp.admin.tokens import AdminTokens
+from pdp.admin.auth import AddressLimiter, AdminReviewer
+from pdp.admin.tokens import TokenFile
 from pdp.attestation.identity import Attestor
+from pdp.attestation.kube import ApiServerCalls
 from pdp.audit import Auditor
 from pdp.config import BrokerConfig
 from pdp.exchange import TokenExchange
@@ -40,13 +41,16 @@ class Broker:
     metrics: BrokerMetrics
     opa: OPAClient
     attestor: Attestor
-    admin: AdminTokens
+    admin: TokenFile                           # --admin-token-file
     exchange: TokenExchange
     clock: Callable[[], float] = time.time
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     shadow: LiveShadow | None = None
     hub: EventHub | None = None                 # the revocation event stream's fan-out
-    reviewer: AdminReviewer | None = None       # Kubernetes identities as admins
+    readers: TokenFile | None = None            # --reader-token-file: introspection and the event stream
+    reviewer: AdminReviewer | None = None       # Kubernetes identities as admins and readers
+    apiserver: ApiServerCalls | None = None     # the bounded pool every API-server call runs on
+    review_limiter: AddressLimiter | None = None  # API-server reviews a client address may cause
     podwatch: PodWatch | None = None            # deleted pods lose their tokens
     reads_recorded: dict[tuple[str, str], float] = field(default_factory=dict)  # (admin, action) -> when
     last_key_reload: float = 0.0

@@ -1,10 +1,11 @@
-"""`GET /v1/revocations/events`: who may subscribe (an admin, or a workload attested by its
-ServiceAccount token, as at /token), and the stream of the events it may see."""
+"""`GET /v1/revocations/events`: who may subscribe (an admin or reader, or a workload attested
+by its ServiceAccount token, as at /token), and the stream of the events it may see."""
 
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import jwt
@@ -13,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from jitmesh.log import get_logger
 from pdp.attestation.identity import AttestationError, AttestationUnavailable
-from pdp.http.admin import require_admin
+from pdp.http.admin import audit_admin_call, authenticate, require_admin
 from pdp.http.errors import OAuthError, invalid_request, unavailable
 from pdp.http.services import broker_of
 from pdp.revocation import events as revocation_events
@@ -31,16 +32,23 @@ def _unverified_exp(token: str) -> float | None:
 
 
 async def _viewer(request: Request) -> tuple[Viewer, float | None]:
-    """Admin, else a workload attested by its ServiceAccount token (as at /token)."""
+    """An admin or reader (everything), else a workload attested by its ServiceAccount token
+    (as at /token). A token that is neither costs at most one bounded, rate-limited round of
+    API-server reviews (pdp.admin.auth)."""
     broker = broker_of(request)
     authorization = request.headers.get("authorization")
     token = authorization.partition(" ")[2].strip() if authorization else ""
     if not token or authorization is None or authorization.partition(" ")[0].lower() != "bearer":
         raise OAuthError(401, "invalid_token", "a bearer token is required: the sidecar's ServiceAccount token "
-                         "or an admin token")
-    if broker.admin.is_admin(authorization):
+                         "or an admin or reader token")
+    if broker.admin.lists(authorization) or (broker.readers is not None and broker.readers.lists(authorization)):
         admin = await require_admin(request, "revocation.events")
         return Viewer(admin=True, name=admin.who), None
+    if broker.config.attestation == "tokenreview" and broker.review_limiter is not None:
+        wait = broker.review_limiter.take(request.client.host if request.client else None)
+        if wait > 0:  # attesting asks the API server: a stranger's tokens count against its address
+            raise OAuthError(429, "slow_down", "too many subscriptions from this address; retry later",
+                             retry_after=max(1, math.ceil(min(wait, 3600.0))))
     try:
         subject = await broker.attestor.attest(token)
     except AttestationUnavailable as exc:
@@ -49,8 +57,16 @@ async def _viewer(request: Request) -> tuple[Viewer, float | None]:
         if broker.reviewer is not None:
             admin = await require_admin(request, "revocation.events")
             return Viewer(admin=True, name=admin.who), None
-        raise OAuthError(401, "invalid_token", f"the bearer token is neither an admin token nor an acceptable "
-                         f"ServiceAccount token: {exc}") from None
+        raise OAuthError(401, "invalid_token", f"the bearer token is neither an admin or reader token nor an "
+                         f"acceptable ServiceAccount token: {exc}") from None
+    if broker.reviewer is not None:  # a workload that is also a reader or admin follows everything
+        try:
+            elevated = await authenticate(request)
+        except OAuthError:
+            elevated = None  # the API server cannot tell now: the narrower view, never more
+        if elevated is not None:
+            await audit_admin_call(broker, elevated, "revocation.events", request)
+            return Viewer(admin=True, name=elevated.who), None
     exp = _unverified_exp(token)
     ends_at = None if exp is None else time.monotonic() + max(0.0, exp - time.time())
     return Viewer(admin=False, subject=subject.sub, pod_uid=subject.pod.uid if subject.pod else None,

@@ -13,8 +13,8 @@ from prometheus_client import Gauge
 
 from jitmesh.contract import KUBERNETES_CLAIM
 from jitmesh.log import get_logger
-from pdp.admin.auth import KubeAdminReviewer
-from pdp.attestation.kube import load_kube_api_client
+from pdp.admin.auth import AddressLimiter, KubeAdminReviewer
+from pdp.attestation.kube import ApiServerCalls, load_kube_api_client
 from pdp.http.services import Broker
 from pdp.revocation.api import revoke
 from pdp.revocation.events import EventHub
@@ -91,7 +91,10 @@ def start(broker: Broker) -> list[asyncio.Task[Any]]:
     broker.hub = hub
     if has_kube_client(broker):
         api_client = load_kube_api_client(broker.config.kubeconfig)
-        broker.reviewer = KubeAdminReviewer(api_client)
+        c = broker.config
+        broker.review_limiter = AddressLimiter(c.admin_review_rate, c.admin_review_burst)
+        broker.reviewer = KubeAdminReviewer(api_client, broker.apiserver or ApiServerCalls(),
+                                            audience=c.subject_audience, limiter=broker.review_limiter)
         broker.podwatch = PodWatch(api_client, _podwatch_revoker(broker, hub), clock=broker.clock)
     streams = Gauge("jitmesh_revocation_event_streams", "Open GET /v1/revocations/events streams",
                     registry=broker.metrics.registry)

@@ -154,6 +154,15 @@ class Store(abc.ABC):
 
     # revocations
     @abc.abstractmethod
+    async def set_audit_details(self, seq: int, details: dict[str, Any]) -> None:
+        """Replace the `details` of record `seq` (the count of coalesced refusals)."""
+
+    @abc.abstractmethod
+    async def purge_audit(self, before: float) -> int:
+        """Delete the audit records whose `time` is before `before` (in batches, so token
+        requests are not held behind one long delete); how many went."""
+
+    @abc.abstractmethod
     async def add_revocation(self, revocation: Revocation) -> RevocationEvent:
         """Store the revocation and append its `revoked` event, atomically."""
 

@@ -563,6 +563,26 @@ class PostgresStore(Store):
             return int(row["max"] or 0) if row else 0
 
     @bounded
+    async def set_audit_details(self, seq: int, details: dict[str, Any]) -> None:
+        text = records.encode_details_only(seq, details)
+        async with self._conn("updating an audit record's count") as conn:
+            await conn.execute(records.SET_AUDIT_DETAILS.format(details="%s::jsonb", p="%s"), (text, seq))
+
+    @bounded
+    async def _purge_audit_batch(self, before: float) -> int:
+        async with self._conn("purging old audit records") as conn:
+            cur = await conn.execute(records.PURGE_AUDIT_BATCH.format(p="%s"), (before,))
+            return cur.rowcount
+
+    async def purge_audit(self, before: float) -> int:
+        purged = 0
+        while True:  # one batch a statement, each bounded in time
+            n = await self._purge_audit_batch(before)
+            purged += n
+            if n < records.AUDIT_PURGE_BATCH:
+                return purged
+
+    @bounded
     async def purge_revocations(self, expired_before: float, lifted_before: float) -> int:
         params = (expired_before, lifted_before)
         async with self._conn("purging expired and lifted revocations") as conn, conn.transaction():

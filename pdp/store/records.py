@@ -115,6 +115,25 @@ def clamp_limit(limit: int, ceiling: int = 10_000) -> int:
     return max(0, min(int(limit), ceiling))
 
 
+# --- audit retention and coalesced counts: the same statements on both stores -----------------
+
+AUDIT_PURGE_BATCH = 5000
+PURGE_AUDIT_BATCH = ("DELETE FROM audit WHERE seq IN "  # noqa: S608 (constants only; values are parameters)
+                     "(SELECT seq FROM audit WHERE time < {p} LIMIT " + str(AUDIT_PURGE_BATCH) + ")")
+SET_AUDIT_DETAILS = "UPDATE audit SET details = {details} WHERE seq = {p}"
+
+
+def encode_details_only(seq: int, details: dict[str, Any]) -> str:
+    """`details` as JSON text for an update of record `seq`; StoreError if it cannot be stored."""
+    try:
+        text = _compact_json(details)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"audit record {seq}: details must be JSON-serializable: {exc}") from None
+    if "\\u0000" in text:
+        raise StoreError(f"audit record {seq}: details contain a NUL character")
+    return text
+
+
 # --- revocation purge: the same statements on both stores ------------------------------------
 
 # Indexes for the purge (a later migration of both stores).

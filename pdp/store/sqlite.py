@@ -427,6 +427,20 @@ class SQLiteStore(Store):
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
         return [audit_of(r) for r in rows]
 
+    async def set_audit_details(self, seq: int, details: dict[str, Any]) -> None:
+        text = records.encode_details_only(seq, details)
+        statement = records.SET_AUDIT_DETAILS.format(details="?", p="?")
+        await self._write(lambda c: c.execute(statement, (text, seq)), one_statement=True)
+
+    async def purge_audit(self, before: float) -> int:
+        statement = records.PURGE_AUDIT_BATCH.format(p="?")
+        purged = 0
+        while True:  # one batch a transaction: token requests' audit writes go in between
+            n = await self._write(lambda c: c.execute(statement, (before,)).rowcount, one_statement=True)
+            purged += n
+            if n < records.AUDIT_PURGE_BATCH:
+                return purged
+
     # revocations
 
     async def add_revocation(self, revocation: Revocation) -> RevocationEvent:

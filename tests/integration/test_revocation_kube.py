@@ -87,7 +87,7 @@ def test_a_serviceaccount_allowed_admin_on_brokers_may_revoke_and_is_named_in_th
     ns = make_namespace(service_accounts=("revoker",))
     rbac_role(kube_api, [client.V1PolicyRule(api_groups=["jitmesh.io"], resources=["brokers"], verbs=["admin"])],
               client.RbacV1Subject(kind="ServiceAccount", name="revoker", namespace=ns))
-    token = sa_token(kube_api, ns, "revoker")
+    token = sa_token(kube_api, ns, "revoker", SUBJECT_AUDIENCE)  # a token for the broker, not the API server
     r = httpx.post(f"{broker.url}/v1/admin/revocations", headers={"Authorization": f"Bearer {token}"},
                    json={"audience": f"aud-{ns}", "reason": "by a Kubernetes admin"}, timeout=10)
     assert r.status_code == 201, r.text
@@ -101,7 +101,7 @@ def test_a_serviceaccount_without_the_rule_is_not_an_admin(kube_api: client.ApiC
                                                            make_namespace: Callable[..., str],
                                                            broker: BrokerHandle) -> None:
     ns = make_namespace(service_accounts=("nobody",))
-    token = sa_token(kube_api, ns, "nobody")
+    token = sa_token(kube_api, ns, "nobody", SUBJECT_AUDIENCE)
     r = httpx.post(f"{broker.url}/v1/admin/revocations", headers={"Authorization": f"Bearer {token}"},
                    json={"audience": "x", "reason": "r"}, timeout=10)
     assert r.status_code == 401 and r.json()["error"] == "invalid_token"

@@ -113,3 +113,25 @@ def test_a_resource_given_for_two_audiences_is_refused(jwks: str) -> None:
 def test_max_subject_token_age_defaults_to_a_day_and_zero_turns_it_off(jwks: str) -> None:
     assert parse(["--jwks-file", jwks]).max_subject_token_age == 86400
     assert parse(["--jwks-file", jwks, "--max-subject-token-age", "0"]).max_subject_token_age is None
+
+
+def test_audit_retention_defaults_to_ninety_days_and_takes_units(jwks: str) -> None:
+    assert parse(["--jwks-file", jwks]).audit_retention == 90 * 86400
+    assert parse(["--jwks-file", jwks, "--audit-retention", "12h"]).audit_retention == 12 * 3600
+    assert parse(["--jwks-file", jwks, "--audit-retention", "7200"]).audit_retention == 7200
+
+
+@pytest.mark.parametrize("value", ["forever", "-1d", "0", "1x", ""])
+def test_an_audit_retention_that_is_no_duration_names_the_flag(jwks: str, value: str) -> None:
+    with pytest.raises(ConfigError, match="--audit-retention"):
+        parse(["--jwks-file", jwks, f"--audit-retention={value}"])
+
+
+def test_an_audit_retention_shorter_than_the_longest_token_is_refused(jwks: str) -> None:
+    with pytest.raises(ConfigError, match="--max-ttl"):
+        parse(["--jwks-file", jwks, "--audit-retention", "30m", "--max-ttl", "3600"])
+
+
+def test_a_reader_token_file_that_does_not_exist_is_refused(jwks: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--reader-token-file"):
+        parse(["--jwks-file", jwks, "--reader-token-file", str(tmp_path / "nope")])

@@ -23,7 +23,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from jitmesh.devissuer import DevIssuer, PodRef
 from pdp.attestation.identity import AttestationError, AttestationUnavailable, PodInfo, Subject
-from pdp.attestation.kube import TokenReviewAttestor
+from pdp.attestation.kube import TokenReviewAttestor, TokenReviewRefused
 from pdp.attestation.verify import (
     JWKSURL,
     JWKSAttestor,
@@ -349,11 +349,21 @@ def test_token_review_asks_with_the_subject_audience_and_reads_the_pod() -> None
                               service_account="api", pod=PodInfo(name="p", uid="u"))
 
 
-def test_token_review_not_authenticated_is_refused() -> None:
+def test_token_review_not_authenticated_is_refused_without_echoing_the_api_server() -> None:
     api = FakeAuthAPI(SimpleNamespace(authenticated=False, error="token has been invalidated", audiences=None,
                                       user=None))
-    with pytest.raises(AttestationError, match="invalidated"):
+    with pytest.raises(TokenReviewRefused, match="did not authenticate") as refused:
         asyncio.run(review_attestor(api).attest("t"))
+    assert "invalidated" not in str(refused.value) and "invalidated" in (refused.value.detail or "")
+
+
+def test_a_refused_token_is_not_reviewed_again_for_a_while() -> None:
+    api = FakeAuthAPI(SimpleNamespace(authenticated=False, error="bad", audiences=None, user=None))
+    attestor = review_attestor(api)
+    for _ in range(3):
+        with pytest.raises(AttestationError):
+            asyncio.run(attestor.attest("garbage"))
+    assert len(api.bodies) == 1
 
 
 def test_token_review_without_our_audience_is_refused() -> None:

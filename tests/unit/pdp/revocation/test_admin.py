@@ -7,12 +7,16 @@ import asyncio
 import hashlib
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from pdp.admin.auth import (
+    AddressLimiter,
+    AdminReviewRateLimited,
     AdminReviewUnavailable,
     KubeAdminReviewer,
+    Review,
     authenticate_admin,
     sar_spec,
 )
@@ -29,14 +33,21 @@ def tokens(tmp_path: Path) -> AdminTokens:
 
 
 class FakeReviewer:
-    def __init__(self, answer: str | None = None, fail: bool = False) -> None:
-        self.answer, self.fail, self.asked = answer, fail, 0
+    def __init__(self, answer: str | None = None, fail: bool = False, role: str = "admin") -> None:
+        self.answer, self.fail, self.asked, self.role = answer, fail, 0, role
 
-    async def review(self, token: str) -> str | None:
+    async def review(self, token: str, client: str | None = None) -> Review | None:
         self.asked += 1
         if self.fail:
             raise AdminReviewUnavailable("API server down")
-        return self.answer
+        return None if self.answer is None else Review(self.answer, self.role)  # type: ignore[arg-type]
+
+
+class ThreadCalls:
+    """The bounded API-server pool's interface, on the default pool (unit tests only)."""
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
 
 
 def test_a_listed_token_is_an_admin_named_by_its_fingerprint(tmp_path: Path) -> None:
@@ -49,6 +60,15 @@ def test_a_kubernetes_identity_allowed_by_subjectaccessreview_is_an_admin(tmp_pa
     reviewer = FakeReviewer("system:serviceaccount:ops:revoker")
     admin = asyncio.run(authenticate_admin("Bearer kube-token", tokens(tmp_path), reviewer))
     assert admin is not None and admin.who == "system:serviceaccount:ops:revoker" and admin.via == "subjectaccessreview"
+    assert admin.role == "admin"
+
+
+def test_a_token_in_the_reader_file_is_a_reader(tmp_path: Path) -> None:
+    f = tmp_path / "readers"
+    f.write_text("reader-1\n")
+    admin = asyncio.run(authenticate_admin("Bearer reader-1", tokens(tmp_path), None, AdminTokens(f)))
+    assert admin is not None and admin.role == "reader" and admin.via == "reader-token-file"
+    assert admin.who.startswith("reader-token:")
 
 
 @pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer ", "Bearer other"])
@@ -70,16 +90,17 @@ def test_the_subjectaccessreview_asks_admin_on_brokers_in_jitmesh_io() -> None:
 
 def test_kube_reviews_are_cached_per_token_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [0.0]
-    reviewer = KubeAdminReviewer(SimpleNamespace(configuration=None), clock=lambda: now[0], cache_seconds=10)
+    reviewer = KubeAdminReviewer(SimpleNamespace(configuration=None), ThreadCalls(), clock=lambda: now[0],
+                                 cache_seconds=10)
     asked: list[str] = []
 
-    def review(token: str) -> str | None:
+    def review(token: str) -> Review | None:
         asked.append(token)
-        return "alice" if token == "good" else None
+        return Review("alice", "admin") if token == "good" else None
 
     monkeypatch.setattr(reviewer, "_review_blocking", review)
-    assert asyncio.run(reviewer.review("good")) == "alice"
-    assert asyncio.run(reviewer.review("good")) == "alice"
+    assert asyncio.run(reviewer.review("good")) == Review("alice", "admin")
+    assert asyncio.run(reviewer.review("good")) == Review("alice", "admin")
     assert asyncio.run(reviewer.review("bad")) is None
     assert asyncio.run(reviewer.review("bad")) is None
     now[0] = 11.0
@@ -88,14 +109,55 @@ def test_kube_reviews_are_cached_per_token_for_a_while(monkeypatch: pytest.Monke
 
 
 def test_a_failing_kube_review_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    reviewer = KubeAdminReviewer(SimpleNamespace(configuration=None))
+    reviewer = KubeAdminReviewer(SimpleNamespace(configuration=None), ThreadCalls())
 
-    def boom(token: str) -> str | None:
+    def boom(token: str) -> Review | None:
         raise ConnectionError("refused")
 
     monkeypatch.setattr(reviewer, "_review_blocking", boom)
     with pytest.raises(AdminReviewUnavailable, match="ConnectionError"):
         asyncio.run(reviewer.review("t"))
+
+
+def test_concurrent_asks_for_one_token_share_one_review(monkeypatch: pytest.MonkeyPatch) -> None:
+    reviewer = KubeAdminReviewer(SimpleNamespace(configuration=None), ThreadCalls())
+    asked: list[str] = []
+
+    def review(token: str) -> Review | None:
+        asked.append(token)
+        return None
+
+    monkeypatch.setattr(reviewer, "_review_blocking", review)
+
+    async def many() -> None:
+        await asyncio.gather(*(reviewer.review("same") for _ in range(20)))
+
+    asyncio.run(many())
+    assert asked == ["same"]
+
+
+def test_reviews_past_the_burst_of_one_address_are_rate_limited(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    limiter = AddressLimiter(rate=1.0, burst=3, clock=lambda: now[0])
+    reviewer = KubeAdminReviewer(SimpleNamespace(configuration=None), ThreadCalls(), limiter=limiter)
+    monkeypatch.setattr(reviewer, "_review_blocking", lambda token: None)
+    for i in range(3):
+        asyncio.run(reviewer.review(f"t{i}", "10.0.0.1"))
+    with pytest.raises(AdminReviewRateLimited) as limited:
+        asyncio.run(reviewer.review("t9", "10.0.0.1"))
+    assert limited.value.retry_after >= 1
+    asyncio.run(reviewer.review("t9", "10.0.0.2"))  # another address has its own bucket
+    asyncio.run(reviewer.review("t0", "10.0.0.1"))  # a cached answer costs nothing
+    now[0] = 1.0
+    asyncio.run(reviewer.review("t10", "10.0.0.1"))
+
+
+def test_the_limiter_table_is_bounded_and_overflow_shares_one_bucket() -> None:
+    limiter = AddressLimiter(rate=0.001, burst=1, max_entries=2, clock=lambda: 0.0)
+    assert limiter.take("a") == 0 and limiter.take("b") == 0
+    assert limiter.take("c") == 0  # the shared bucket's one token
+    assert limiter.take("d") > 0
+    assert len(limiter._buckets) <= 3
 
 
 # --- revocation requests ------------------------------------------------------------------------
