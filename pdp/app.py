@@ -45,7 +45,8 @@ def build_attestor(config: BrokerConfig, calls: ApiServerCalls | None = None) ->
         api_client = load_kube_api_client(config.kubeconfig)
     pods: PodReader | None = KubePodReader(api_client, calls=calls) if config.pod_lookup else None
     if config.attestation == "tokenreview":
-        return TokenReviewAttestor(api_client, config.subject_audience, pods, calls=calls)
+        return TokenReviewAttestor(api_client, config.subject_audience, pods, calls=calls,
+                                   max_age=config.max_subject_token_age)
     source: KeySource
     if config.jwks_file is not None:
         source = JWKSFile(config.jwks_file)

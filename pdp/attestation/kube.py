@@ -22,7 +22,14 @@ import jwt
 
 from jitmesh.contract import SERVICEACCOUNT_SUB_PREFIX
 from jitmesh.log import get_logger
-from pdp.attestation.identity import AttestationError, AttestationUnavailable, PodInfo, PodReader, Subject
+from pdp.attestation.identity import (
+    AttestationError,
+    AttestationUnavailable,
+    PodInfo,
+    PodReader,
+    Subject,
+    check_subject_age,
+)
 from pdp.attestation.verify import POD_NAME_EXTRA, POD_UID_EXTRA, bind_pod
 
 log = get_logger("pdp.attestation")
@@ -167,11 +174,14 @@ def subject_from_token_review(status: Any, token: str, audience: str) -> Subject
     extra = getattr(user, "extra", None) or {}
     pod_names, pod_uids = extra.get(POD_NAME_EXTRA) or [], extra.get(POD_UID_EXTRA) or []
     pod = PodInfo(name=pod_names[0], uid=pod_uids[0]) if pod_names and pod_uids else None
-    try:
-        issuer = str(jwt.decode(token, options={"verify_signature": False}).get("iss", ""))
+    try:  # the API server verified the token; its claims are read for iss and iat only
+        claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
-        issuer = ""
-    return Subject(sub=username, issuer=issuer, namespace=namespace, service_account=sa_name, pod=pod)
+        claims = {}
+    iat = claims.get("iat")
+    return Subject(sub=username, issuer=str(claims.get("iss", "")), namespace=namespace, service_account=sa_name,
+                   pod=pod, issued_at=float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool)
+                   else None)
 
 
 class RefusalCache:
@@ -206,11 +216,12 @@ class TokenReviewAttestor:
     """Asks the API server (TokenReview, with the broker's subject audience)."""
 
     def __init__(self, api_client: Any, audience: str, pods: PodReader | None = None,
-                 calls: ApiServerCalls | None = None) -> None:
+                 calls: ApiServerCalls | None = None, max_age: float | None = None) -> None:
         from kubernetes import client
 
         self._auth = client.AuthenticationV1Api(api_client)
         self.audience = audience
+        self.max_age = max_age  # --max-subject-token-age
         self.pods = pods
         self._own_calls = calls is None
         self.calls = calls or ApiServerCalls()
@@ -240,6 +251,7 @@ class TokenReviewAttestor:
         except AttestationError as refusal:
             self.refusals.put(token, refusal)
             raise
+        check_subject_age(subject, self.max_age, time.time())
         return await bind_pod(subject, self.pods)
 
     async def close(self) -> None:

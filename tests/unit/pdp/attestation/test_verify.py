@@ -343,10 +343,20 @@ def authenticated(username: str = "system:serviceaccount:payments:api", audience
 
 def test_token_review_asks_with_the_subject_audience_and_reads_the_pod() -> None:
     api = FakeAuthAPI(authenticated())
-    subject = asyncio.run(review_attestor(api).attest(DEV.mint("payments", "api")))
+    token = DEV.mint("payments", "api")
+    subject = asyncio.run(review_attestor(api).attest(token))
     assert api.bodies[0].spec.audiences == [AUD]
     assert subject == Subject(sub="system:serviceaccount:payments:api", issuer=DEV.issuer, namespace="payments",
-                              service_account="api", pod=PodInfo(name="p", uid="u"))
+                              service_account="api", pod=PodInfo(name="p", uid="u"),
+                              issued_at=jwt.decode(token, options={"verify_signature": False})["iat"])
+
+
+def test_token_review_refuses_a_subject_token_older_than_the_max_age() -> None:
+    attestor = review_attestor(FakeAuthAPI(authenticated()))
+    attestor.max_age = 86400
+    old = DEV.mint("payments", "api", now=time.time() - 2 * 86400, ttl=3 * 86400)
+    with pytest.raises(AttestationError, match="max-subject-token-age"):
+        asyncio.run(attestor.attest(old))
 
 
 def test_token_review_not_authenticated_is_refused_without_echoing_the_api_server() -> None:
