@@ -60,6 +60,7 @@ class Viewer:
     subject: str | None = None
     pod_uid: str | None = None
     name: str = ""
+    audiences: frozenset[str] | None = None  # set for a verifier: the audiences it serves (verifiers.py)
 
 
 def event_doc(ev: RevocationEvent, viewer: Viewer) -> dict[str, Any] | None:
@@ -72,6 +73,8 @@ def event_doc(ev: RevocationEvent, viewer: Viewer) -> dict[str, Any] | None:
         doc["created_by"] = r.created_by
         doc["lifted_by"] = r.lifted_by
         return doc
+    if viewer.audiences is not None and r.kind in ("subject", "pod_uid", "audience"):
+        return doc if r.kind != "audience" or r.value in viewer.audiences else None
     if r.kind == "subject":
         return doc if r.value == viewer.subject else None
     if r.kind == "pod_uid":
