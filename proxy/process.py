@@ -40,7 +40,7 @@ class ProxyProcess(ManagedProcess):
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}"
 
-    def start(self, timeout: float = 30.0, ready: bool = True) -> ProxyProcess:  # type: ignore[override]
+    def start(self, timeout: float = 30.0, ready: bool = True) -> ProxyProcess:
         super().start()
         wait_http(self.metrics_url + ("/readyz" if ready else "/healthz"), timeout=timeout, proc=self.proc)
         return self
