@@ -53,4 +53,7 @@ def register(sub: Any) -> None:
                    help="seconds the revocation stream may be down before every request gets 503")
     p.add_argument("--keys-max-staleness", type=float, default=KEYS_MAX_STALENESS_SECONDS,
                    help="seconds the broker's keys may go unrefreshed before every request gets 503")
+    p.add_argument("--leeway", type=float, default=30.0, help="clock leeway for exp/nbf, seconds (at most 30)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's headers (slowloris bound)")
     p.set_defaults(func=_run)

@@ -47,6 +47,7 @@ class ProxyConfig:
     stream_max_down: float = STREAM_MAX_DOWN_SECONDS
     keys_max_staleness: float = KEYS_MAX_STALENESS_SECONDS
     header_timeout: float = 10.0
+    leeway: float = 30.0
     body_idle_timeout: float = 30.0
     upstream_timeout: float = 30.0
     max_header_bytes: int = 16384
@@ -69,7 +70,9 @@ class ProxyConfig:
         policy_path = args.policy_path.strip("/")
         if not policy_path or any(not part.replace("_", "").isalnum() for part in policy_path.split("/")):
             raise ConfigError(f"--policy-path {args.policy_path!r}: expected a Rego path like jitmesh/access/decision")
-        for name in ("stream_max_down", "keys_max_staleness"):
+        if not 0 <= args.leeway <= 30:
+            raise ConfigError(f"--leeway {args.leeway}: from 0 to 30 seconds (docs/contract.md §7)")
+        for name in ("stream_max_down", "keys_max_staleness", "header_timeout"):
             if getattr(args, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
         if not args.opa_url:
@@ -86,4 +89,6 @@ class ProxyConfig:
             metrics_listen=_listen("--metrics-listen", args.metrics_listen) if args.metrics_listen else None,
             stream_max_down=args.stream_max_down,
             keys_max_staleness=args.keys_max_staleness,
+            header_timeout=args.header_timeout,
+            leeway=args.leeway,
         )

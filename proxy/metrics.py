@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class ProxyMetrics:
@@ -15,6 +15,8 @@ class ProxyMetrics:
                                         registry=self.registry)
         self.upstream_errors = Counter("jitmesh_proxy_upstream_errors", "Requests the upstream did not answer",
                                        ["reason"], registry=self.registry)
+        self.jwks_fetches = Gauge("jitmesh_proxy_jwks_fetches", "Calls made to the broker's /jwks so far",
+                                  registry=self.registry)
         for outcome in ("allow", "deny", "unauthenticated", "unavailable", "policy_error", "bad_request"):
             self.decisions.labels(outcome, "")
 

@@ -75,7 +75,8 @@ async def serve(config: ProxyConfig) -> int:
             await asyncio.wait_for(stop.wait(), START_RETRY_SECONDS)
     follower = EventFollower(broker, config.sa_token_file, config.audiences, revocations, config.stream_max_down)
     policy = build_policy(config, broker)
-    verifier = TokenVerifier(issuer, config.audiences, keys.key, revocations)
+    verifier = TokenVerifier(issuer, config.audiences, keys.key, revocations, leeway=config.leeway)
+    metrics.jwks_fetches.set_function(lambda: keys.fetches)
     gate = Gate(verifier, policy, follower.current, metrics)
     app = ProxyApp(gate, config.upstream, metrics, upstream_timeout=config.upstream_timeout,
                    body_idle_timeout=config.body_idle_timeout)
