@@ -30,7 +30,8 @@ class ProxyProcess(ManagedProcess):
             argv += ["--opa-url", opa_url]
         argv += list(extra)
         base = os.environ if env is None else env
-        super().__init__("proxy", argv, log_path, env={k: v for k, v in base.items() if not k.startswith("JITMESH_")})
+        env_clean = {k: v for k, v in base.items() if not k.startswith("JITMESH_")}
+        super().__init__("proxy", argv, log_path, env=env_clean)
 
     @property
     def url(self) -> str:
