@@ -72,6 +72,8 @@ class BrokerConfig:
     opa_timeout: float = 1.0
     revocation_max_staleness: float = 30.0
     max_subject_token_age: float | None = 86400.0  # refuse subject tokens issued longer ago (None: no limit)
+    access_policy_dir: Path | None = None  # served to proxies as OPA's Wasm build (pdp/access_bundle.py)
+    opa_bin: str | None = None
     enforcement: Enforcement = "enforce"  # dry-run: policy denials are issued anyway (pdp/enforcement.py)
 
     @classmethod
@@ -122,7 +124,17 @@ class BrokerConfig:
             opa_timeout=float(args.opa_timeout), enforcement=args.enforcement,
             max_subject_token_age=float(max_age) if max_age else None,
             tls_cert_file=tls_cert, tls_key_file=tls_key,
+            access_policy_dir=_access_policy_dir(getattr(args, "access_policy_dir", None)),
+            opa_bin=getattr(args, "opa_bin", None) or None,
         )
+
+
+def _access_policy_dir(raw: str | None) -> Path | None:
+    if not raw:
+        return None
+    if not Path(raw).is_dir():
+        raise ConfigError(f"--access-policy-dir {raw}: not a directory (the proxies' access policy and its data)")
+    return Path(raw)
 
 
 def _tls_files(cert: str | None, key: str | None) -> tuple[Path | None, Path | None]:
@@ -156,6 +168,10 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--opa-timeout", type=float, default=1.0, help="seconds to wait for OPA (default %(default)s)")
     p.add_argument("--policy-path", default=DEFAULT_POLICY_PATH, help="OPA data path of the decision")
     p.add_argument("--shadow-policy-path", default=None, help="data path of a candidate policy (unset: shadow off)")
+    p.add_argument("--access-policy-dir", default=None,
+                   help="Rego and data of the proxies' access policy, served to them built as Wasm (unset: not served)")
+    p.add_argument("--opa-bin", default=None, help="the OPA binary that builds --access-policy-dir (default: "
+                   "the one scripts/tools.sh built, else opa on PATH)")
     p.add_argument("--enforcement", choices=["enforce", "dry-run"], default="enforce",
                    help="dry-run: issue what the policy denies anyway, audited as dry_run_allowed "
                         "(default %(default)s)")

@@ -6,7 +6,8 @@
 # {"methods": [..] ("*" for any), "path": "/orders/{id}", "scopes": [..]}.
 # A path template matches segment by segment; "{name}" matches any one non-empty segment.
 # An endpoint allows when the method and path match and the token holds every scope it
-# names. Every deny carries at least one reason.
+# names. Every deny carries at least one reason. Only builtins OPA's Wasm target implements
+# (no sprintf): the proxy evaluates this policy in-process from its Wasm build.
 package jitmesh.access
 
 default decision := {"allow": false, "reasons": ["policy error: no access decision could be built"]}
@@ -98,25 +99,25 @@ reasons contains msg if {
 	some msg in input_errors
 }
 
-reasons contains sprintf("audience %q has no access rules (data.jitmesh.access.audiences)", [audience]) if {
+reasons contains concat("", ["audience ", quoted(audience), " has no access rules (data.jitmesh.access.audiences)"]) if {
 	count(input_errors) == 0
 	not endpoints
 }
 
-reasons contains sprintf("no rule allows %s %s for audience %q", [method, request_path, audience]) if {
+reasons contains concat("", ["no rule allows ", method, " ", request_path, " for audience ", quoted(audience)]) if {
 	count(input_errors) == 0
 	endpoints
 	count(matching) == 0
 	count(path_only) == 0
 }
 
-reasons contains sprintf("method %s is not allowed on %s for audience %q", [method, request_path, audience]) if {
+reasons contains concat("", ["method ", method, " is not allowed on ", request_path, " for audience ", quoted(audience)]) if {
 	count(input_errors) == 0
 	count(matching) == 0
 	count(path_only) > 0
 }
 
-reasons contains sprintf("%s %s needs scope(s) %s; the token has %s", [method, e.path, concat(" ", sort(missing)), held]) if {
+reasons contains concat("", [method, " ", e.path, " needs scope(s) ", concat(" ", sort(missing)), "; the token has ", held]) if {
 	count(permitting) == 0
 	some i in matching
 	e := endpoints[i]
@@ -129,3 +130,6 @@ token_scope_text := concat(" ", sort(token_scopes)) if count(token_scopes) > 0
 default token_scope_text := "none"
 
 request_path := concat("/", ["", concat("/", segments)])
+
+# no sprintf: the Wasm target lacks it, and the proxy evaluates this policy as Wasm
+quoted(s) := concat("", [`"`, s, `"`])

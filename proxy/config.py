@@ -75,8 +75,6 @@ class ProxyConfig:
         for name in ("stream_max_down", "keys_max_staleness", "header_timeout"):
             if getattr(args, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
-        if not args.opa_url:
-            raise ConfigError("--opa-url: required (in-process evaluation is not available in this build)")
         return cls(
             listen=_listen("--listen", args.listen),
             upstream=_url("--upstream", args.upstream) if args.upstream else None,

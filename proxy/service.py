@@ -14,14 +14,15 @@ import uvicorn
 
 from jitmesh.log import get_logger
 from proxy.broker import BrokerClient, BrokerError, EventFollower
-from proxy.config import ConfigError, ProxyConfig
+from proxy.config import ProxyConfig
 from proxy.gate import Gate
 from proxy.keys import JWKSCache
 from proxy.metrics import ProxyMetrics
-from proxy.policy import Policy, RestPolicy
+from proxy.policy import RestPolicy
 from proxy.revocations import RevocationSet
 from proxy.server import GuardedHttpProtocol, ProxyApp, metrics_app
 from proxy.verify import TokenVerifier
+from proxy.wasm_policy import WasmPolicy
 
 log = get_logger("proxy")
 
@@ -51,10 +52,10 @@ async def _until(what: str, stop: asyncio.Event, attempt: Any) -> Any:
     return None
 
 
-def build_policy(config: ProxyConfig, broker: BrokerClient) -> Policy:
+def build_policy(config: ProxyConfig, broker: BrokerClient) -> RestPolicy | WasmPolicy:
     if config.opa_url is not None:
         return RestPolicy(config.opa_url, config.policy_path, timeout=config.opa_timeout)
-    raise ConfigError("--opa-url: required (in-process evaluation is not available in this build)")
+    return WasmPolicy(broker, config.sa_token_file, config.policy_path)
 
 
 async def serve(config: ProxyConfig) -> int:
@@ -75,6 +76,10 @@ async def serve(config: ProxyConfig) -> int:
             await asyncio.wait_for(stop.wait(), START_RETRY_SECONDS)
     follower = EventFollower(broker, config.sa_token_file, config.audiences, revocations, config.stream_max_down)
     policy = build_policy(config, broker)
+    if isinstance(policy, WasmPolicy):
+        while not stop.is_set() and not await policy.load():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), START_RETRY_SECONDS)
     verifier = TokenVerifier(issuer, config.audiences, keys.key, revocations, leeway=config.leeway)
     metrics.jwks_fetches.set_function(lambda: keys.fetches)
     gate = Gate(verifier, policy, follower.current, metrics)
@@ -83,7 +88,8 @@ async def serve(config: ProxyConfig) -> int:
 
     def ready() -> tuple[bool, dict[str, Any]]:
         detail = {"keys": keys.fresh, "events": follower.connected.is_set(), "revocations": len(revocations),
-                  "events_refused": follower.refused}
+                  "events_refused": follower.refused, "policy": "rest" if isinstance(policy, RestPolicy) else
+                  {"etag": policy.etag, "loaded": policy.loaded}}
         return bool(keys.fresh and follower.connected.is_set()), detail
 
     async def refresh_keys() -> None:
@@ -102,7 +108,8 @@ async def serve(config: ProxyConfig) -> int:
         servers.append(_EmbeddedServer(uvicorn.Config(metrics_app(metrics, ready), host=mhost, port=mport,
                                                       **common)))
     tasks = [asyncio.create_task(follower.run(), name="events"),
-             asyncio.create_task(refresh_keys(), name="keys")]
+             asyncio.create_task(refresh_keys(), name="keys"),
+             *([asyncio.create_task(policy.run(), name="policy")] if isinstance(policy, WasmPolicy) else [])]
     started = time.monotonic()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(follower.connected.wait(), 5.0)
