@@ -28,6 +28,7 @@ from proxy.process import ProxyProcess
 
 TITLE = "7. Access proxy: added latency at a fixed rate, policy time, memory, revocation reach"
 RATE = 1000
+RATES = (RATE, 200)  # the aim's rate, and one this 2-core machine's proxy can hold
 PROXIES_FOR_REVOCATION = 20
 SUBJECT = "system:serviceaccount:demo:demo-app"
 
@@ -162,20 +163,21 @@ def run(ctx: Context) -> SectionResult:
         seconds = ctx.options.duration
         runs = {"direct": (f"{upstream}/orders/1", []), "nginx": (f"http://127.0.0.1:{hop}/orders/1", []),
                 "proxy (in-process)": (f"{wasm.url}/orders/1", auth), "proxy (REST)": (f"{rest.url}/orders/1", auth)}
-        measured: dict[str, dict[str, float]] = {}
-        for name, (url, headers) in runs.items():
-            ctx.say(f"   {RATE}/s for {seconds:.0f} s: {name}")
-            attack(vegeta, url, headers, RATE, min(2.0, ctx.options.warmup))
-            measured[name] = latency_ms(attack(vegeta, url, headers, RATE, seconds))
-        raw["latency_ms"] = measured
-        base = measured["direct"]
-        for name in ("nginx", "proxy (in-process)", "proxy (REST)"):
-            m = measured[name]
-            aims = (None, None) if name == "nginx" else (Aim("<=", 0.5), Aim("<=", 2.0))
-            figures += [Figure(f"{name}: added p50", m["p50"] - base["p50"], "ms", aim=aims[0]),
-                        Figure(f"{name}: added p99", m["p99"] - base["p99"], "ms", aim=aims[1]),
-                        Figure(f"{name}: success", m["success"] * 100, "%")]
-        figures.append(Figure("direct: p50 / p99", base["p50"], "ms", note=f"p99 {base['p99']:.2f} ms"))
+        for rate in RATES:
+            measured: dict[str, dict[str, float]] = {}
+            for name, (url, headers) in runs.items():
+                ctx.say(f"   {rate}/s for {seconds:.0f} s: {name}")
+                attack(vegeta, url, headers, rate, min(2.0, ctx.options.warmup))
+                measured[name] = latency_ms(attack(vegeta, url, headers, rate, seconds))
+            raw[f"latency_ms_at_{rate}"] = measured
+            base = measured["direct"]
+            for name in ("nginx", "proxy (in-process)", "proxy (REST)"):
+                m = measured[name]
+                aims = (Aim("<=", 0.5), Aim("<=", 2.0)) if rate == RATE and name != "nginx" else (None, None)
+                figures += [Figure(f"{rate}/s, {name}: added p50", m["p50"] - base["p50"], "ms", aim=aims[0]),
+                            Figure(f"{rate}/s, {name}: added p99", m["p99"] - base["p99"], "ms", aim=aims[1]),
+                            Figure(f"{rate}/s, {name}: answered in time", m["success"] * 100, "%")]
+            figures.append(Figure(f"{rate}/s, direct: p50", base["p50"], "ms", note=f"p99 {base['p99']:.2f} ms"))
         for name, proc in (("in-process (Wasm)", wasm), ("REST (OPA)", rest)):
             mean = policy_mean_us(proc.metrics_url)
             figures.append(Figure(f"policy evaluation, {name}, mean", mean, "us"))

@@ -12,8 +12,10 @@ Authorization header, 400 `invalid_request`; a key set too stale to trust is
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import jwt
@@ -24,6 +26,7 @@ MAX_LEEWAY_SECONDS = 30.0
 ALGORITHM = "ES256"
 ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 MAX_TOKEN_BYTES = 8192
+VERIFIED_CACHE_SIZE = 10000
 
 
 class TokenRejected(Exception):
@@ -93,9 +96,36 @@ class TokenVerifier:
         self.revocations = revocations
         self.leeway = leeway
         self._clock = clock
+        # token -> its verified claims: the ES256 check is most of a request's cost, and its
+        # outcome cannot change; expiry and revocation are checked again on every use
+        self._verified: OrderedDict[str, VerifiedToken] = OrderedDict()
 
     async def verify(self, authorization: Sequence[str]) -> VerifiedToken:
         token = bearer_token(authorization)
+        cached = self._verified.get(token)
+        if cached is not None:
+            self._verified.move_to_end(token)
+            return self._still_valid(cached)
+        verified = await self._verify_signed(token)
+        self._verified[token] = verified
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return verified
+
+    def _still_valid(self, verified: VerifiedToken) -> VerifiedToken:
+        """What can change for a token whose signature and claims were checked: time and revocation."""
+        now = self._clock()
+        exp, nbf = verified.claims.get("exp"), verified.claims.get("nbf")
+        if isinstance(exp, (int, float)) and now > exp + self.leeway:
+            raise TokenRejected("the token has expired")
+        if isinstance(nbf, (int, float)) and now < nbf - self.leeway:
+            raise TokenRejected("the token is not valid yet (nbf)")
+        reason = self.revocations.revoked(verified.claims, verified.audience)
+        if reason is not None:
+            raise TokenRejected(reason)
+        return verified
+
+    async def _verify_signed(self, token: str) -> VerifiedToken:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -112,7 +142,7 @@ class TokenVerifier:
             raise TokenRejected(f"the token is signed by an unknown key (kid {kid[:40]!r})")
         try:
             claims = jwt.decode(
-                token, key, algorithms=[ALGORITHM], issuer=self.issuer, leeway=self.leeway,
+                token, key, algorithms=[ALGORITHM], issuer=self.issuer, leeway=timedelta(seconds=self.leeway),
                 options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"], "verify_aud": False},
             )
         except jwt.ExpiredSignatureError:

@@ -194,3 +194,36 @@ def test_stale_keys_are_unavailable_not_a_rejection(s: Setup) -> None:
 def test_a_leeway_above_thirty_seconds_is_refused() -> None:
     with pytest.raises(ValueError, match="at most 30"):
         TokenVerifier(ISSUER, ["a"], lambda kid: asyncio.sleep(0), RevocationSet(), leeway=60)
+
+
+def test_a_token_verified_before_is_refused_once_revoked(s: Setup) -> None:
+    token = s.signer.token()
+    s.verify(f"Bearer {token}")
+    s.revocations.apply("revoked", {"kind": "jti", "value": "jti-1", "created_at": time.time()})
+    assert "revoked" in s.rejected(f"Bearer {token}").description
+
+
+def test_a_token_verified_before_is_refused_once_expired() -> None:
+    now = [time.time()]
+    setup = Setup()
+    verifier = TokenVerifier(ISSUER, ["orders-api"], setup.keys.key, setup.revocations, leeway=0,
+                             clock=lambda: now[0])
+    token = setup.signer.token(exp=int(now[0]) + 60)
+    asyncio.run(verifier.verify([f"Bearer {token}"]))
+    now[0] += 61
+    with pytest.raises(TokenRejected, match="expired"):
+        asyncio.run(verifier.verify([f"Bearer {token}"]))
+
+
+def test_a_repeated_token_asks_for_its_key_once(s: Setup) -> None:
+    asked: list[str] = []
+
+    async def key(kid: str) -> Any:
+        asked.append(kid)
+        return await s.keys.key(kid)
+
+    verifier = TokenVerifier(ISSUER, ["orders-api"], key, s.revocations)
+    token = s.signer.token()
+    for _ in range(3):
+        asyncio.run(verifier.verify([f"Bearer {token}"]))
+    assert asked == ["k1"]
