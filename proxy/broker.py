@@ -29,7 +29,7 @@ from proxy.revocations import RevocationSet
 log = get_logger("proxy.broker")
 
 EVENTS_PATH = "/v1/revocations/events"
-READ_TIMEOUT = 30.0  # the broker sends a keep-alive every 10 s
+READ_TIMEOUT = 15.0  # the broker sends a keep-alive every 10 s
 
 
 class BrokerError(Exception):
@@ -106,6 +106,10 @@ class EventFollower:
             except (httpx.HTTPError, SSEError, BrokerError, OSError, UnicodeDecodeError) as exc:
                 failures += 1
                 reason = f"{type(exc).__name__}: {exc}"[:300]
+                if isinstance(exc, httpx.ReadTimeout) and self.connected.is_set():
+                    # silent for READ_TIMEOUT: the stream was already gone that long ago
+                    self._down_since = self._clock() - READ_TIMEOUT
+                    self.connected.clear()
             finally:
                 if self.connected.is_set():
                     self._down_since = self._clock()
