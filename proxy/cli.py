@@ -56,4 +56,6 @@ def register(sub: Any) -> None:
     p.add_argument("--leeway", type=float, default=30.0, help="clock leeway for exp/nbf, seconds (at most 30)")
     p.add_argument("--header-timeout", type=float, default=10.0,
                    help="seconds a client has to send a request's headers (slowloris bound)")
+    p.add_argument("--policy-refresh", type=float, default=30.0,
+                   help="seconds between checks for a new in-process policy at the broker (ETag)")
     p.set_defaults(func=_run)

@@ -48,6 +48,7 @@ class ProxyConfig:
     keys_max_staleness: float = KEYS_MAX_STALENESS_SECONDS
     header_timeout: float = 10.0
     leeway: float = 30.0
+    policy_refresh: float = 30.0
     body_idle_timeout: float = 30.0
     upstream_timeout: float = 30.0
     max_header_bytes: int = 16384
@@ -72,7 +73,7 @@ class ProxyConfig:
             raise ConfigError(f"--policy-path {args.policy_path!r}: expected a Rego path like jitmesh/access/decision")
         if not 0 <= args.leeway <= 30:
             raise ConfigError(f"--leeway {args.leeway}: from 0 to 30 seconds (docs/contract.md §7)")
-        for name in ("stream_max_down", "keys_max_staleness", "header_timeout"):
+        for name in ("stream_max_down", "keys_max_staleness", "header_timeout", "policy_refresh"):
             if getattr(args, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
         return cls(
@@ -89,4 +90,5 @@ class ProxyConfig:
             keys_max_staleness=args.keys_max_staleness,
             header_timeout=args.header_timeout,
             leeway=args.leeway,
+            policy_refresh=args.policy_refresh,
         )

@@ -55,7 +55,7 @@ async def _until(what: str, stop: asyncio.Event, attempt: Any) -> Any:
 def build_policy(config: ProxyConfig, broker: BrokerClient) -> RestPolicy | WasmPolicy:
     if config.opa_url is not None:
         return RestPolicy(config.opa_url, config.policy_path, timeout=config.opa_timeout)
-    return WasmPolicy(broker, config.sa_token_file, config.policy_path)
+    return WasmPolicy(broker, config.sa_token_file, config.policy_path, refresh=config.policy_refresh)
 
 
 async def serve(config: ProxyConfig) -> int:

@@ -5,6 +5,7 @@ with OPA itself (docs/contract.md §7)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from proxy.policy_input import build_input
 from proxy.process import ProxyProcess
 from tests.fixtures.broker import BrokerHandle
 from tests.fixtures.proxy import Upstream
+from tests.integration.revocation_support import wait_for
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 BUNDLE = "/v1/access-policy/bundle"
@@ -112,3 +114,23 @@ def test_opa_wasm_refuses_a_module_that_is_not_wasm() -> None:
 
     with pytest.raises(WasmPolicyError, match="not a Wasm module"):
         asyncio.run(asyncio.to_thread(OPAWasm, b"nope", {}, "x"))
+
+
+def test_a_changed_policy_reaches_an_in_process_proxy(make_opa: Callable[..., Any],
+                                                      broker_factory: Callable[..., BrokerHandle], opa_bin: str,
+                                                      make_proxy: Callable[..., ProxyProcess], upstream: Upstream,
+                                                      tmp_path: Path) -> None:
+    policy_dir = tmp_path / "access"
+    policy_dir.mkdir()
+    (policy_dir / "access.rego").write_bytes((POLICIES / "access.rego").read_bytes())
+    data = json.loads((POLICIES / "data.json").read_text())
+    (policy_dir / "data.json").write_text(json.dumps({"jitmesh": {"access": data["jitmesh"]["access"]}}))
+    broker = broker_factory(make_opa(POLICIES).url, access_policy_dir=policy_dir, opa_bin=opa_bin)
+    proxy = make_proxy(broker, ["orders-api"], upstream=upstream.url, extra=["--policy-refresh", "0.5"])
+    headers = {"Authorization": f"Bearer {token(broker)}"}
+    assert httpx.delete(proxy.url + "/orders/1", headers=headers).status_code == 403
+    data["jitmesh"]["access"]["audiences"]["orders-api"]["endpoints"].append(
+        {"methods": ["DELETE"], "path": "/orders/{id}", "scopes": ["read"]})
+    (policy_dir / "data.json").write_text(json.dumps({"jitmesh": {"access": data["jitmesh"]["access"]}}))
+    wait_for(lambda: httpx.delete(proxy.url + "/orders/1", headers=headers).status_code == 200, timeout=30,
+             what="the rebuilt policy in force at the proxy")
