@@ -6,6 +6,11 @@ it, calls `opa_eval` (ABI 1.2+, one call per decision) and resets the heap to wh
 data ended. A module that calls a builtin the host must provide is refused when loaded
 (`opa_builtin*` would be called otherwise): the broker refuses to build such a policy,
 and this is the proxy's own guard.
+
+Why our own glue: `opa-py-wasm` 1.2.1 (on wasmtime) agreed with `opa eval` on every access
+policy case we tried, but took 1.4 ms per decision here (its pool, per-call epoch deadline and
+wasmtime-py's per-call boxing), against 0.08-0.2 ms for this module on the same machine;
+`opa-golib-python-bindings` needs Python 3.14 and this project runs on 3.11.
 """
 
 from __future__ import annotations
