@@ -38,6 +38,18 @@ def parsed_query(path: str) -> dict[str, list[str]]:
     return parse_qs(path.partition("?")[2], keep_blank_values=True)
 
 
+def target_problem(path: str) -> str | None:
+    """Why a request target cannot be judged by path rules, or None: it must be an origin-form
+    path, and no segment may be `.` or `..` once decoded (the upstream would resolve them, so
+    `/orders/../admin` would be judged as one path and served as another)."""
+    if not path.startswith("/"):
+        return "the request target must be a path starting with /"
+    segments = unquote(path.partition("?")[0]).split("/")
+    if any(seg in (".", "..") for seg in segments):
+        return "the request path has . or .. segments; send it normalized"
+    return None
+
+
 def build_input(*, method: str, path: str, host: str, scheme: str, headers: Iterable[tuple[str, str]],
                 client: tuple[str, int] | None, claims: Mapping[str, Any], audience: str) -> dict[str, Any]:
     """`path` is the request target as received, query string included."""

@@ -30,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from jitmesh.log import get_logger
 from proxy.gate import Gate, Outcome, RequestFacts
 from proxy.metrics import ProxyMetrics
+from proxy.policy_input import target_problem
 
 log = get_logger("proxy")
 
@@ -182,6 +183,11 @@ class ProxyApp:
         host = next((v for k, v in headers if k == "host"), "")
         client = tuple(scope["client"]) if scope.get("client") else None
         path_only = raw_path.decode("latin-1")
+        problem = target_problem(target)
+        if problem is not None:
+            await _respond(send, 400, [("content-type", "application/json")],
+                           json.dumps({"error": "invalid_request", "error_description": problem}).encode())
+            return
         if path_only == CHECK_PATH or path_only.startswith(CHECK_PATH + "/"):
             await self._check(scope, headers, target, host, client, send)
             return
@@ -206,6 +212,11 @@ class ProxyApp:
             method, path = scope["method"], target[len(CHECK_PATH):] or "/"
             if not path.startswith("/"):
                 path = "/" + path.lstrip("?")
+        problem = target_problem(path)
+        if problem is not None:
+            await _respond(send, 400, [("content-type", "application/json")],
+                           json.dumps({"error": "invalid_request", "error_description": problem}).encode())
+            return
         kept = [(k, v) for k, v in headers if k not in ("x-original-method", "x-original-uri")]
         facts = RequestFacts(method, path, host, scope.get("scheme", "http"), kept, client)
         outcome = await self.gate.decide(facts)

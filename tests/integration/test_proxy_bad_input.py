@@ -185,3 +185,14 @@ def test_a_workload_the_policy_does_not_let_serve_gets_no_stream_and_answers_503
     assert r.status_code == 503
     ready = httpx.get(proxy.metrics_url + "/readyz")
     assert ready.status_code == 503 and "may not serve audience(s) orders-api" in ready.json()["events_refused"]
+
+
+def test_a_path_with_dot_segments_is_400_and_never_forwarded(env: dict[str, Any]) -> None:
+    t = token(env["broker"])
+    with socket.create_connection(("127.0.0.1", env["proxy"].port), timeout=10) as sock:
+        sock.sendall(f"GET /orders/%2e%2e/admin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b". or .. segments" in answer

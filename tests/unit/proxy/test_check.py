@@ -86,3 +86,16 @@ def test_nginx_auth_request_gives_the_original_method_and_uri_in_headers() -> No
 
 def test_without_an_upstream_other_paths_are_404_after_the_gate() -> None:
     assert call(FakeGate(), "GET", "/orders/1")[0] == 404
+
+
+def test_a_path_with_dot_segments_is_400_before_the_gate() -> None:
+    gate = FakeGate()
+    assert call(gate, "GET", "/orders/../admin")[0] == 400
+    assert gate.seen == []
+
+
+def test_nginx_original_uri_with_dot_segments_is_400() -> None:
+    gate = FakeGate()
+    status, _ = call(gate, "GET", "/v1/check", headers=[("x-original-method", "GET"),
+                                                         ("x-original-uri", "/orders/%2e%2e/admin")])
+    assert status == 400 and gate.seen == []

@@ -56,3 +56,22 @@ def test_parsed_query_keeps_every_value_and_blank_ones() -> None:
 def test_the_token_claims_and_destination_audience_are_given() -> None:
     doc = _input()
     assert (doc["token"], doc["destination"]) == (CLAIMS, {"audience": "orders-api"})
+
+
+def test_a_normal_path_has_no_problem() -> None:
+    from proxy.policy_input import target_problem
+
+    assert target_problem("/orders/1?x=../y") is None
+
+
+def test_dot_segments_plain_or_encoded_are_refused() -> None:
+    from proxy.policy_input import target_problem
+
+    for path in ("/orders/../admin", "/orders/./1", "/orders/%2e%2e/admin", "/orders/1%2F..%2Fadmin", "/.."):
+        assert target_problem(path) is not None, path
+
+
+def test_a_target_that_is_not_a_path_is_refused() -> None:
+    from proxy.policy_input import target_problem
+
+    assert target_problem("@evil.example/x") is not None
