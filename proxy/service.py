@@ -80,7 +80,8 @@ async def serve(config: ProxyConfig) -> int:
         while not stop.is_set() and not await policy.load():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), START_RETRY_SECONDS)
-    verifier = TokenVerifier(issuer, config.audiences, keys.key, revocations, leeway=config.leeway)
+    verifier = TokenVerifier(issuer, config.audiences, keys.key, revocations, leeway=config.leeway,
+                             keys_fresh=lambda: keys.fresh)
     metrics.jwks_fetches.set_function(lambda: keys.fetches)
     gate = Gate(verifier, policy, follower.current, metrics)
     app = ProxyApp(gate, config.upstream, metrics, upstream_timeout=config.upstream_timeout,

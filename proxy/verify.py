@@ -20,6 +20,7 @@ from typing import Any
 
 import jwt
 
+from proxy.keys import KeysUnavailable
 from proxy.revocations import RevocationSet
 
 MAX_LEEWAY_SECONDS = 30.0
@@ -87,7 +88,8 @@ KeyLookup = Callable[[str], Awaitable[Any | None]]
 
 class TokenVerifier:
     def __init__(self, issuer: str, audiences: Collection[str], key: KeyLookup, revocations: RevocationSet,
-                 leeway: float = MAX_LEEWAY_SECONDS, clock: Callable[[], float] = time.time) -> None:
+                 leeway: float = MAX_LEEWAY_SECONDS, clock: Callable[[], float] = time.time,
+                 keys_fresh: Callable[[], bool] = lambda: True) -> None:
         if not 0 <= leeway <= MAX_LEEWAY_SECONDS:
             raise ValueError(f"leeway {leeway}: at most {MAX_LEEWAY_SECONDS} seconds")
         self.issuer = issuer
@@ -96,12 +98,15 @@ class TokenVerifier:
         self.revocations = revocations
         self.leeway = leeway
         self._clock = clock
+        self._keys_fresh = keys_fresh
         # token -> its verified claims: the ES256 check is most of a request's cost, and its
         # outcome cannot change; expiry and revocation are checked again on every use
         self._verified: OrderedDict[str, VerifiedToken] = OrderedDict()
 
     async def verify(self, authorization: Sequence[str]) -> VerifiedToken:
         token = bearer_token(authorization)
+        if not self._keys_fresh():  # also for a token verified before: keys too stale to trust is 503
+            raise KeysUnavailable("the broker's signing keys could not be fetched recently enough to trust")
         cached = self._verified.get(token)
         if cached is not None:
             self._verified.move_to_end(token)

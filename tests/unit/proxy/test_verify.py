@@ -227,3 +227,13 @@ def test_a_repeated_token_asks_for_its_key_once(s: Setup) -> None:
     for _ in range(3):
         asyncio.run(verifier.verify([f"Bearer {token}"]))
     assert asked == ["k1"]
+
+
+def test_a_token_verified_before_gets_keys_unavailable_once_the_keys_are_stale(s: Setup) -> None:
+    fresh = [True]
+    verifier = TokenVerifier(ISSUER, ["orders-api"], s.keys.key, s.revocations, keys_fresh=lambda: fresh[0])
+    token = s.signer.token()
+    asyncio.run(verifier.verify([f"Bearer {token}"]))
+    fresh[0] = False
+    with pytest.raises(KeysUnavailable):
+        asyncio.run(verifier.verify([f"Bearer {token}"]))
