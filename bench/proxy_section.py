@@ -28,7 +28,7 @@ from proxy.process import ProxyProcess
 
 TITLE = "7. Access proxy: added latency at a fixed rate, policy time, memory, revocation reach"
 RATE = 1000
-RATES = (RATE, 200)  # the aim's rate, and one this 2-core machine's proxy can hold
+RATES = (RATE, 200, 50)  # the aim's rate, and lower ones that show the cost of one hop unsaturated
 PROXIES_FOR_REVOCATION = 20
 SUBJECT = "system:serviceaccount:demo:demo-app"
 
