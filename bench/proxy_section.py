@@ -50,11 +50,25 @@ http {{
 """
 
 
-def vegeta_bin() -> str | None:
-    for candidate in (shutil.which("vegeta"), os.path.expanduser("~/go/bin/vegeta"), "/tmp/proxybench-bin/vegeta"):
+VEGETA_MODULE = "github.com/tsenart/vegeta/v12@v12.12.0"
+TOOLS_BIN = Path.home() / ".cache" / "jitmesh" / "bin"
+
+
+def vegeta_bin(ctx: Context | None = None) -> str | None:
+    """The open-loop load tool: on PATH, else built once from the Go module proxy into the tools cache."""
+    for candidate in (shutil.which("vegeta"), str(TOOLS_BIN / "vegeta")):
         if candidate and Path(candidate).is_file():
             return candidate
-    return None
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").is_file() else None)
+    if go is None:
+        return None
+    if ctx is not None:
+        ctx.say(f"   building vegeta ({VEGETA_MODULE}) into {TOOLS_BIN} (once)")
+    TOOLS_BIN.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([go, "install", VEGETA_MODULE], env={**os.environ, "GOBIN": str(TOOLS_BIN)},
+                          capture_output=True, timeout=900)
+    built = TOOLS_BIN / "vegeta"
+    return str(built) if done.returncode == 0 and built.is_file() else None
 
 
 def latency_ms(report: dict[str, Any]) -> dict[str, float]:
@@ -167,10 +181,10 @@ def policy_alone_us(broker_url: str, sa_token: str, opa_url: str, n: int = 500) 
 
 
 def run(ctx: Context) -> SectionResult:
-    vegeta = vegeta_bin()
+    vegeta = vegeta_bin(ctx)
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if vegeta is None or nginx is None:
-        return unavailable("proxy", TITLE, "needs vegeta (go install github.com/tsenart/vegeta/v12@v12.12.0) "
+        return unavailable("proxy", TITLE, f"needs vegeta (go install {VEGETA_MODULE}) "
                            "and nginx (apt-get install nginx)")
     work = ctx.workdir / "proxy"
     work.mkdir(parents=True, exist_ok=True)
