@@ -52,7 +52,7 @@ policy-test: setup
 
 lint: setup
 	@echo "[lint] ruff + mypy"
-	@$(VENV)/bin/ruff check jitmesh pdp injector sidecar tests bench
+	@$(VENV)/bin/ruff check jitmesh pdp injector sidecar proxy tests bench
 	@$(VENV)/bin/mypy
 
 test: setup tools postgres policy-test lint
@@ -84,4 +84,4 @@ lock:
 # The chart carries its own copy of the shipped policy (a chart holds no links);
 # tests/unit/test_injector_chart.py keeps the copy identical.
 chart-policies:
-	@cp policies/authz.rego policies/data.json charts/jitmesh/files/policies/
+	@cp $$(ls policies/*.rego | grep -v _test.rego) policies/data.json charts/jitmesh/files/policies/

@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     from injector import cli as injector_cli
     from jitmesh import policy_cli, up
     from pdp import cli as pdp_cli
+    from proxy import cli as proxy_cli
     from sidecar import cli as sidecar_cli
 
     parser = EnvArgumentParser(
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     pdp_cli.register(sub)
     injector_cli.register(sub)
     sidecar_cli.register(sub)
+    proxy_cli.register(sub)
     policy_cli.register(sub)
     return parser
 

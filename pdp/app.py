@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from jitmesh.log import get_logger
-from pdp import ops_api, token_api
+from pdp import access_bundle, ops_api, token_api
 from pdp.admin.tokens import TokenFile
 from pdp.approvals import api as approvals_api
 from pdp.attestation.identity import Attestor, PodReader
@@ -141,6 +141,7 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         Route("/.well-known/oauth-authorization-server", token_api.discovery_endpoint),
         Route("/.well-known/openid-configuration", token_api.discovery_endpoint),
         Route("/jwks", token_api.jwks_endpoint),
+        Route("/v1/access-policy/bundle", guarded(access_bundle.access_bundle_endpoint)),
         Route("/healthz", ops_api.healthz),
         Route("/readyz", ops_api.readyz),
         Route("/metrics", ops_api.metrics_endpoint),

@@ -105,6 +105,8 @@ class BrokerConfig:
     max_subject_token_age: float | None = 86400.0  # refuse subject tokens issued longer ago (None: no limit)
     max_event_streams: int = 10_000  # open revocation event streams, overall
     max_event_streams_per_subject: int = 8
+    access_policy_dir: Path | None = None  # served to proxies as OPA's Wasm build (pdp/access_bundle.py)
+    opa_bin: str | None = None
     enforcement: Enforcement = "enforce"  # dry-run: policy denials are issued anyway (pdp/enforcement.py)
     reader_token_file: Path | None = None  # readers: introspection and the revocation event stream
     audit_retention: float = 90 * 86400.0  # audit records older than this are purged
@@ -184,6 +186,8 @@ class BrokerConfig:
             tls_cert_file=tls_cert, tls_key_file=tls_key, reader_token_file=readers, audit_retention=retention,
             request_read_timeout=read_timeout, max_connections=max_connections, admin_review_rate=review_rate,
             admin_review_burst=review_burst,
+            access_policy_dir=_access_policy_dir(getattr(args, "access_policy_dir", None)),
+            opa_bin=getattr(args, "opa_bin", None) or None,
         )
 
 
@@ -200,6 +204,14 @@ def _resources(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"--resource {uri!r} is given twice, for {resources[uri]!r} and {audience!r}")
         resources[uri] = audience
     return resources
+
+
+def _access_policy_dir(raw: str | None) -> Path | None:
+    if not raw:
+        return None
+    if not Path(raw).is_dir():
+        raise ConfigError(f"--access-policy-dir {raw}: not a directory (the proxies' access policy and its data)")
+    return Path(raw)
 
 
 def _tls_files(cert: str | None, key: str | None) -> tuple[Path | None, Path | None]:
@@ -233,6 +245,10 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--opa-timeout", type=float, default=1.0, help="seconds to wait for OPA (default %(default)s)")
     p.add_argument("--policy-path", default=DEFAULT_POLICY_PATH, help="OPA data path of the decision")
     p.add_argument("--shadow-policy-path", default=None, help="data path of a candidate policy (unset: shadow off)")
+    p.add_argument("--access-policy-dir", default=None,
+                   help="Rego and data of the proxies' access policy, served to them built as Wasm (unset: not served)")
+    p.add_argument("--opa-bin", default=None, help="the OPA binary that builds --access-policy-dir (default: "
+                   "the one scripts/tools.sh built, else opa on PATH)")
     p.add_argument("--enforcement", choices=["enforce", "dry-run"], default="enforce",
                    help="dry-run: issue what the policy denies anyway, audited as dry_run_allowed "
                         "(default %(default)s)")

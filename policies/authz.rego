@@ -342,3 +342,19 @@ approval_refused if {
 }
 
 condition_reasons contains sprintf("the approval for %s to reach audience %q was refused", [subject, audience]) if approval_refused
+
+# --- verifiers: which audiences a workload may serve (docs/contract.md §7)
+# The broker asks POST /v1/data/jitmesh/authz/serves with {"subject": ...} (the same subject
+# document as above) when an access proxy subscribes to the revocation events of the
+# audiences it serves. data.jitmesh.serves[namespace][service_account] lists them.
+
+default serves := []
+
+serves := sort([aud |
+	some aud in data.jitmesh.serves[input.subject.namespace][input.subject.service_account]
+	is_string(aud)
+]) if {
+	is_string(input.subject.namespace)
+	is_string(input.subject.service_account)
+	is_array(data.jitmesh.serves[input.subject.namespace][input.subject.service_account])
+}

@@ -552,3 +552,15 @@ test_the_install_example_gets_orders_db_with_the_charts_tagged_sidecar_image if 
 	d := authz.decision with input as orders_example_input
 	d == {"allow": true, "scopes": ["read"], "ttl_seconds": 300, "reasons": [], "approval_required": false}
 }
+
+test_serves_lists_the_audiences_a_workload_may_serve if {
+	authz.serves == ["orders-api"] with input as {"subject": {"namespace": "orders", "service_account": "api"}}
+}
+
+test_serves_is_empty_for_an_unknown_workload if {
+	authz.serves == [] with input as {"subject": {"namespace": "hr", "service_account": "payroll-sync"}}
+}
+
+test_serves_is_empty_for_malformed_input if {
+	authz.serves == [] with input as {"subject": "x"}
+}

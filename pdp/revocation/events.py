@@ -86,6 +86,7 @@ class Viewer:
     subject: str | None = None
     pod_uid: str | None = None
     name: str = ""
+    audiences: frozenset[str] | None = None  # set for a verifier: the audiences it serves (verifiers.py)
 
     @property
     def key(self) -> str:
@@ -121,6 +122,15 @@ def revocation_doc(r: Revocation, viewer: Viewer) -> dict[str, Any] | None:
         doc["lifted_by"] = r.lifted_by
         if r.kind == "jti":  # with expires_at, what a verifier needs to apply it without asking
             doc["audience"] = r.audience
+        return doc
+    if viewer.audiences is not None:  # a verifier: what refuses tokens of the audiences it serves
+        if r.kind == "audience":
+            return doc if r.value in viewer.audiences else None
+        if r.kind == "jti":
+            if r.audience is not None and r.audience not in viewer.audiences:
+                return None
+            doc["audience"] = r.audience
+            del doc["reason"]
         return doc
     if r.kind == "subject":
         return doc if r.value == viewer.subject else None

@@ -18,6 +18,7 @@ from pdp.http.admin import audit_admin_call, authenticate, require_admin
 from pdp.http.errors import OAuthError, invalid_request, unavailable
 from pdp.http.services import broker_of
 from pdp.revocation import events as revocation_events
+from pdp.revocation import verifiers
 from pdp.revocation.events import Viewer
 
 log = get_logger("pdp.revocations")
@@ -69,8 +70,10 @@ async def _viewer(request: Request) -> tuple[Viewer, float | None]:
             return Viewer(admin=True, name=elevated.who), None
     exp = _unverified_exp(token)
     ends_at = None if exp is None else time.monotonic() + max(0.0, exp - time.time())
+    requested = verifiers.requested_audiences(request.query_params.getlist("audience"))
+    audiences = None if requested is None else await verifiers.served_audiences(broker, subject, requested)
     return Viewer(admin=False, subject=subject.sub, pod_uid=subject.pod.uid if subject.pod else None,
-                  name=subject.sub), ends_at
+                  name=subject.sub, audiences=audiences), ends_at
 
 
 async def events_endpoint(request: Request) -> Response:

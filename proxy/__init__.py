@@ -1,0 +1,1 @@
+"""`jitmesh proxy`: the receiving side, an access proxy in front of a service (docs/contract.md §7)."""
