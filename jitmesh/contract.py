@@ -59,3 +59,15 @@ def serviceaccount_subject(namespace: str, service_account: str) -> str:
 SCOPE_TOKEN: Final = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # How long a human's reason (a revocation, an approval or a refusal) may be.
 MAX_REASON_CHARS: Final = 1024
+
+
+# Every event an audit record can carry (the audit API's `event` filter): the decisions, then
+# what admins did.
+AUDIT_EVENTS: Final = ("issued", "denied", "error", "pending", "dry_run_allowed",
+                       "revoked", "lifted", "access_approved", "access_denied", "admin")
+
+
+def check_audit_event(event: str, name: str = "event") -> None:
+    """ValueError naming the known events when `event` is none of them."""
+    if event not in AUDIT_EVENTS:
+        raise ValueError(f"{name} {event!r:.60} is not an audit event; known: {', '.join(AUDIT_EVENTS)}")

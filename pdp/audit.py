@@ -25,17 +25,6 @@ from pdp.store.base import AuditRecord, Store, StoreError
 
 log = get_logger("pdp.audit")
 
-# Every event an audit record can carry: the decisions, then what admins did.
-AUDIT_EVENTS = ("issued", "denied", "error", "pending", "dry_run_allowed",
-                "revoked", "lifted", "access_approved", "access_denied", "admin")
-
-
-def check_event(event: str, name: str = "event") -> None:
-    """ValueError naming the known events when `event` is none of them."""
-    if event not in AUDIT_EVENTS:
-        raise ValueError(f"{name} {event!r:.60} is not an audit event; known: {', '.join(AUDIT_EVENTS)}")
-
-
 COALESCED_EVENTS = frozenset({"denied", "error"})
 COALESCE_WINDOW = 60.0
 COALESCE_MAX_KEYS = 10_000

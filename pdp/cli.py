@@ -13,10 +13,9 @@ from typing import Any
 
 import httpx
 
-from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from jitmesh.contract import AUDIT_EVENTS, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT, check_audit_event
 from jitmesh.log import configure, get_logger
 from pdp.approvals import cli as approvals_cli
-from pdp.audit import AUDIT_EVENTS, check_event
 from pdp.client import AdminTokenFileError, add_admin_client_flags, admin_headers, error_text
 from pdp.config import BrokerConfig, ConfigError, add_broker_flags
 from pdp.revocation import cli as revoke_cli
@@ -133,7 +132,7 @@ def run_audit(args: argparse.Namespace) -> int:
     now = time.time()
     try:
         if args.event:
-            check_event(args.event, "--event")
+            check_audit_event(args.event, "--event")
         if args.since:
             params["since"] = parse_since(args.since, "--since", now)
         elif args.follow:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from jitmesh.contract import check_audit_event
 from jitmesh.log import get_logger
-from pdp.audit import check_event, record_json
+from pdp.audit import record_json
 from pdp.http import admin as http_admin
 from pdp.http.body import int_param, parse_time
 from pdp.http.errors import guarded, invalid_request
@@ -60,7 +61,7 @@ async def audit_endpoint(request: Request) -> Response:
     q = request.query_params
     if q.get("event"):
         try:
-            check_event(q["event"])
+            check_audit_event(q["event"])
         except ValueError as exc:
             raise invalid_request(str(exc)) from None
     since = parse_time(q["since"], "since") if q.get("since") else None
