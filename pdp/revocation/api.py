@@ -102,11 +102,11 @@ def _publish_local(hub: EventHub | None, event: RevocationEvent) -> None:
 
 async def revoke(broker: Broker, kind: RevocationKind, value: str, reason: str, who: str, via: str,
                  revocation_id: str | None = None, expires_at: float | None = None,
-                 hub: EventHub | None = None) -> Revocation:
+                 hub: EventHub | None = None, audience: str | None = None) -> Revocation:
     """Store a revocation (in effect at once on this replica, and on the others as they
     follow the log), then its audit record. StoreError when the store refuses either."""
     revocation = Revocation(id=revocation_id or str(uuid.uuid4()), kind=kind, value=value, reason=reason,
-                            created_at=broker.clock(), created_by=who, expires_at=expires_at)
+                            created_at=broker.clock(), created_by=who, expires_at=expires_at, audience=audience)
     event = await broker.store.add_revocation(revocation)
     broker.revocations.add(revocation)
     _publish_local(hub, event)
@@ -124,12 +124,24 @@ async def revoke(broker: Broker, kind: RevocationKind, value: str, reason: str, 
     return revocation
 
 
+async def issued_token(broker: Broker, jti: str) -> tuple[float, str | None]:
+    """The expiry and audience of the token with this jti, from its issuance record; for a jti
+    this broker has no record of, the latest expiry any of its tokens can have."""
+    for rec in await broker.store.query_audit(jti=jti, limit=10):
+        exp = rec.details.get("exp")
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+            return float(exp), rec.audience
+    return broker.clock() + broker.config.max_ttl, None
+
+
 async def create_revocation(request: Request) -> Response:
     broker = broker_of(request)
     admin = await require_admin(request)
     req = parse_revocation_request(await read_body(request, MAX_REVOCATION_BODY), request.headers.get("content-type"))
+    # A jti revocation ends with its token, so it can be purged then and a verifier can apply it alone.
+    expires_at, audience = await issued_token(broker, req.value) if req.kind == "jti" else (None, None)
     revocation = await revoke(broker, req.kind, req.value, req.reason, admin.who, admin.via,
-                              hub=broker.hub)
+                              hub=broker.hub, expires_at=expires_at, audience=audience)
     return JSONResponse(revocation_json(revocation), status_code=201,
                         headers={"Location": f"/v1/admin/revocations/{revocation.id}", "Cache-Control": "no-store"})
 

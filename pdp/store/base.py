@@ -148,7 +148,7 @@ class Store(abc.ABC):
     async def query_audit(self, *, since: float | None = None, until: float | None = None,
                           subject: str | None = None, event: str | None = None,
                           audience: str | None = None, decision_id: str | None = None,
-                          after_seq: int | None = None, limit: int = 100) -> list[AuditRecord]:
+                          after_seq: int | None = None, limit: int = 100, jti: str | None = None) -> list[AuditRecord]:
         """Matching records, oldest first (by seq): `since <= time < until`, `seq > after_seq`,
         at most `limit` (clamped to 0..10000)."""
 

@@ -102,6 +102,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     records.REVOCATION_PURGE_MIGRATION,
     records.ACCESS_REQUESTS_MIGRATION,
     records.STORE_EPOCH_MIGRATION_POSTGRES,
+    records.AUDIT_JTI_MIGRATION,
 )
 
 # advisory lock keys (arbitrary, fixed): "jitm" followed by a small number
@@ -421,9 +422,10 @@ class PostgresStore(Store):
     async def query_audit(self, *, since: float | None = None, until: float | None = None,
                           subject: str | None = None, event: str | None = None,
                           audience: str | None = None, decision_id: str | None = None,
-                          after_seq: int | None = None, limit: int = 100) -> list[AuditRecord]:
+                          after_seq: int | None = None, limit: int = 100, jti: str | None = None) -> list[AuditRecord]:
         sql, params = audit_query(SELECT_AUDIT, "%s", since=since, until=until, subject=subject, event=event,
-                                  audience=audience, decision_id=decision_id, after_seq=after_seq, limit=limit)
+                                  audience=audience, decision_id=decision_id, after_seq=after_seq, limit=limit,
+                                  jti=jti)
         async with self._conn("querying the audit trail") as conn:
             cur = await conn.execute(sql, params)
             return [audit_of(r) for r in await cur.fetchall()]

@@ -95,14 +95,14 @@ def revocation_from_json(raw: Any) -> Revocation:
 
 def audit_query(select: str, placeholder: str, *, since: float | None, until: float | None,
                 subject: str | None, event: str | None, audience: str | None, decision_id: str | None,
-                after_seq: int | None, limit: int) -> tuple[str, list[Any]]:
+                after_seq: int | None, limit: int, jti: str | None = None) -> tuple[str, list[Any]]:
     """`select` narrowed by the given filters, oldest first, and its bound values, with the
     driver's placeholder (`?` for sqlite3, `%s` for psycopg)."""
     where: list[str] = []
     params: list[Any] = []
     for column, op, value in (("time", ">=", since), ("time", "<", until), ("subject", "=", subject),
                               ("event", "=", event), ("audience", "=", audience),
-                              ("decision_id", "=", decision_id), ("seq", ">", after_seq)):
+                              ("decision_id", "=", decision_id), ("jti", "=", jti), ("seq", ">", after_seq)):
         if value is not None:
             where.append(f"{column} {op} {placeholder}")  # fixed fragments; values are bound
             params.append(value)
@@ -165,6 +165,9 @@ STORE_EPOCH_MIGRATION_POSTGRES: tuple[str, ...] = (
     "VALUES ('epoch', substr(md5(random()::text || clock_timestamp()::text), 1, 16))",
 )
 SELECT_STORE_EPOCH = "SELECT value FROM store_meta WHERE key = 'epoch'"
+
+# The issuance of a jti is found by it (a revocation by jti takes the token's expiry and audience).
+AUDIT_JTI_MIGRATION: tuple[str, ...] = ("CREATE INDEX audit_jti ON audit (jti) WHERE jti IS NOT NULL",)
 
 
 def purge_sql(template: str, placeholder: str) -> str:

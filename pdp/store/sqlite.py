@@ -94,6 +94,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     records.REVOCATION_PURGE_MIGRATION,
     records.ACCESS_REQUESTS_MIGRATION,
     records.STORE_EPOCH_MIGRATION_SQLITE,
+    records.AUDIT_JTI_MIGRATION,
 )
 
 MAX_BATCH = 512            # writes per transaction
@@ -421,9 +422,10 @@ class SQLiteStore(Store):
     async def query_audit(self, *, since: float | None = None, until: float | None = None,
                           subject: str | None = None, event: str | None = None,
                           audience: str | None = None, decision_id: str | None = None,
-                          after_seq: int | None = None, limit: int = 100) -> list[AuditRecord]:
+                          after_seq: int | None = None, limit: int = 100, jti: str | None = None) -> list[AuditRecord]:
         sql, params = audit_query(SELECT_AUDIT, "?", since=since, until=until, subject=subject, event=event,
-                                  audience=audience, decision_id=decision_id, after_seq=after_seq, limit=limit)
+                                  audience=audience, decision_id=decision_id, after_seq=after_seq, limit=limit,
+                                  jti=jti)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
         return [audit_of(r) for r in rows]
 

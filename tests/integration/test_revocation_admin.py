@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from jitmesh.devissuer import PodRef
@@ -54,6 +56,34 @@ def test_revoking_a_jti_answers_201_with_the_revocation_and_its_id(broker: Broke
     assert doc["id"] and doc["kind"] == "jti" and doc["value"] == jti and doc["reason"] == "leaked in a log"
     assert doc["active"] is True and doc["lifted_at"] is None and doc["created_at"] > 0
     assert r.headers["location"] == f"/v1/admin/revocations/{doc['id']}"
+
+
+def test_a_jti_revocation_takes_the_tokens_expiry_and_audience(broker: BrokerHandle) -> None:
+    t = token(broker)
+    claims = jwt.decode(t, options={"verify_signature": False})
+    doc = revoked(broker, jti=claims["jti"], reason="leaked")
+    assert doc["expires_at"] == claims["exp"]
+    events = httpx.get(f"{broker.url}/v1/admin/revocations", params={"kind": "jti", "value": claims["jti"]},
+                       headers=broker.admin_headers()).json()
+    assert events["revocations"][0]["expires_at"] == claims["exp"]
+
+
+def test_a_revocation_of_a_jti_this_broker_never_issued_expires_with_the_longest_token(
+        broker: BrokerHandle) -> None:
+    before = time.time()
+    doc = revoked(broker, jti="never-issued-here", reason="reported")
+    assert before + 3600 - 5 <= doc["expires_at"] <= time.time() + 3600 + 5  # the broker's --max-ttl
+
+
+def test_jitmesh_revoke_jti_stores_the_tokens_expiry(broker: BrokerHandle) -> None:
+    t = token(broker)
+    claims = jwt.decode(t, options={"verify_signature": False})
+    p = subprocess.run([sys.executable, "-m", "jitmesh.cli", "revoke", "--broker-url", broker.url,
+                        "--admin-token-file", str(broker.admin_token_file), "--jti", claims["jti"],
+                        "--reason", "leaked", "--json"], capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr
+    assert f'"expires_at": {claims["exp"]}' in p.stdout.replace(".0,", ",").replace(".0}", "}")
 
 
 def test_a_revoked_jti_introspects_inactive_at_once(broker: BrokerHandle) -> None:

@@ -234,6 +234,14 @@ def test_query_audit_filters(store_url: str, query: dict[str, Any], expected: li
     assert [r.decision_id for r in with_store(store_url, body)] == expected
 
 
+def test_query_audit_finds_the_records_of_a_jti(store_url: str) -> None:
+    async def body(s: Store) -> list[AuditRecord]:
+        for n in range(4):
+            await s.append_audit(record(n, jti=f"j{n % 2}"))
+        return await s.query_audit(jti="j1")
+    assert [r.decision_id for r in with_store(store_url, body)] == ["d-1", "d-3"]
+
+
 def test_query_audit_after_seq_pages_through_the_trail(store_url: str) -> None:
     async def body(s: Store) -> list[list[str]]:
         for n in range(5):
