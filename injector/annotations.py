@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from jitmesh.contract import (
     ANNOTATION_AUDIENCES,
+    ANNOTATION_PROTECT,
     ANNOTATION_SCOPES_PREFIX,
+    ANNOTATION_SERVES,
     ANNOTATION_STATUS,
     ANNOTATION_TOKEN_DIR,
     ANNOTATION_TTL,
@@ -40,6 +42,15 @@ class AnnotationError(ValueError):
 
 
 @dataclass(frozen=True)
+class ProxyRequest:
+    """`jitmesh.io/protect: "<port>=<app-port>"` and `jitmesh.io/serves`: an access proxy on
+    `port` in front of the app's `app_port`, accepting tokens for `serves`."""
+    port: int
+    app_port: int
+    serves: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class AudienceRequest:
     audience: str
     scopes: tuple[str, ...] = ()
@@ -52,6 +63,7 @@ class InjectionRequest:
     audiences: tuple[AudienceRequest, ...]
     ttl: int | None = None
     token_dir: str = DEFAULT_TOKEN_DIR
+    protect: ProxyRequest | None = None
 
 
 def parse_audience_list(raw: str, where: str) -> tuple[str, ...]:
@@ -76,17 +88,23 @@ def parse_audience_list(raw: str, where: str) -> tuple[str, ...]:
 
 def parse(annotations: Mapping[str, str], default_audiences: tuple[str, ...] = ()) -> InjectionRequest:
     """The injection a pod asks for, or AnnotationError naming the first bad annotation."""
-    known = {ANNOTATION_AUDIENCES, ANNOTATION_TTL, ANNOTATION_TOKEN_DIR, ANNOTATION_STATUS}
+    known = {ANNOTATION_AUDIENCES, ANNOTATION_TTL, ANNOTATION_TOKEN_DIR, ANNOTATION_STATUS, ANNOTATION_PROTECT,
+             ANNOTATION_SERVES}
     for key in sorted(annotations):
         if key.startswith(ANNOTATION_DOMAIN) and key not in known and not key.startswith(ANNOTATION_SCOPES_PREFIX):
             raise AnnotationError(key, "is not a jitmesh annotation; expected one of "
                                   f"{ANNOTATION_AUDIENCES}, {ANNOTATION_SCOPES_PREFIX}<audience>, "
-                                  f"{ANNOTATION_TTL}, {ANNOTATION_TOKEN_DIR}")
+                                  f"{ANNOTATION_TTL}, {ANNOTATION_TOKEN_DIR}, {ANNOTATION_PROTECT}, "
+                                  f"{ANNOTATION_SERVES}")
 
+    protect = _protect(annotations.get(ANNOTATION_PROTECT), annotations.get(ANNOTATION_SERVES))
+    names: tuple[str, ...]
     if ANNOTATION_AUDIENCES in annotations:
         names = parse_audience_list(annotations[ANNOTATION_AUDIENCES], ANNOTATION_AUDIENCES)
     elif default_audiences:
         names = default_audiences
+    elif protect is not None:
+        names = ()  # a server that only receives tokens needs no credential sidecar
     else:
         raise AnnotationError(ANNOTATION_AUDIENCES, "is required for an injected pod: the comma-separated "
                               "audiences to fetch tokens for, e.g. orders-db")
@@ -110,7 +128,34 @@ def parse(annotations: Mapping[str, str], default_audiences: tuple[str, ...] = (
         audiences=tuple(AudienceRequest(n, scopes.get(n, ())) for n in names),
         ttl=_ttl(annotations.get(ANNOTATION_TTL)),
         token_dir=_token_dir(annotations.get(ANNOTATION_TOKEN_DIR)),
+        protect=protect,
     )
+
+
+def _port(text: str, what: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 65535:
+        raise AnnotationError(ANNOTATION_PROTECT, f"{what} {text!r:.20} is not a port from 1 to 65535")
+    return int(text)
+
+
+def _protect(raw: str | None, serves: str | None) -> ProxyRequest | None:
+    if raw is None:
+        if serves is not None:
+            raise AnnotationError(ANNOTATION_SERVES, f"needs {ANNOTATION_PROTECT}: the port to put the access proxy "
+                                  "on, e.g. \"8443=8080\"")
+        return None
+    port_text, sep, app_text = raw.strip().partition("=")
+    if not sep:
+        raise AnnotationError(ANNOTATION_PROTECT, f"{raw!r:.60} is not <port>=<app-port>, e.g. \"8443=8080\": the "
+                              "proxy listens on the first and forwards to the app on the second")
+    port, app_port = _port(port_text.strip(), "the proxy's port"), _port(app_text.strip(), "the app's port")
+    if port == app_port:
+        raise AnnotationError(ANNOTATION_PROTECT, f"{raw!r:.60} names port {port} twice: the proxy and the app "
+                              "cannot listen on the same port; e.g. \"8443=8080\"")
+    if serves is None:
+        raise AnnotationError(ANNOTATION_PROTECT, f"needs {ANNOTATION_SERVES}: the comma-separated audiences "
+                              "whose tokens the proxy accepts, e.g. orders-api")
+    return ProxyRequest(port=port, app_port=app_port, serves=parse_audience_list(serves, ANNOTATION_SERVES))
 
 
 def _ttl(raw: str | None) -> int | None:

@@ -76,6 +76,21 @@ def _readyz_wait(config: InjectorConfig) -> list[str]:
     return ["python3", "-c", code]
 
 
+def confinement() -> dict[str, Any]:
+    """The securityContext of every container jitmesh adds: what the restricted Pod Security
+    Standard asks, and a read-only root."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": SIDECAR_UID,
+        "runAsGroup": SIDECAR_GID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def sidecar_container(request: InjectionRequest, config: InjectorConfig, token_gid: int) -> dict[str, Any]:
     res = config.resources
     container: dict[str, Any] = {
@@ -99,16 +114,7 @@ def sidecar_container(request: InjectionRequest, config: InjectorConfig, token_g
             "requests": {"cpu": res.cpu_request, "memory": res.memory_request},
             "limits": {"cpu": res.cpu_limit, "memory": res.memory_limit},
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "privileged": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": SIDECAR_UID,
-            "runAsGroup": SIDECAR_GID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": confinement(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if config.native_sidecars:

@@ -14,14 +14,17 @@ from injector import annotations as pod_annotations
 from injector.annotations import AnnotationError, InjectionRequest
 from injector.config import InjectorConfig
 from injector.container_env import APP_ENV_NAMES, container_ops
+from injector.container_proxy import PROXY_METRICS_PORT, proxy_container
 from injector.container_sidecar import sidecar_container
 from injector.review import AdmissionRequest
 from injector.volumes import attestation_volume, token_file_group, tokens_volume
 from jitmesh.contract import (
+    ANNOTATION_PROTECT,
     ANNOTATION_STATUS,
     ATTESTATION_VOLUME,
     LABEL_INJECT,
     NAMESPACE_LABEL_INJECTION,
+    PROXY_CONTAINER_NAME,
     SIDECAR_CONTAINER_NAME,
     STATUS_INJECTED,
     TOKENS_VOLUME,
@@ -136,9 +139,16 @@ def _conflicts(spec: Mapping[str, Any], want: InjectionRequest, config: Injector
                 if e.get("name") in APP_ENV_NAMES:
                     found.append(f"{where} setting env {e['name']}")
             for p in c.get("ports") or []:
-                if p.get("containerPort") == config.agent_port:
+                if want.audiences and p.get("containerPort") == config.agent_port:
                     found.append(f"{where} declaring port {config.agent_port}, which the jitmesh agent "
                                  "listens on")
+                if want.protect is not None and p.get("containerPort") in (want.protect.port, PROXY_METRICS_PORT):
+                    found.append(f"{where} declaring port {p.get('containerPort')}, which the jitmesh proxy "
+                                 f"listens on ({ANNOTATION_PROTECT})")
+            if name == PROXY_CONTAINER_NAME:
+                found.append(f"a container named {PROXY_CONTAINER_NAME!r} ({kind})")
+    if want.protect is not None and want.audiences and want.protect.port == config.agent_port:
+        found.append(f"{ANNOTATION_PROTECT} port {config.agent_port}, which the jitmesh agent listens on")
     return found
 
 
@@ -160,28 +170,32 @@ def _patch(pod: dict[str, Any], want: InjectionRequest, config: InjectorConfig) 
     else:
         ops.append({"op": "add", "path": "/metadata/annotations", "value": new_annotations})
 
-    volumes = [tokens_volume(), attestation_volume(config)]
+    volumes = [tokens_volume(), attestation_volume(config)] if want.audiences else [attestation_volume(config)]
     if spec.get("volumes"):
         ops += [{"op": "add", "path": "/spec/volumes/-", "value": v} for v in volumes]
     else:
         ops.append({"op": "add", "path": "/spec/volumes", "value": volumes})
 
-    # Init containers only see tokens when the native sidecar starts before them.
-    if config.native_sidecars:
-        for i, c in enumerate(init_containers):
-            ops += container_ops(f"/spec/initContainers/{i}", c, want, config)
-    for i, c in enumerate(containers):
-        ops += container_ops(f"/spec/containers/{i}", c, want, config)
+    added: list[dict[str, Any]] = []  # jitmesh's own containers, in the order they start
+    if want.audiences:
+        # Init containers only see tokens when the native sidecar starts before them.
+        if config.native_sidecars:
+            for i, c in enumerate(init_containers):
+                ops += container_ops(f"/spec/initContainers/{i}", c, want, config)
+        for i, c in enumerate(containers):
+            ops += container_ops(f"/spec/containers/{i}", c, want, config)
+        token_gid, group_ops = token_file_group(spec)
+        ops += group_ops
+        added.append(sidecar_container(want, config, token_gid))
+    if want.protect is not None:
+        added.append(proxy_container(want.protect, config))
 
-    token_gid, group_ops = token_file_group(spec)
-    ops += group_ops
     # Inserted last, so the indexes above are those of the pod as it was sent.
-    sidecar = sidecar_container(want, config, token_gid)
     field = "initContainers" if config.native_sidecars else "containers"
     if spec.get(field):
-        ops.append({"op": "add", "path": f"/spec/{field}/0", "value": sidecar})
+        ops += [{"op": "add", "path": f"/spec/{field}/{i}", "value": c} for i, c in enumerate(added)]
     else:
-        ops.append({"op": "add", "path": f"/spec/{field}", "value": [sidecar]})
+        ops.append({"op": "add", "path": f"/spec/{field}", "value": added})
     return ops
 
 

@@ -25,6 +25,10 @@ ANNOTATION_AUDIENCES: Final = "jitmesh.io/audiences"
 ANNOTATION_SCOPES_PREFIX: Final = "jitmesh.io/scopes."
 ANNOTATION_TTL: Final = "jitmesh.io/ttl"
 ANNOTATION_TOKEN_DIR: Final = "jitmesh.io/token-dir"
+# The receiving side (docs/contract.md §7): an access proxy in front of the pod's port
+ANNOTATION_PROTECT: Final = "jitmesh.io/protect"  # "<port>=<app-port>"
+ANNOTATION_SERVES: Final = "jitmesh.io/serves"  # the audiences the workload accepts
+PROXY_CONTAINER_NAME: Final = "jitmesh-proxy"
 DEFAULT_TOKEN_DIR: Final = "/var/run/jitmesh"
 SIDECAR_CONTAINER_NAME: Final = "jitmesh-sidecar"
 TOKENS_VOLUME: Final = "jitmesh-tokens"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,10 +39,12 @@ class BrokerError(Exception):
 
 class BrokerClient:
     def __init__(self, broker_url: str, ca_file: Path | None = None, timeout: float = 5.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, ca_pem: str | None = None) -> None:
         self.url = broker_url.rstrip("/")
+        verify: ssl.SSLContext | str | bool = (ssl.create_default_context(cadata=ca_pem) if ca_pem
+                                               else str(ca_file) if ca_file else True)
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, read=READ_TIMEOUT), verify=str(ca_file) if ca_file else True,
+            timeout=httpx.Timeout(timeout, read=READ_TIMEOUT), verify=verify,
             transport=transport, headers={"User-Agent": f"jitmesh-proxy/{__version__}"})
 
     @property

@@ -44,6 +44,8 @@ def register(sub: Any) -> None:
     p.add_argument("--audience", action="append", help="an audience this service accepts (repeatable)")
     p.add_argument("--broker-url", required=True, help="the broker's URL (discovery, /jwks, revocation events)")
     p.add_argument("--broker-ca-file", help="PEM bundle to verify an https broker")
+    p.add_argument("--broker-ca", help="the same bundle inline, as PEM text (what the injector sets as "
+                   "JITMESH_BROKER_CA)")
     p.add_argument("--sa-token-file", required=True, help="the proxy's ServiceAccount token, to authenticate to the "
                    "broker's event stream")
     p.add_argument("--policy-path", default=DEFAULT_POLICY_PATH, help="the access decision's Rego path")

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from jitmesh.hostport import split_host_port
+from jitmesh.tls import pem_ca_problem
 
 DEFAULT_POLICY_PATH = "jitmesh/access/decision"
 STREAM_MAX_DOWN_SECONDS = 30.0
@@ -53,6 +54,7 @@ class ProxyConfig:
     upstream_timeout: float = 30.0
     max_header_bytes: int = 16384
     opa_timeout: float = 1.0
+    broker_ca_pem: str | None = None  # inline PEM, as the injector hands it (JITMESH_BROKER_CA)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ProxyConfig:
@@ -68,6 +70,9 @@ class ProxyConfig:
                 ssl.create_default_context(cafile=str(ca))
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"--broker-ca-file {ca}: not a readable PEM CA bundle ({exc})") from None
+        ca_pem = getattr(args, "broker_ca", None) or None
+        if ca_pem is not None and (problem := pem_ca_problem(ca_pem)):
+            raise ConfigError(f"--broker-ca (JITMESH_BROKER_CA) {problem}")
         policy_path = args.policy_path.strip("/")
         if not policy_path or any(not part.replace("_", "").isalnum() for part in policy_path.split("/")):
             raise ConfigError(f"--policy-path {args.policy_path!r}: expected a Rego path like jitmesh/access/decision")
@@ -82,6 +87,7 @@ class ProxyConfig:
             audiences=audiences,
             broker_url=_url("--broker-url", args.broker_url),
             broker_ca_file=ca,
+            broker_ca_pem=ca_pem,
             sa_token_file=token_file,
             policy_path=policy_path,
             opa_url=_url("--opa-url", args.opa_url) if args.opa_url else None,

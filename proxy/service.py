@@ -63,7 +63,7 @@ async def serve(config: ProxyConfig) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    broker = BrokerClient(config.broker_url, config.broker_ca_file)
+    broker = BrokerClient(config.broker_url, config.broker_ca_file, ca_pem=config.broker_ca_pem)
     metrics = ProxyMetrics()
     revocations = RevocationSet()
     keys = JWKSCache(broker.jwks, max_staleness=config.keys_max_staleness)

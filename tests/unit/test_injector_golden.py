@@ -80,6 +80,15 @@ def _injected_cases() -> list[str]:
     return [n for n in NAMES if (CASES / f"{n}.patch.json").exists()]
 
 
+def _sidecar_cases() -> list[str]:
+    """The injected cases that get a credential sidecar (all but a proxy-only server)."""
+    return [n for n in _injected_cases() if "jitmesh-sidecar" in (CASES / f"{n}.patch.json").read_text()]
+
+
+def _proxy_cases() -> list[str]:
+    return [n for n in _injected_cases() if "jitmesh-proxy" in (CASES / f"{n}.patch.json").read_text()]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_case_answers_as_its_golden_file(name: str) -> None:
     outcome = _run(name)
@@ -114,7 +123,7 @@ def test_injected_pod_is_left_alone_when_the_webhook_is_called_again(name: str) 
     assert again == Unchanged("already injected")
 
 
-@pytest.mark.parametrize("name", _injected_cases())
+@pytest.mark.parametrize("name", _sidecar_cases())
 def test_every_app_container_mounts_the_token_dir_read_only(name: str) -> None:
     outcome = _run(name)
     assert isinstance(outcome, Injected)
@@ -131,7 +140,7 @@ def test_every_app_container_mounts_the_token_dir_read_only(name: str) -> None:
         assert env["JITMESH_AGENT_URL"].startswith("http://127.0.0.1:")
 
 
-@pytest.mark.parametrize("name", _injected_cases())
+@pytest.mark.parametrize("name", _sidecar_cases())
 def test_sidecar_starts_first(name: str) -> None:
     outcome = _run(name)
     assert isinstance(outcome, Injected)
@@ -159,3 +168,33 @@ def test_namespace_labels_are_not_needed_when_the_pod_label_decides() -> None:
     assert not needs_namespace_labels(_request("pod-label", pod))
     unlabelled = _load("namespace-label", "pod.yaml")
     assert needs_namespace_labels(_request("namespace-label", unlabelled))
+
+
+@pytest.mark.parametrize("name", _proxy_cases())
+def test_the_proxy_guards_the_protected_port_with_the_sidecars_confinement(name: str) -> None:
+    pod = _load(name, "pod.yaml")
+    patched = apply_patch(pod, _run(name).patch)  # type: ignore[union-attr]
+    added = patched["spec"]["initContainers"]
+    [proxy] = [c for c in added if c["name"] == "jitmesh-proxy"]
+    port, app_port = pod["metadata"]["annotations"]["jitmesh.io/protect"].split("=")
+    args = proxy["args"]
+    assert args[args.index("--listen") + 1] == f"0.0.0.0:{port}"
+    assert args[args.index("--upstream") + 1] == f"http://127.0.0.1:{app_port}"
+    served = pod["metadata"]["annotations"]["jitmesh.io/serves"].split(",")
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--audience"] == served
+    assert proxy["restartPolicy"] == "Always" and proxy["securityContext"]["runAsNonRoot"] is True
+    assert proxy["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    sidecars = [c for c in added if c["name"] == "jitmesh-sidecar"]
+    if sidecars:
+        assert proxy["securityContext"] == sidecars[0]["securityContext"]
+        assert added.index(sidecars[0]) < added.index(proxy)
+    assert {"name": "jitmesh-attestation", "mountPath": "/var/run/secrets/jitmesh.io/attestation",
+            "readOnly": True} in proxy["volumeMounts"]
+
+
+def test_a_server_that_only_receives_tokens_gets_no_credential_sidecar_nor_token_volume() -> None:
+    pod = _load("protect-only", "pod.yaml")
+    patched = apply_patch(pod, _run("protect-only").patch)  # type: ignore[union-attr]
+    assert [c["name"] for c in patched["spec"]["initContainers"]] == ["jitmesh-proxy"]
+    assert [v["name"] for v in patched["spec"]["volumes"]] == ["jitmesh-attestation"]
+    assert patched["spec"]["containers"] == pod["spec"]["containers"]
