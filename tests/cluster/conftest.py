@@ -305,6 +305,8 @@ def kube(kube_cluster: Kube, request: pytest.FixtureRequest) -> Iterator[Kube]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if TIMINGS and os.environ.get("JITMESH_CLUSTER_TIMINGS"):  # for make bench
+        Path(os.environ["JITMESH_CLUSTER_TIMINGS"]).write_text(json.dumps(TIMINGS))
     if TIMINGS:
         terminalreporter.write_sep("-", "cluster timings")
         for name, seconds in TIMINGS.items():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 
 from kubernetes import utils
 
-from tests.cluster.conftest import Kube, Release
+from tests.cluster.conftest import TIMINGS, Kube, Release
 from tests.cluster.workloads import BROKER_URL, SIDECAR, app_container, deployment, job, pause_container, pod
 
 DEMO_AUDIENCE = "orders-api"  # granted to demo/demo-app by the shipped policy
@@ -28,6 +29,7 @@ def _verified_claims(kube: Kube, ns: str, pod_name: str) -> dict[str, object]:
 def test_deployment_in_labelled_namespace_starts_app_only_with_a_token_that_verifies_against_the_broker(
         kube: Kube, release: Release, demo_namespace: str) -> None:
     ns = demo_namespace
+    created = time.monotonic()
     utils.create_from_dict(kube.api, deployment("verify", {"jitmesh.io/audiences": DEMO_AUDIENCE},
                                                 [app_container(DEMO_AUDIENCE)], "demo-app"), namespace=ns)
 
@@ -37,6 +39,7 @@ def test_deployment_in_labelled_namespace_starts_app_only_with_a_token_that_veri
                                                                                        "app") and pods[0]
 
     p = kube.wait("the injected Deployment's app verified its token", running, 300, ns)
+    TIMINGS.setdefault("first injected Deployment: created to app verified", time.monotonic() - created)
     assert _sidecar_names(p) == [SIDECAR], "exactly one sidecar is injected"
     assert p.metadata.annotations.get("jitmesh.io/status") == "injected"
     claims = _verified_claims(kube, ns, p.metadata.name)
