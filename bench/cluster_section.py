@@ -1,4 +1,4 @@
-"""Section 8: the images' sizes, the single-node cluster's start-up and the chart's install,
+"""Section 7: the images' sizes, the single-node cluster's start-up and the chart's install,
 beside the time from creating the first injected Deployment to its pod Running (tests/cluster
 run for one test, which writes its timings to JITMESH_CLUSTER_TIMINGS)."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.context import Context
 from bench.report import Figure, SectionResult, unavailable
 
-TITLE = "8. Cluster: image sizes, single-node start-up, first injected pod Running"
+TITLE = "7. Cluster: image sizes, single-node start-up, first injected pod Running"
 REPO = Path(__file__).resolve().parents[1]
 FIRST_TEST = ("tests/cluster/test_injection.py::"
               "test_deployment_in_labelled_namespace_starts_app_only_with_a_token_that_verifies_against_the_broker")
