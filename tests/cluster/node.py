@@ -316,6 +316,7 @@ class Node:
             f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
             f"--client-ca-file={p / 'ca.crt'}", f"--token-auth-file={p / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            "--kubelet-preferred-address-types=InternalIP",  # the node name resolves nowhere
             f"--service-account-issuer={SA_ISSUER}",
             f"--service-account-key-file={p / 'sa.pub'}", f"--service-account-signing-key-file={p / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
@@ -329,7 +330,7 @@ class Node:
         self._spawn("kube-controller-manager", [
             str(tool_path("kube-controller-manager")), f"--kubeconfig={kc}", "--bind-address=127.0.0.1",
             f"--service-account-private-key-file={self.pki / 'sa.key'}", f"--root-ca-file={self.ca_file}",
-            "--use-service-account-credentials", "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+            "--use-service-account-credentials", "--controllers=*,-nodeipam",
             "--leader-elect=false", f"--service-cluster-ip-range={SERVICE_CIDR}", "--v=1"])
         self._spawn("kube-scheduler", [
             str(tool_path("kube-scheduler")), f"--kubeconfig={kc}", "--bind-address=127.0.0.1",
@@ -404,7 +405,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "containerRuntimeEndpoint": f"unix://{self.sock}",
             "clusterDNS": [NODE_IP], "clusterDomain": "cluster.local",
             "resolvConf": str(self.dir / "resolv.conf"),
-            "podLogsDirectory": str(self.dir / "pod-logs"),
+            "podLogsDir": str(self.dir / "pod-logs"),
             "failSwapOn": False, "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
             "serializeImagePulls": False, "maxPods": 60,
