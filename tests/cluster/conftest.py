@@ -35,12 +35,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cluster: runs on the session's real single-node Kubernetes")
 
 
+# Basic injection first; the release's upgrade and uninstall last (it installs again after).
+FILE_ORDER = ["test_injection.py", "test_readme_example.py", "test_admission.py", "test_revocation.py",
+              "test_upgrade_and_uninstall.py"]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.cluster)
-            item.add_marker(pytest.mark.timeout(CLUSTER_TEST_TIMEOUT))
+    ours = [item for item in items if here in Path(str(item.fspath)).parents]
+    for item in ours:
+        item.add_marker(pytest.mark.cluster)
+        item.add_marker(pytest.mark.timeout(CLUSTER_TEST_TIMEOUT))
+    rank = {name: i for i, name in enumerate(FILE_ORDER)}
+    ours.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))
+    items[:] = [item for item in items if item not in ours] + ours
 
 
 def _progress(config: pytest.Config) -> Callable[[str], None]:
@@ -298,7 +306,7 @@ def demo_namespace(kube_cluster: Kube, release: Release) -> str:
 
 
 @pytest.fixture
-def kube(kube_cluster: Kube, request: pytest.FixtureRequest) -> Iterator[Kube]:
+def cluster(kube_cluster: Kube, request: pytest.FixtureRequest) -> Iterator[Kube]:
     t0 = time.monotonic()
     yield kube_cluster
     TIMINGS[request.node.name] = time.monotonic() - t0

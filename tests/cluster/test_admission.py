@@ -14,68 +14,68 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
 
 
 def test_namespace_enforcing_restricted_pod_security_admits_injected_pods(
-        kube: Kube, release: Release, demo_namespace: str) -> None:
+        cluster: Kube, release: Release, demo_namespace: str) -> None:
     ns = demo_namespace
-    kube.core.patch_namespace(ns, {"metadata": {"labels": RESTRICTED}})
+    cluster.core.patch_namespace(ns, {"metadata": {"labels": RESTRICTED}})
     try:
-        kube.create(ns, pod("restricted", {}, {"jitmesh.io/audiences": DEMO_AUDIENCE},
+        cluster.create(ns, pod("restricted", {}, {"jitmesh.io/audiences": DEMO_AUDIENCE},
                             [app_container(DEMO_AUDIENCE)], "demo-app"))
-        p = kube.wait_verified(ns, "restricted")
+        p = cluster.wait_verified(ns, "restricted")
         assert [c.name for c in p.spec.init_containers or []] == [SIDECAR]
     finally:
-        kube.core.patch_namespace(ns, {"metadata": {"labels": dict.fromkeys(RESTRICTED)}})
-    kube.core.delete_namespaced_pod("restricted", ns, grace_period_seconds=0)
+        cluster.core.patch_namespace(ns, {"metadata": {"labels": dict.fromkeys(RESTRICTED)}})
+    cluster.core.delete_namespaced_pod("restricted", ns, grace_period_seconds=0)
 
 
-def _scale_injector(kube: Kube, replicas: int) -> None:
-    kube.run("kubectl", "scale", "deployment", INJECTOR, "-n", RELEASE_NAMESPACE, f"--replicas={replicas}")
+def _scale_injector(cluster: Kube, replicas: int) -> None:
+    cluster.run("kubectl", "scale", "deployment", INJECTOR, "-n", RELEASE_NAMESPACE, f"--replicas={replicas}")
 
     def settled() -> bool:
-        pods = kube.pods(RELEASE_NAMESPACE, "app.kubernetes.io/component=injector")
+        pods = cluster.pods(RELEASE_NAMESPACE, "app.kubernetes.io/component=injector")
         ready = [p for p in pods if p.status.container_statuses and all(s.ready for s in p.status.container_statuses)]
         return len(pods) == replicas and len(ready) == replicas
 
-    kube.wait(f"injector at {replicas} ready replicas", settled, 300, RELEASE_NAMESPACE)
+    cluster.wait(f"injector at {replicas} ready replicas", settled, 300, RELEASE_NAMESPACE)
 
 
 def test_injector_down_refuses_opted_in_pods_naming_jitmesh_and_leaves_other_namespaces_alone(
-        kube: Kube, release: Release, demo_namespace: str) -> None:
-    plain = kube.namespace()
-    _scale_injector(kube, 0)
+        cluster: Kube, release: Release, demo_namespace: str) -> None:
+    plain = cluster.namespace()
+    _scale_injector(cluster, 0)
     try:
         refused = None
         try:
-            kube.create(demo_namespace, pod("refused", {}, {"jitmesh.io/audiences": DEMO_AUDIENCE},
+            cluster.create(demo_namespace, pod("refused", {}, {"jitmesh.io/audiences": DEMO_AUDIENCE},
                                             [pause_container()], "demo-app"))
         except Exception as exc:  # kubernetes.utils raises FailToCreateError wrapping the ApiException
             refused = str(exc)
         assert refused is not None, "a pod asking for injection was created while the injector was down"
         assert "jitmesh.io" in refused and "jitmesh-injector" in refused, refused
-        kube.create(plain, pod("unaffected", {}, {}, [pause_container()]))
-        assert kube.pod(plain, "unaffected").metadata.name == "unaffected"
+        cluster.create(plain, pod("unaffected", {}, {}, [pause_container()]))
+        assert cluster.pod(plain, "unaffected").metadata.name == "unaffected"
     finally:
-        _scale_injector(kube, 2)
-    kube.wait("the unaffected pod Running", lambda: kube.pod(plain, "unaffected").status.phase == "Running", 180,
+        _scale_injector(cluster, 2)
+    cluster.wait("the unaffected pod Running", lambda: cluster.pod(plain, "unaffected").status.phase == "Running", 180,
               plain)
 
 
 def test_services_named_like_jitmesh_settings_in_an_app_namespace_break_no_sidecar(
-        kube: Kube, release: Release, demo_namespace: str) -> None:
+        cluster: Kube, release: Release, demo_namespace: str) -> None:
     ns = demo_namespace
     names = ["jitmesh-broker", "jitmesh", "jitmesh-token"]  # JITMESH_BROKER_PORT=tcp://..., JITMESH_PORT, ...
     for name in names:
-        kube.core.create_namespaced_service(ns, client.V1Service(
+        cluster.core.create_namespaced_service(ns, client.V1Service(
             metadata=client.V1ObjectMeta(name=name),
             spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=8080)], selector={"app": name})))
     try:
-        kube.create(ns, pod("linked", {}, {"jitmesh.io/audiences": DEMO_AUDIENCE},
+        cluster.create(ns, pod("linked", {}, {"jitmesh.io/audiences": DEMO_AUDIENCE},
                             [app_container(DEMO_AUDIENCE)], "demo-app"))
-        kube.wait_verified(ns, "linked")
-        env = kube.exec(ns, "linked", "app", "import os; print(os.environ.get('JITMESH_BROKER_PORT', ''))")
+        cluster.wait_verified(ns, "linked")
+        env = cluster.exec(ns, "linked", "app", "import os; print(os.environ.get('JITMESH_BROKER_PORT', ''))")
         assert env.strip().startswith("tcp://"), "the service-link variable was not there to break anything"
-        side = next(s for s in kube.pod(ns, "linked").status.init_container_statuses if s.name == SIDECAR)
+        side = next(s for s in cluster.pod(ns, "linked").status.init_container_statuses if s.name == SIDECAR)
         assert side.restart_count == 0 and side.ready
     finally:
         for name in names:
-            kube.core.delete_namespaced_service(name, ns)
-    kube.core.delete_namespaced_pod("linked", ns, grace_period_seconds=0)
+            cluster.core.delete_namespaced_service(name, ns)
+    cluster.core.delete_namespaced_pod("linked", ns, grace_period_seconds=0)

@@ -7,45 +7,45 @@ from tests.cluster.conftest import CHART, Kube, Release
 from tests.cluster.workloads import BROKER, INJECTOR, RELEASE, RELEASE_NAMESPACE, SIDECAR, pause_container, pod
 
 
-def _kids(kube: Kube) -> set[str]:
-    return {k["kid"] for k in kube.broker("GET", "/jwks").json()["keys"]}
+def _kids(cluster: Kube) -> set[str]:
+    return {k["kid"] for k in cluster.broker("GET", "/jwks").json()["keys"]}
 
 
-def _revocation_ids(kube: Kube) -> set[str]:
-    r = kube.broker("GET", "/v1/admin/revocations")
+def _revocation_ids(cluster: Kube) -> set[str]:
+    r = cluster.broker("GET", "/v1/admin/revocations")
     assert r.status_code == 200, r.text
     return {x["id"] for x in r.json()["revocations"]}
 
 
-def test_helm_upgrade_with_a_changed_value_keeps_keys_and_revocations(kube: Kube, release: Release) -> None:
-    r = kube.broker("POST", "/v1/admin/revocations", json={"subject": "system:serviceaccount:demo:upgrade-ghost",
+def test_helm_upgrade_with_a_changed_value_keeps_keys_and_revocations(cluster: Kube, release: Release) -> None:
+    r = cluster.broker("POST", "/v1/admin/revocations", json={"subject": "system:serviceaccount:demo:upgrade-ghost",
                                                            "reason": "cluster test: survives upgrades"})
     assert r.status_code == 201, r.text
-    kids, revocations = _kids(kube), _revocation_ids(kube)
-    before = kube.apps.read_namespaced_deployment(BROKER, RELEASE_NAMESPACE).metadata.generation
+    kids, revocations = _kids(cluster), _revocation_ids(cluster)
+    before = cluster.apps.read_namespaced_deployment(BROKER, RELEASE_NAMESPACE).metadata.generation
     release.upgrade("--set", "broker.defaultTTL=240")
-    assert kube.apps.read_namespaced_deployment(BROKER, RELEASE_NAMESPACE).metadata.generation > before
+    assert cluster.apps.read_namespaced_deployment(BROKER, RELEASE_NAMESPACE).metadata.generation > before
     release.wait_ready()
-    args = kube.apps.read_namespaced_deployment(BROKER, RELEASE_NAMESPACE).spec.template.spec.containers[0].args
+    args = cluster.apps.read_namespaced_deployment(BROKER, RELEASE_NAMESPACE).spec.template.spec.containers[0].args
     assert "--default-ttl=240" in args
-    assert kids <= _kids(kube), "the upgraded broker signs with new keys"
-    assert revocations <= kube.wait("the upgraded broker answers", lambda: _revocation_ids(kube), 60,
+    assert kids <= _kids(cluster), "the upgraded broker signs with new keys"
+    assert revocations <= cluster.wait("the upgraded broker answers", lambda: _revocation_ids(cluster), 60,
                                     RELEASE_NAMESPACE), "revocations were lost in the upgrade"
 
 
 def test_helm_uninstall_leaves_no_webhook_that_blocks_pod_creation(
-        kube: Kube, release: Release, demo_namespace: str) -> None:
-    kube.run("helm", "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "3m")
-    hooks = kube.run("kubectl", "get", "mutatingwebhookconfigurations", "-o", "name").stdout
+        cluster: Kube, release: Release, demo_namespace: str) -> None:
+    cluster.run("helm", "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "3m")
+    hooks = cluster.run("kubectl", "get", "mutatingwebhookconfigurations", "-o", "name").stdout
     assert INJECTOR not in hooks, hooks
-    kube.create(demo_namespace, pod("after-uninstall", {"jitmesh.io/inject": "true"},
+    cluster.create(demo_namespace, pod("after-uninstall", {"jitmesh.io/inject": "true"},
                                     {"jitmesh.io/audiences": "orders-api"}, [pause_container()], "demo-app"))
-    p = kube.wait("a pod created after uninstall Running",
-                  lambda: (x := kube.pod(demo_namespace, "after-uninstall")).status.phase == "Running" and x,
+    p = cluster.wait("a pod created after uninstall Running",
+                  lambda: (x := cluster.pod(demo_namespace, "after-uninstall")).status.phase == "Running" and x,
                   180, demo_namespace)
     assert SIDECAR not in [c.name for c in (p.spec.init_containers or []) + p.spec.containers]
-    kube.core.delete_namespaced_pod("after-uninstall", demo_namespace, grace_period_seconds=0)
+    cluster.core.delete_namespaced_pod("after-uninstall", demo_namespace, grace_period_seconds=0)
     # install again, so that nothing after this test finds the release gone
-    kube.run("helm", "install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, *release.values,
+    cluster.run("helm", "install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, *release.values,
              "--timeout", "5m")
     release.wait_ready()
