@@ -23,7 +23,7 @@ import httpx
 import pytest
 from kubernetes import client, utils
 
-from tests.cluster.node import REPO, ClusterUnavailable, Node, missing_prerequisites, tool_path
+from tests.cluster.node import REPO, ClusterUnavailable, Node, leftovers, missing_prerequisites, tool_path
 from tests.cluster.workloads import BROKER, INJECTOR, RELEASE, RELEASE_NAMESPACE
 
 CHART = REPO / "charts" / "jitmesh"
@@ -83,7 +83,9 @@ def cluster_node(request: pytest.FixtureRequest) -> Iterator[Node]:
         raise
     TIMINGS["cluster start-up"] = node.elapsed()
     yield node
-    problems = node.stop()
+    t0 = time.monotonic()
+    problems = node.stop() + leftovers(node.run_id)
+    TIMINGS["cluster teardown"] = time.monotonic() - t0
     assert not problems, f"the node's teardown left things behind: {problems}"
 
 
