@@ -645,4 +645,12 @@ def leftovers(run_id: str) -> list[str]:
         left.append(f"network namespace jm-{run_id}")
     left += [m for m in _mount_points() if m.startswith(f"/tmp/jm-cluster-{run_id}")]
     left += [str(h / f"jm-{run_id}") for h in Path("/sys/fs/cgroup").iterdir() if (h / f"jm-{run_id}").exists()]
+    needle = f"/tmp/jm-cluster-{run_id}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (entry / "cmdline").read_bytes()
+                if needle in cmdline and not _zombie(int(entry.name)):
+                    argv = cmdline.replace(b"\0", b" ").decode(errors="replace")
+                    left.append(f"process {entry.name}: {argv[:200]}")
     return left
