@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import re
 import secrets
@@ -184,7 +185,10 @@ class Node:
 
         def step(name: str, fn: Callable[[], list[str] | None]) -> None:
             t = time.monotonic()
-            problems.extend(fn() or [])
+            try:
+                problems.extend(fn() or [])
+            except Exception as exc:  # one step failing must not keep the others from cleaning up
+                problems.append(f"{name}: {type(exc).__name__}: {exc}")
             timings.append(f"{name} {time.monotonic() - t:.1f}s")
 
         for name in ("coredns", "kube-proxy", "kube-scheduler", "kube-controller-manager", "kubelet"):
@@ -193,8 +197,8 @@ class Node:
             step("containers", self._remove_containers)
             step("containerd", lambda: self._stop_process("containerd"))
         step("leftover processes", self._kill_leftovers)
-        for name in ("kube-apiserver", "etcd"):
-            step(name, lambda name=name: self._stop_process(name))
+        for name in ("kube-apiserver", "etcd"):  # their state is thrown away: no graceful shutdown to wait for
+            step(name, lambda name=name: self._kill_process(name))
         if self.forwarder is not None:
             self.forwarder.close()
         step("mounts", self._unmount_all)
@@ -368,7 +372,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     bin_dir = "{CNI_BIN}"
     conf_dir = "{cni / 'net.d'}"
 """)
-        (cni / "net.d" / "10-jm-bridge.conflist").write_text(yaml.safe_dump({
+        (cni / "net.d" / "10-jm-bridge.conflist").write_text(json.dumps({
             "cniVersion": "0.4.0", "name": "jm-pods",
             "plugins": [
                 {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
@@ -509,6 +513,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     # --- teardown ---------------------------------------------------------------------------
 
+    def _kill_process(self, name: str) -> None:
+        proc = self.processes.get(name)
+        if proc is not None:
+            proc.kill()
+            proc.stop()
+
     def _stop_process(self, name: str) -> None:
         proc = self.processes.get(name)
         if proc is not None:
@@ -576,7 +586,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         for hierarchy in Path("/sys/fs/cgroup").iterdir():
             top = hierarchy / self.cgroup_root.lstrip("/")
             if top.is_dir():
-                found += [d / leaf if leaf else d for d, _, _ in os.walk(top)]
+                found += [Path(d) / leaf if leaf else Path(d) for d, _, _ in os.walk(top)]
         return found
 
     def _make_cgroup_root(self) -> None:
