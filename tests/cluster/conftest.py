@@ -46,8 +46,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in ours:
         item.add_marker(pytest.mark.cluster)
         item.add_marker(pytest.mark.timeout(CLUSTER_TEST_TIMEOUT))
-    rank = {name: i for i, name in enumerate(FILE_ORDER)}
-    ours.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))
+    rank = {name: float(i) for i, name in enumerate(FILE_ORDER)}
+    other = rank["test_upgrade_and_uninstall.py"] - 0.5  # a file not listed still runs before the uninstall
+    ours.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, other))
     items[:] = [item for item in items if item not in ours] + ours
 
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,9 +171,12 @@ class Node:
         self.logs.mkdir()
         self._stage("network namespace, node address and sysctls", self._network)
         self._stage("PKI and kubeconfigs", self._write_pki)
+        self._stage("containerd started", self._containerd)
+        # the images unpack while the control plane starts
+        importing = ThreadPoolExecutor(1, thread_name_prefix="ctr-import").submit(self._import_images)
         self._stage("etcd and kube-apiserver ready", self._control_plane)
         self._stage("kube-controller-manager and kube-scheduler", self._controllers)
-        self._stage("containerd and images imported", self._containerd)
+        self._stage("images imported", importing.result)
         self._stage("kubelet: node Ready", self._kubelet)
         self._stage("kube-proxy, CoreDNS, storage", self._services)
         self.progress(f"node {self.run_id}: ready after {self.elapsed():.1f}s")
@@ -383,6 +387,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             ]}))
         self._spawn("containerd", ["containerd", "--config", str(self.dir / "containerd-config.toml")])
         self._wait(lambda: self._ctr("version", check=False).returncode == 0, 60, "containerd answers", "containerd")
+
+    def _import_images(self) -> None:
         for ref, archive in image_archives().items():
             if not ref.startswith("jitmesh.local/coredns"):
                 self._ctr("images", "import", str(archive))

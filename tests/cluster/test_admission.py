@@ -29,6 +29,9 @@ def test_namespace_enforcing_restricted_pod_security_admits_injected_pods(
 
 def _scale_injector(cluster: Kube, replicas: int) -> None:
     cluster.run("kubectl", "scale", "deployment", INJECTOR, "-n", RELEASE_NAMESPACE, f"--replicas={replicas}")
+    if replicas == 0:  # down now, not after the pods' grace period
+        cluster.run("kubectl", "delete", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=injector",
+                    "--grace-period=0", "--force")
 
     def settled() -> bool:
         pods = cluster.pods(RELEASE_NAMESPACE, "app.kubernetes.io/component=injector")

@@ -46,7 +46,7 @@ def test_deleting_an_injected_pod_revokes_its_tokens_at_the_broker_and_the_sidec
 def test_killed_broker_keeps_keys_and_revocations_while_pods_keep_serving_and_then_refresh(
         cluster: Kube, release: Release, demo_namespace: str) -> None:
     ns = demo_namespace
-    cluster.create(ns, pod("survivor", {}, {"jitmesh.io/audiences": DEMO_AUDIENCE, "jitmesh.io/ttl": "180"},
+    cluster.create(ns, pod("survivor", {}, {"jitmesh.io/audiences": DEMO_AUDIENCE, "jitmesh.io/ttl": "120"},
                         [app_container(DEMO_AUDIENCE, print_token=True)], "demo-app"))
     cluster.wait_verified(ns, "survivor")
     kids = {k["kid"] for k in cluster.broker("GET", "/jwks").json()["keys"]}
