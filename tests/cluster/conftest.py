@@ -8,6 +8,7 @@ missing; only JITMESH_SKIP_CLUSTER=1 skips them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -53,13 +54,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _progress(config: pytest.Config) -> Callable[[str], None]:
+    """Progress lines shown as they happen, through pytest's output capture."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
 
     def say(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(f"[cluster] {line}")
-        else:
-            print(f"[cluster] {line}", file=sys.__stderr__, flush=True)
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            if reporter is not None:
+                reporter.write_line(f"[cluster] {line}")
+            else:
+                print(f"[cluster] {line}", file=sys.__stderr__, flush=True)
 
     return say
 
