@@ -167,6 +167,7 @@ class Node:
     def start(self) -> None:
         self._t0 = time.monotonic()
         self.progress(f"node {self.run_id}: starting in {self.dir}, network namespace {self.netns.name}")
+        _prune_finished_runs(keep=3)
         self.dir.mkdir(mode=0o700)
         self.logs.mkdir()
         self._stage("network namespace, node address and sysctls", self._network)
@@ -633,6 +634,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             with contextlib.suppress(OSError):
                 if Path("/proc/sys", key).read_text().strip() != value:
                     Path("/proc/sys", key).write_text(value)
+
+
+def _prune_finished_runs(keep: int) -> None:
+    """Logs of earlier runs, but the newest `keep`; a run still going (more than its logs) stays."""
+    runs = sorted(Path("/tmp").glob("jm-cluster-*"), key=lambda d: d.stat().st_mtime)
+    for d in runs[:-keep] if keep else runs:
+        with contextlib.suppress(OSError):
+            if [c.name for c in d.iterdir()] == ["logs"] and not leftovers(d.name.removeprefix("jm-cluster-")):
+                shutil.rmtree(d)
 
 
 def _mount_points() -> list[str]:
