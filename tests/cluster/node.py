@@ -168,8 +168,12 @@ class Node:
         self._t0 = time.monotonic()
         self.progress(f"node {self.run_id}: starting in {self.dir}, network namespace {self.netns.name}")
         _prune_finished_runs(keep=3)
+        for run_id in abandoned_runs():
+            self.progress(f"node {run_id}: its test process died before its teardown; tearing it down now")
+            Node(progress=self.progress, run_id=run_id).stop()
         self.dir.mkdir(mode=0o700)
         self.logs.mkdir()
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
         self._stage("network namespace, node address and sysctls", self._network)
         self._stage("PKI and kubeconfigs", self._write_pki)
         self._stage("containerd started", self._containerd)
@@ -552,9 +556,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         return problems
 
     def _kill_leftovers(self) -> list[str]:
-        """Shims of this containerd (named by its socket) and anything left in this run's cgroups."""
+        """Processes naming this run's directory (shims, and the node's own processes when an
+        earlier test process died before its teardown) and anything left in this run's cgroups."""
         pids: set[int] = set()
-        needle = str(self.sock).encode()
+        # the shims name this containerd's socket; every node process names the run directory
+        needle = (str(self.dir) + "/").encode()
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
@@ -634,6 +640,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             with contextlib.suppress(OSError):
                 if Path("/proc/sys", key).read_text().strip() != value:
                     Path("/proc/sys", key).write_text(value)
+
+
+def abandoned_runs() -> list[str]:
+    """Runs whose test process is gone but whose node is not torn down (it was SIGKILLed)."""
+    found = []
+    for d in Path("/tmp").glob("jm-cluster-*"):
+        with contextlib.suppress(OSError, ValueError):
+            owner = int((d / "owner.pid").read_text())
+            if not Path(f"/proc/{owner}").exists() or _zombie(owner):
+                found.append(d.name.removeprefix("jm-cluster-"))
+    return found
 
 
 def _prune_finished_runs(keep: int) -> None:
