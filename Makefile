@@ -10,7 +10,7 @@ OPA = $(shell $(TOOLS) path opa)
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: all setup tools opa kube-tools postgres run test lint policy-test bench clean chart-policies image lock
+.PHONY: all setup tools opa kube-tools cluster-tools cluster-images postgres run test lint policy-test bench clean chart-policies image lock
 
 all: test
 
@@ -32,6 +32,14 @@ kube-tools:
 	@$(TOOLS) helm
 
 tools: opa kube-tools
+
+# The single-node cluster of tests/cluster: the node's Debian packages (containerd, runc, CNI
+# plugins, iptables, the image tools), the rest of Kubernetes, CoreDNS. Without root the package
+# step only says what is missing, and the cluster tests fail naming it.
+cluster-tools: kube-tools
+	@if [ "$${JITMESH_SKIP_CLUSTER:-}" = 1 ]; then echo "[setup] JITMESH_SKIP_CLUSTER=1: no cluster tools"; else \
+	  $(TOOLS) node-packages || echo "[setup] the cluster tests will fail: node packages missing (see above)"; \
+	  $(TOOLS) kube-node && $(TOOLS) coredns; fi
 
 # PostgreSQL server binaries: the store tests start their own server from them
 postgres:
@@ -55,7 +63,7 @@ lint: setup
 	@$(VENV)/bin/ruff check jitmesh pdp injector sidecar proxy tests bench
 	@$(VENV)/bin/mypy
 
-test: setup tools postgres policy-test lint
+test: setup tools postgres cluster-images policy-test lint
 	@echo "[test] pytest"
 	@JITMESH_OPA_BIN=$(OPA) \
 	 JITMESH_ETCD_BIN=$(shell $(TOOLS) path etcd) \
@@ -76,6 +84,12 @@ image: $(STAMP) opa
 	@$(TOOLS) node-packages
 	@$(TOOLS) coredns
 	@PYTHON=$(PY) image/build.sh all
+
+# What tests/cluster imports into its node: the images of this tree (rebuilt when it changed)
+cluster-images: $(STAMP) opa cluster-tools
+	@if [ "$${JITMESH_SKIP_CLUSTER:-}" = 1 ]; then :; \
+	elif [ "$$(id -u)" != 0 ]; then echo "[image] not root: no images (the cluster tests will fail saying so)"; \
+	else PYTHON=$(PY) image/build.sh all; fi
 
 # requirements.lock from pyproject.toml's dependencies (both image recipes install it)
 lock:

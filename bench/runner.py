@@ -34,7 +34,16 @@ class SectionSpec:
 
 
 def sections() -> list[SectionSpec]:
-    from bench import injector_section, issuance, profile, proxy_section, revocation, sidecar_section, strangers
+    from bench import (
+        cluster_section,
+        injector_section,
+        issuance,
+        profile,
+        proxy_section,
+        revocation,
+        sidecar_section,
+        strangers,
+    )
     return [
         SectionSpec("issuance", issuance.TITLE, issuance.run_sqlite),
         SectionSpec("postgres", issuance.PG_TITLE, issuance.run_postgres),
@@ -45,6 +54,7 @@ def sections() -> list[SectionSpec]:
         SectionSpec("webhook", injector_section.TITLE, injector_section.run),
         SectionSpec("revocation", revocation.TITLE, revocation.run),
         SectionSpec("proxy", proxy_section.TITLE, proxy_section.run),
+        SectionSpec("cluster", cluster_section.TITLE, cluster_section.run),
     ]
 
 

@@ -141,6 +141,8 @@ build_jitmesh() {
       --config.env "PATH=$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
       --config.env PYTHONUNBUFFERED=1 --config.env PYTHONDONTWRITEBYTECODE=1
     rm -rf "$work"
+    # each change of the tree makes a new archive (make test rebuilds it): keep the newest three
+    ls -t "$OUT"/jitmesh-*.tar 2>/dev/null | tail -n +4 | xargs -r rm -f
   fi
   report "$JITMESH_REF" "$archive"
 }

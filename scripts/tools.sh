@@ -13,7 +13,7 @@ COREDNS_VERSION="v1.12.4"        # cluster DNS of the tests/cluster node
 # The rest of a single-node cluster, built from k8s.io/kubernetes like kube-apiserver.
 KUBE_NODE_BINARIES=(kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 # Debian packages of the tests/cluster node and of `make image`.
-NODE_PACKAGES=(containerd runc containernetworking-plugins iptables mmdebstrap umoci skopeo)
+NODE_PACKAGES=(containerd runc containernetworking-plugins iptables iproute2 util-linux mmdebstrap umoci skopeo)
 
 CACHE="${JITMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jitmesh}"
 BIN="$CACHE/bin"

@@ -139,7 +139,8 @@ def test_helm_lint_passes() -> None:
 def test_rendered_chart_has_broker_injector_and_webhook() -> None:
     kinds = sorted({d["kind"] for d in render(*REQUIRED)})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "MutatingWebhookConfiguration",
-                     "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"]
+                     "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget", "Secret", "Service",
+                     "ServiceAccount"]
 
 
 def test_injector_tells_sidecars_the_broker_service() -> None:
@@ -263,18 +264,79 @@ def test_without_a_digest_the_images_are_repository_and_tag() -> None:
     assert "--sidecar-image=ghcr.io/jitmesh/jitmesh:0.1.0" in injector["args"]
 
 
-def test_persistence_keeps_the_store_on_a_claim_and_replaces_the_broker() -> None:
-    docs = render(*REQUIRED, "--set", "broker.persistence.enabled=true")
+def test_default_broker_is_one_sqlite_replica_on_a_claim_replaced_not_rolled() -> None:
+    docs = render(*REQUIRED)
     claim = _one(docs, "PersistentVolumeClaim", "jm-jitmesh-broker-data")
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and "storageClassName" not in claim["spec"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     broker = _one(docs, "Deployment", "jm-jitmesh-broker")
+    assert broker["spec"]["replicas"] == 1
     assert broker["spec"]["strategy"] == {"type": "Recreate"}
-    data = next(v for v in broker["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+    spec = broker["spec"]["template"]["spec"]
+    data = next(v for v in spec["volumes"] if v["name"] == "data")
     assert data == {"name": "data", "persistentVolumeClaim": {"claimName": "jm-jitmesh-broker-data"}}
+    args = spec["containers"][0]["args"]
+    assert "--store=sqlite:////var/lib/jitmesh/broker.db" in args
+    assert {"name": "data", "mountPath": "/var/lib/jitmesh"} in spec["containers"][0]["volumeMounts"]
 
 
-def test_without_persistence_the_store_is_an_empty_dir() -> None:
-    docs = render(*REQUIRED)
+def test_an_existing_claim_holds_the_sqlite_store_instead_of_a_new_one() -> None:
+    docs = render(*REQUIRED, "--set", "broker.persistence.existingClaim=mine")
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    spec = _one(docs, "Deployment", "jm-jitmesh-broker")["spec"]["template"]["spec"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "mine"}} in spec["volumes"]
+
+
+def _render_error(*args: str) -> str:
+    helm = helm_bin()
+    if helm is None:
+        pytest.skip("helm is not built (scripts/tools.sh helm) nor on PATH")
+    out = subprocess.run([helm, "template", "jm", str(CHART), "--kube-version", KUBE, *REQUIRED, *args],
+                         capture_output=True, text=True)
+    assert out.returncode != 0, f"rendered although it should not:\n{out.stdout[:2000]}"
+    return out.stderr
+
+
+def test_sqlite_with_more_than_one_replica_is_refused_naming_postgresql() -> None:
+    err = _render_error("--set", "broker.replicas=2")
+    assert "broker.replicas=2 with a SQLite store" in err
+    assert "broker.storeSecret" in err and "postgresql://" in err
+
+
+def test_sqlite_without_its_volume_is_refused_naming_the_fix() -> None:
+    err = _render_error("--set", "broker.persistence.enabled=false")
+    assert "broker.persistence.enabled=false with a SQLite store" in err
+    assert "broker.persistence.enabled=true" in err and "broker.storeSecret" in err
+
+
+def test_postgresql_from_a_secret_allows_replicas_and_rolls_without_a_claim() -> None:
+    docs = render(*REQUIRED, "--set", "broker.storeSecret=jitmesh-pg", "--set", "broker.replicas=3")
     assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
     broker = _one(docs, "Deployment", "jm-jitmesh-broker")
+    assert broker["spec"]["replicas"] == 3
+    assert broker["spec"]["strategy"] == {"type": "RollingUpdate"}
+    container = broker["spec"]["template"]["spec"]["containers"][0]
+    assert not [a for a in container["args"] if a.startswith("--store")]
+    assert container["env"] == [{"name": "JITMESH_STORE", "valueFrom": {"secretKeyRef": {"name": "jitmesh-pg",
+                                                                                          "key": "url"}}}]
     assert {"name": "data", "emptyDir": {}} in broker["spec"]["template"]["spec"]["volumes"]
+
+
+def test_network_policy_admits_only_pods_and_only_on_the_broker_port() -> None:
+    policy = _one(render(*REQUIRED, "--set", "broker.port=9000"), "NetworkPolicy", "jm-jitmesh-broker")
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/instance": "jm",
+                                                             "app.kubernetes.io/component": "broker"}}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"from": [{"namespaceSelector": {}, "podSelector": {}}],
+                                          "ports": [{"protocol": "TCP", "port": 9000}]}]
+
+
+def test_broker_cluster_role_is_the_only_cluster_wide_grant_and_reads_only_pods() -> None:
+    roles = [d for d in render(*REQUIRED) if d["kind"] == "ClusterRole"]
+    broker = _one(roles, "ClusterRole", "jm-jitmesh-broker")
+    reads = [r for r in broker["rules"] if set(r["verbs"]) & {"get", "list", "watch"}]
+    assert reads == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    writes = [r for r in broker["rules"] if r not in reads]
+    assert all(r["verbs"] == ["create"] for r in writes)
+    assert sorted(r["resources"][0] for r in writes) == ["subjectaccessreviews", "tokenreviews"]
+    assert not [d for d in render(*REQUIRED) if d["kind"] in ("Role", "RoleBinding")]

@@ -33,3 +33,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "jitmesh.broker.tlsSecret" -}}
 {{- default (printf "%s-tls" (include "jitmesh.broker.name" .)) .Values.broker.tls.existingSecret -}}
 {{- end -}}
+
+{{- /* The broker's store is SQLite unless a PostgreSQL URL is given (storeSecret or store). */ -}}
+{{- define "jitmesh.broker.sqlite" -}}
+{{- if and (not .Values.broker.storeSecret) (not (hasPrefix "postgres" .Values.broker.store)) -}}true{{- end -}}
+{{- end -}}
+
+{{- /* Render errors for broker settings that would lose keys and revocations. */ -}}
+{{- define "jitmesh.broker.validate" -}}
+{{- if include "jitmesh.broker.sqlite" . -}}
+{{- if gt (int .Values.broker.replicas) 1 -}}
+{{- fail (printf "broker.replicas=%v with a SQLite store: SQLite has one writer and each replica would keep its own keys and revocations; use broker.replicas=1, or PostgreSQL for more replicas (broker.storeSecret: a Secret whose key `url` holds the postgresql:// URL)" .Values.broker.replicas) -}}
+{{- end -}}
+{{- if not .Values.broker.persistence.enabled -}}
+{{- fail "broker.persistence.enabled=false with a SQLite store: the store would be an emptyDir, and a replaced broker pod would start with new keys and no revocations; keep broker.persistence.enabled=true (a PersistentVolumeClaim), or use PostgreSQL (broker.storeSecret)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
