@@ -101,6 +101,7 @@ class Kube:
     node: Node
     api: client.ApiClient
     created_namespaces: list[str] = field(default_factory=list)
+    _admin_token: tuple[float, str] | None = None
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -190,11 +191,31 @@ class Kube:
     def create(self, namespace: str, doc: dict[str, Any]) -> None:
         utils.create_from_dict(self.api, doc, namespace=namespace)
 
+    def broker_admin_token(self) -> str:
+        """A token a broker admin presents, as a user would get one: a ServiceAccount allowed
+        `admin` on brokers.jitmesh.io (here through cluster-admin), its token minted for the
+        broker's audience (`kubectl create token ... --audience jitmesh`)."""
+        if self._admin_token is not None and self._admin_token[0] > time.monotonic():
+            return self._admin_token[1]
+        name = "jitmesh-test-admin"
+        with contextlib.suppress(client.ApiException):
+            self.core.create_namespaced_service_account(RELEASE_NAMESPACE, {"metadata": {"name": name}})
+        with contextlib.suppress(client.ApiException):
+            client.RbacAuthorizationV1Api(self.api).create_cluster_role_binding({
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": RELEASE_NAMESPACE}]})
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=["jitmesh"], expiration_seconds=3600))
+        token = str(self.core.create_namespaced_service_account_token(name, RELEASE_NAMESPACE, request).status.token)
+        self._admin_token = (time.monotonic() + 1800, token)
+        return token
+
     def broker(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """A request to the broker's Service from inside the cluster's network, as the
-        cluster's admin (system:masters, hence a broker admin through SubjectAccessReview)."""
+        """A request to the broker's Service from inside the cluster's network, as a broker
+        admin (a ServiceAccount allowed through SubjectAccessReview)."""
         ip = self.core.read_namespaced_service(BROKER, RELEASE_NAMESPACE).spec.cluster_ip
-        headers = {"Authorization": f"Bearer {self.node.admin_token}"}
+        headers = {"Authorization": f"Bearer {self.broker_admin_token()}"}
         return self.node.netns.call(lambda: httpx.request(method, f"http://{ip}:8080{path}", headers=headers,
                                                           timeout=15, **kwargs))
 
