@@ -145,6 +145,14 @@ class EventFollower:
                         continue
                     if self.revocations.apply(sse.event, data):
                         log.info("events.applied", action=sse.event, kind=data.get("kind"), id=data.get("id"))
+                elif sse.event == "resync":  # the broker's full state for this proxy, then live events
+                    try:
+                        state = json.loads(sse.data)
+                    except ValueError:  # without the state, nothing known can be trusted: reconnect
+                        raise BrokerError("the broker's resync event is not JSON") from None
+                    taken = self.revocations.resync(state.get("revocations") if isinstance(state, dict) else None)
+                    log.info("events.resynced", revocations=taken,
+                             reason=state.get("reason") if isinstance(state, dict) else None)
                 if sse.id:
                     self.last_event_id = sse.id
                 if sse.event == "ready" and not self.connected.is_set():

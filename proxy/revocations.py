@@ -54,6 +54,20 @@ class RevocationSet:
         self.applied += 1
         return True
 
+    def resync(self, revocations: Any) -> int:
+        """Replace what is known with a `resync` event's full state (the revocations in force,
+        a lifted one still refusing the tokens issued before it); how many were taken."""
+        if not isinstance(revocations, list):
+            return 0
+        self._entries, self._jti_expiry = {}, {}
+        taken = 0
+        for doc in revocations:
+            if self.apply("revoked", doc):
+                taken += 1
+                if isinstance(doc, Mapping) and doc.get("lifted_at") is not None:
+                    self.apply("lifted", doc)
+        return taken
+
     def revoked(self, claims: Mapping[str, Any], audience: str) -> str | None:
         """Why this verified token is revoked, or None."""
         jti = claims.get("jti")

@@ -113,3 +113,32 @@ def test_a_refused_stream_records_why(tmp_path: Path, status: int) -> None:
     f, _ = follower(tmp_path, handler, Clock())
     asyncio.run(_run_until(f, done))
     assert f.refused is not None and f.refused.startswith(f"HTTP {status}")
+
+
+RESYNC = (b'id: ab12-9\nevent: resync\ndata: {"seq":9,"epoch":"ab12","reason":"bare id","revocations":['
+          b'{"kind":"subject","value":"system:serviceaccount:demo:gone","created_at":10.0,"id":"r2","lifted_at":null},'
+          b'{"kind":"subject","value":"system:serviceaccount:demo:back","created_at":10.0,"id":"r3",'
+          b'"lifted_at":20.0}]}\n\n')
+
+
+def test_a_resync_replaces_what_the_proxy_knew_with_the_brokers_state(tmp_path: Path) -> None:
+    done = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield REVOKED
+        yield RESYNC
+        done.set()
+        await asyncio.sleep(10)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    f, revocations = follower(tmp_path, handler, Clock())
+    asyncio.run(_run_until(f, done))
+    assert revocations.revoked({"sub": "system:serviceaccount:demo:gone", "iat": 50}, "orders-api")
+    # lifted: tokens issued before the revocation stay refused, later ones pass
+    assert revocations.revoked({"sub": "system:serviceaccount:demo:back", "iat": 5}, "orders-api")
+    assert not revocations.revoked({"sub": "system:serviceaccount:demo:back", "iat": 50}, "orders-api")
+    # the state before the resync is replaced, not added to
+    assert not revocations.revoked({"sub": "system:serviceaccount:demo:demo-app", "iat": 5}, "orders-api")
+    assert f.last_event_id == "ab12-9"
