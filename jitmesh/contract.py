@@ -7,6 +7,7 @@ from typing import Final
 # RFC 8693 token exchange
 GRANT_TYPE_TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPE_JWT: Final = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_POSTGRESQL: Final = "urn:jitmesh:token-type:postgresql"  # a brokered database login (§9)
 ACCESS_TOKEN_JWT_TYP: Final = "at+jwt"  # RFC 9068 section 2.1
 SIGNING_ALG: Final = "ES256"
 
@@ -23,6 +24,7 @@ ANNOTATION_STATUS: Final = "jitmesh.io/status"
 STATUS_INJECTED: Final = "injected"
 ANNOTATION_AUDIENCES: Final = "jitmesh.io/audiences"
 ANNOTATION_SCOPES_PREFIX: Final = "jitmesh.io/scopes."
+ANNOTATION_KIND_PREFIX: Final = "jitmesh.io/kind."  # jitmesh.io/kind.<audience>: postgresql
 ANNOTATION_TTL: Final = "jitmesh.io/ttl"
 ANNOTATION_TOKEN_DIR: Final = "jitmesh.io/token-dir"
 DEFAULT_TOKEN_DIR: Final = "/var/run/jitmesh"
@@ -35,6 +37,7 @@ DEFAULT_SUBJECT_AUDIENCE: Final = "jitmesh"
 ENV_BROKER_URL: Final = "JITMESH_BROKER_URL"
 ENV_AUDIENCES: Final = "JITMESH_AUDIENCES"
 ENV_SCOPES_PREFIX: Final = "JITMESH_SCOPES_"
+ENV_KIND_PREFIX: Final = "JITMESH_KIND_"  # JITMESH_KIND_<AUDIENCE>=postgresql
 ENV_TTL: Final = "JITMESH_TTL"
 ENV_SA_TOKEN_FILE: Final = "JITMESH_SA_TOKEN_FILE"
 ENV_TOKEN_DIR: Final = "JITMESH_TOKEN_DIR"
