@@ -8,6 +8,9 @@ from typing import Final
 GRANT_TYPE_TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPE_JWT: Final = "urn:ietf:params:oauth:token-type:jwt"
 TOKEN_TYPE_POSTGRESQL: Final = "urn:jitmesh:token-type:postgresql"  # a brokered database login (§9)
+POSTGRESQL_LOGIN_PREFIX: Final = "jitmesh_login_"  # a login's role name: this and the 32 hex digits of its jti
+KIND_JWT: Final = "jwt"
+KIND_POSTGRESQL: Final = "postgresql"
 ACCESS_TOKEN_JWT_TYP: Final = "at+jwt"  # RFC 9068 section 2.1
 SIGNING_ALG: Final = "ES256"
 
@@ -52,6 +55,11 @@ ENV_TOKEN_GROUP: Final = "JITMESH_TOKEN_GROUP"  # the group that may read token 
 def scopes_env_name(audience: str) -> str:
     """`JITMESH_SCOPES_<AUDIENCE>`: audience upper-cased with `-` and `.` as `_`."""
     return ENV_SCOPES_PREFIX + audience.upper().replace("-", "_").replace(".", "_")
+
+
+def kind_env_name(audience: str) -> str:
+    """`JITMESH_KIND_<AUDIENCE>`, spelled like the scopes variable."""
+    return ENV_KIND_PREFIX + audience.upper().replace("-", "_").replace(".", "_")
 
 
 def serviceaccount_subject(namespace: str, service_account: str) -> str:

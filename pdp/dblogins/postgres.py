@@ -21,12 +21,13 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from jitmesh.contract import POSTGRESQL_LOGIN_PREFIX
 from jitmesh.log import get_logger
 from pdp.dblogins.targets import PostgresTarget
 
 log = get_logger("pdp.dblogins")
 
-PREFIX = "jitmesh_login_"  # the broker's own roles: PREFIX + 32 hex digits of the jti
+PREFIX = POSTGRESQL_LOGIN_PREFIX  # the broker's own roles: PREFIX + 32 hex digits of the jti
 PASSWORD_BYTES = 32  # 256 bits of entropy
 TERMINATE_WAIT_MS = 1000  # pg_terminate_backend waits this long for each session to end
 T = TypeVar("T")

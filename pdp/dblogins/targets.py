@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-KIND_POSTGRESQL = "postgresql"
+from jitmesh.contract import KIND_POSTGRESQL
+
 TLS_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # PostgreSQL identifiers are at most 63 bytes; the login names are prefix + 32 hex digits
 _ROLE = re.compile(r"[a-z_][a-z0-9_$]{0,62}")

@@ -66,6 +66,11 @@ def make_target(server: PostgresServer, root: Path, admin_pool: int = 4, timeout
         conn.execute(f'GRANT SELECT ON orders TO "{read}"')
         conn.execute(f'GRANT SELECT, INSERT ON orders TO "{write}"')
         conn.execute(f'GRANT CREATE ON SCHEMA public TO "{write}"')
+        # the test servers trust every local user; this database's logins must prove their password
+        hba = server.datadir / "pg_hba.conf"
+        hba.write_text(f"host {dbname} postgres 127.0.0.1/32 trust\n"
+                       f"host {dbname} all 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        conn.execute("SELECT pg_reload_conf()")
     root.mkdir(parents=True, exist_ok=True)
     (root / "admin.dsn").write_text(url + "\n")
     doc = {"targets": {"orders-db": {

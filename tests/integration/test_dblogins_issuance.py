@@ -140,3 +140,9 @@ def test_a_database_that_is_down_gives_503_and_no_role(make_opa: Callable[..., A
     assert r.json()["error"] == "temporarily_unavailable" and "retry-after" in r.headers
     target.server.start()
     assert target.logins() == []
+
+
+def test_the_login_needs_its_password(broker: BrokerHandle) -> None:
+    body = login(broker).json()
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect({**body, "access_token": body["access_token"][:-1] + "x"})
