@@ -9,11 +9,14 @@ from dataclasses import dataclass
 
 from jitmesh.contract import (
     ANNOTATION_AUDIENCES,
+    ANNOTATION_KIND_PREFIX,
     ANNOTATION_SCOPES_PREFIX,
     ANNOTATION_STATUS,
     ANNOTATION_TOKEN_DIR,
     ANNOTATION_TTL,
     DEFAULT_TOKEN_DIR,
+    KIND_JWT,
+    KIND_POSTGRESQL,
     SCOPE_TOKEN,
     scopes_env_name,
 )
@@ -43,6 +46,7 @@ class AnnotationError(ValueError):
 class AudienceRequest:
     audience: str
     scopes: tuple[str, ...] = ()
+    kind: str = KIND_JWT  # postgresql: the sidecar fetches a database login (docs/contract.md §9)
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,11 @@ def parse(annotations: Mapping[str, str], default_audiences: tuple[str, ...] = (
     """The injection a pod asks for, or AnnotationError naming the first bad annotation."""
     known = {ANNOTATION_AUDIENCES, ANNOTATION_TTL, ANNOTATION_TOKEN_DIR, ANNOTATION_STATUS}
     for key in sorted(annotations):
-        if key.startswith(ANNOTATION_DOMAIN) and key not in known and not key.startswith(ANNOTATION_SCOPES_PREFIX):
+        if (key.startswith(ANNOTATION_DOMAIN) and key not in known
+                and not key.startswith((ANNOTATION_SCOPES_PREFIX, ANNOTATION_KIND_PREFIX))):
             raise AnnotationError(key, "is not a jitmesh annotation; expected one of "
                                   f"{ANNOTATION_AUDIENCES}, {ANNOTATION_SCOPES_PREFIX}<audience>, "
-                                  f"{ANNOTATION_TTL}, {ANNOTATION_TOKEN_DIR}")
+                                  f"{ANNOTATION_KIND_PREFIX}<audience>, {ANNOTATION_TTL}, {ANNOTATION_TOKEN_DIR}")
 
     if ANNOTATION_AUDIENCES in annotations:
         names = parse_audience_list(annotations[ANNOTATION_AUDIENCES], ANNOTATION_AUDIENCES)
@@ -106,8 +111,22 @@ def parse(annotations: Mapping[str, str], default_audiences: tuple[str, ...] = (
                                       "space-separated scopes of printable ASCII without '\"' or '\\'")
         scopes[audience] = tokens
 
+    kinds: dict[str, str] = {}
+    for key in sorted(annotations):
+        if not key.startswith(ANNOTATION_KIND_PREFIX):
+            continue
+        audience = key[len(ANNOTATION_KIND_PREFIX):]
+        if audience not in names:
+            raise AnnotationError(key, f"names audience {audience!r}, which is not among the pod's audiences "
+                                  f"({', '.join(names)}); add it to {ANNOTATION_AUDIENCES} or remove this")
+        kind = annotations[key].strip()
+        if kind not in (KIND_POSTGRESQL, KIND_JWT):
+            raise AnnotationError(key, f"{annotations[key]!r:.40} is not a kind; expected {KIND_POSTGRESQL} "
+                                  f"(a database login) or {KIND_JWT}")
+        kinds[audience] = kind
+
     return InjectionRequest(
-        audiences=tuple(AudienceRequest(n, scopes.get(n, ())) for n in names),
+        audiences=tuple(AudienceRequest(n, scopes.get(n, ()), kinds.get(n, KIND_JWT)) for n in names),
         ttl=_ttl(annotations.get(ANNOTATION_TTL)),
         token_dir=_token_dir(annotations.get(ANNOTATION_TOKEN_DIR)),
     )
