@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from psycopg.conninfo import conninfo_to_dict
 
 from jitmesh.contract import KIND_POSTGRESQL
 
@@ -109,6 +108,11 @@ def _tls(doc: Any, where: str, base: Path) -> tuple[str, Path | None]:
     if not path.is_file():
         raise _fail(f"{where}.root_cert_file", f"{str(path)!r} is not a readable file")
     return mode, path
+
+
+def conninfo_to_dict(dsn: str) -> dict[str, Any]:
+    from psycopg.conninfo import conninfo_to_dict as parse  # only when a targets file is read: the CLI starts lean
+    return parse(dsn)
 
 
 def _admin_dsn(value: Any, where: str, base: Path) -> str:
