@@ -112,6 +112,12 @@ class PostgresLogins:
             kwargs={**target.admin_conninfo(), "autocommit": True, "connect_timeout": max(1, int(target.timeout)),
                     "application_name": "jitmesh-broker",
                     "options": f"-c statement_timeout={ms} -c lock_timeout={ms}"})
+        self._abandoned: set[asyncio.Future[Any]] = set()  # operations past the bound, left to finish
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned operation's failure is expected
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
@@ -123,9 +129,18 @@ class PostgresLogins:
         async def run() -> T:
             async with self.pool.connection() as conn:
                 return await op(conn)
+        # not wait_for: a cancelled statement on a hung server waits for its rollback, unbounded
+        task = asyncio.ensure_future(run())
+        done, _ = await asyncio.wait({task}, timeout=self.target.timeout)
+        if not done:
+            task.cancel()
+            self._abandoned.add(task)
+            task.add_done_callback(self._forget)
+            raise LoginUnavailable(f"database target {self.target.audience!r} did not {what} within "
+                                   f"{self.target.timeout:g}s")
         try:
-            return await asyncio.wait_for(run(), self.target.timeout)
-        except (TimeoutError, PoolTimeout):
+            return task.result()
+        except PoolTimeout:
             raise LoginUnavailable(f"database target {self.target.audience!r} did not {what} within "
                                    f"{self.target.timeout:g}s") from None
         except psycopg.Error as exc:

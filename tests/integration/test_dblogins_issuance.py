@@ -146,3 +146,21 @@ def test_the_login_needs_its_password(broker: BrokerHandle) -> None:
     body = login(broker).json()
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         connect({**body, "access_token": body["access_token"][:-1] + "x"})
+
+
+def test_a_database_slower_than_the_bound_gives_503_and_no_role(make_opa: Callable[..., Any],
+                                                                broker_factory: Callable[..., BrokerHandle],
+                                                                make_postgres_server: Callable[[], PostgresServer],
+                                                                tmp_path: Path) -> None:
+    target = make_target(make_postgres_server(), tmp_path / "slow", timeout=1.0)
+    broker = broker_factory(make_opa(SHIPPED).url, targets_file=str(target.targets_file))
+    assert login(broker).status_code == 200  # the admin pool holds a connection that will hang
+    target.server.freeze()
+    try:
+        r = login(broker)
+    finally:
+        target.server.thaw()
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "temporarily_unavailable"
+    time.sleep(1.0)  # a statement the server took before it froze is cut by its own statement_timeout
+    assert len(target.logins()) == 1  # only the first login
