@@ -34,7 +34,7 @@ class SectionSpec:
 
 
 def sections() -> list[SectionSpec]:
-    from bench import injector_section, issuance, profile, revocation, sidecar_section, strangers
+    from bench import dblogins, injector_section, issuance, profile, revocation, sidecar_section, strangers
     return [
         SectionSpec("issuance", issuance.TITLE, issuance.run_sqlite),
         SectionSpec("postgres", issuance.PG_TITLE, issuance.run_postgres),
@@ -44,6 +44,7 @@ def sections() -> list[SectionSpec]:
         SectionSpec("sidecar", sidecar_section.TITLE, sidecar_section.run),
         SectionSpec("webhook", injector_section.TITLE, injector_section.run),
         SectionSpec("revocation", revocation.TITLE, revocation.run),
+        SectionSpec("dblogins", dblogins.TITLE, dblogins.run),
     ]
 
 

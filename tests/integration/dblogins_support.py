@@ -35,7 +35,7 @@ class Target:
             rows = conn.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) "
                                 "AND shobj_description(oid, 'pg_authid') LIKE %s",
                                 (PREFIX, '%"aud":"orders-db"%')).fetchall()
-        return [r[0] for r in rows]
+        return [str(r[0]) for r in rows]
 
     def role_exists(self, name: str) -> bool:
         with self.admin() as conn:
