@@ -124,7 +124,7 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         broker.tasks += revocation_wiring.start(broker)  # event stream, pod watcher, Kubernetes admins
         if logins is not None and broker.hub is not None:
             revoked = broker.hub.open(Viewer(admin=True, name="dblogins"))  # held for the broker's life
-            broker.tasks += [asyncio.create_task(logins.follow(revoked.queue), name="dblogins-revocations"),
+            broker.tasks += [asyncio.create_task(logins.follow(revoked), name="dblogins-revocations"),
                              asyncio.create_task(logins.run_expiry(), name="dblogins-expiry"),
                              asyncio.create_task(logins.run_sweeps(), name="dblogins-sweep")]
         log.info("broker.started", issuer=config.issuer, opa_url=config.opa_url, policy_path=config.policy_path,

@@ -14,8 +14,9 @@ from jitmesh.log import get_logger
 from pdp.dblogins.postgres import PREFIX, ExistingLogin, LoginUnavailable, PostgresLogins
 from pdp.dblogins.sweep import DEFAULT_ENDS_PER_SECOND, SWEEP_EVERY, UNRECORDED_GRACE, RateLimit, verdict
 from pdp.dblogins.targets import Targets
+from pdp.revocation.events import Subscription
 from pdp.revocation.index import RevocationIndex
-from pdp.store.base import Revocation, RevocationEvent, Store, StoreError
+from pdp.store.base import Revocation, Store, StoreError
 
 log = get_logger("pdp.dblogins")
 
@@ -53,9 +54,12 @@ class DatabaseLogins:
         heapq.heappush(self._expiries, (expires_at, audience, username))
         self._wake.set()
 
-    async def end(self, audience: str, username: str, why: str) -> bool:
+    async def end(self, audience: str, username: str, why: str, limited: bool = True) -> bool:
+        """End one login; expiries and the sweep wait their turn under the rate limit, a
+        revocation (an admin's explicit act) does not."""
         logins = self.targets[audience]
-        await self.rate.wait()
+        if limited:
+            await self.rate.wait()
         try:
             ended = await logins.end(username)
         except LoginUnavailable as exc:
@@ -111,19 +115,29 @@ class DatabaseLogins:
                 log.warning("dblogin.revocation_failed", audience=audience, revocation_id=revocation.id,
                             error=str(exc))
                 continue
-            for login in found:
-                if self._matches(revocation, audience, login):
-                    ended += await self.end(audience, login.username, "revoked")
+            bound = asyncio.Semaphore(logins.target.admin_pool)  # no more at once than the pool serves
+
+            async def end_one(username: str, audience: str = audience, bound: asyncio.Semaphore = bound) -> bool:
+                async with bound:
+                    return await self.end(audience, username, "revoked", limited=False)
+            done = await asyncio.gather(*(end_one(login.username) for login in found
+                                          if self._matches(revocation, audience, login)))
+            ended += sum(done)
         return ended
 
-    async def follow(self, events: asyncio.Queue[RevocationEvent | None]) -> None:
-        """End logins as revocations arrive (from the broker's event hub)."""
+    async def follow(self, subscription: Subscription) -> None:
+        """End logins as revocations arrive (from the broker's event hub). Events dropped
+        because this fell behind are made good by a sweep against the revocation list."""
         while True:
-            event = await events.get()
+            event = await subscription.queue.get()
             if event is None:
                 return
             if event.action == "revoked":
                 await self.revoked(event.revocation)
+            if subscription.overflowed and subscription.queue.empty():
+                subscription.overflowed = False
+                log.warning("dblogin.revocations_overflowed", message="fell behind the revocation events; sweeping")
+                await self.sweep()
 
     # --- the sweep -------------------------------------------------------------------------
     async def _recorded(self, decision_id: str) -> bool | None:

@@ -142,3 +142,13 @@ def test_the_sweep_keeps_a_recorded_login(make_opa: Callable[..., Any],
     first.restart()
     time.sleep(1.0)
     assert target.role_exists(body["username"])
+
+
+def test_an_audience_revocation_ends_every_login_of_the_audience(broker: BrokerHandle, target: Target) -> None:
+    bodies = [issue(broker, a_pod()) for _ in range(8)]
+    sessions = [connect(b) for b in bodies]
+    r = httpx.post(f"{broker.url}/v1/admin/revocations", headers=broker.admin_headers(),
+                   json={"audience": "orders-db", "reason": "test"}, timeout=10)
+    assert r.status_code == 201
+    assert all(target.wait_gone(b["username"], within=3.0) for b in bodies)
+    assert all(session_ended(s) for s in sessions)
