@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from jitmesh.log import get_logger
-from pdp.dblogins.postgres import PREFIX, ExistingLogin, LoginUnavailable, PostgresLogins
+from pdp.dblogins.postgres import PREFIX, ExistingLogin, LoginOwner, LoginUnavailable, PostgresLogins
 from pdp.dblogins.sweep import DEFAULT_ENDS_PER_SECOND, SWEEP_EVERY, UNRECORDED_GRACE, RateLimit, verdict
 from pdp.dblogins.targets import Targets
 from pdp.revocation.events import Subscription
@@ -20,6 +20,7 @@ from pdp.store.base import Revocation, Store, StoreError
 
 log = get_logger("pdp.dblogins")
 
+ISSUED_EVENTS = ("issued", "dry_run_allowed")  # the audit events of a login handed out
 EXPIRY_CHECK_MAX = 5.0  # the expiry task looks at least this often, so a login made elsewhere is not missed long
 
 
@@ -140,11 +141,13 @@ class DatabaseLogins:
                 await self.sweep()
 
     # --- the sweep -------------------------------------------------------------------------
-    async def _recorded(self, decision_id: str) -> bool | None:
+    async def _recorded(self, owner: LoginOwner) -> bool | None:
+        """Whether the issuance of this login (or its last refresh) was audited."""
         try:
-            return bool(await self.store.query_audit(decision_id=decision_id, event="issued", limit=1))
+            records = await self.store.query_audit(decision_id=owner.decision_id, limit=20)
         except StoreError:
             return None  # cannot say: keep it until the store answers
+        return any(r.jti == owner.jti and r.event in ISSUED_EVENTS for r in records)
 
     async def sweep(self) -> int:
         """End every expired, revoked, unrecorded or unreadable login on every target."""
@@ -159,7 +162,7 @@ class DatabaseLogins:
             for login in found:
                 owner = login.owner
                 revoked = owner is not None and self.revocations.token_revoked(owner.claims()) is not None
-                recorded = (await self._recorded(owner.decision_id)
+                recorded = (await self._recorded(owner)
                             if owner is not None and now - owner.issued_at >= UNRECORDED_GRACE else None)
                 why = verdict(login, now, revoked, recorded)
                 if why is not None:
