@@ -529,6 +529,15 @@ class TokenExchange:
             self.metrics.errors.labels("database_unavailable").inc()
             return await self._audit_refusal(subject_record("error", error=err.error, error_description=str(exc)),
                                              err)
+        # Making the role awaited the database: a revocation made meanwhile found no role to end.
+        revoked = self.revocations.refusal(subject.sub, pod_uid, req.audience)
+        if revoked is not None:
+            try:
+                await logins.end(login.username)
+            except LoginUnavailable:
+                pass  # unrecorded and revoked: the sweep drops it
+            return await self._revoked(subject.sub, pod_uid, req.audience, decision_id, subject_record) or \
+                unavailable("revoked while the login was made", decision_id)
         rec = subject_record(event, jti=owner.jti, granted_scopes=scopes, ttl=ttl, reasons=decision.reasons,
                              policy_input=doc, raw_decision=raw_decision,
                              extra={"exp": int(owner.expires_at), "kind": "postgresql", "username": login.username,

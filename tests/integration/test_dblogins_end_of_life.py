@@ -5,6 +5,7 @@ real broker: a revocation of any kind and expiry terminate open sessions and dro
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 import uuid
 from collections.abc import Callable
@@ -152,3 +153,24 @@ def test_an_audience_revocation_ends_every_login_of_the_audience(broker: BrokerH
     assert r.status_code == 201
     assert all(target.wait_gone(b["username"], within=3.0) for b in bodies)
     assert all(session_ended(s) for s in sessions)
+
+
+def test_a_revocation_made_while_the_login_is_being_made_refuses_it_and_drops_the_role(
+        broker: BrokerHandle, target: Target) -> None:
+    before = set(target.logins())
+    with target.admin() as lock, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        lock.execute("BEGIN")
+        lock.execute("LOCK TABLE pg_authid IN ACCESS EXCLUSIVE MODE")  # CREATE ROLE waits on this
+        asking = pool.submit(broker.exchange, broker.mint("orders", "api", pod=a_pod()), "orders-db", scope="read",
+                             requested_token_type=PG)
+        time.sleep(0.5)
+        r = httpx.post(f"{broker.url}/v1/admin/revocations", headers=broker.admin_headers(),
+                       json={"subject": "system:serviceaccount:orders:api", "reason": "test"}, timeout=10)
+        assert r.status_code == 201
+        lock.execute("COMMIT")
+        answer = asking.result(timeout=20)
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant", answer.text
+    deadline = time.monotonic() + 3
+    while set(target.logins()) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(target.logins()) == before
