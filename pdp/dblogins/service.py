@@ -174,9 +174,12 @@ class DatabaseLogins:
         return ended
 
     async def run_sweeps(self) -> None:
+        """Sweep at start, again once the unrecorded grace has passed (a role a crash left
+        moments before this start is too young for the first), then every `sweep_every`."""
+        delays = [UNRECORDED_GRACE + 1.0]
         while True:
             try:
                 await self.sweep()
             except Exception:
                 log.error("dblogin.sweep_failed", exc_info=True)
-            await asyncio.sleep(self.sweep_every)
+            await asyncio.sleep(delays.pop() if delays else self.sweep_every)
