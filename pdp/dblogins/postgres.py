@@ -10,6 +10,9 @@ statement is built with `psycopg.sql`; every operation is bounded by the target'
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -96,6 +99,22 @@ def new_password() -> str:
     return secrets.token_urlsafe(PASSWORD_BYTES)
 
 
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default for scram-sha-256
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802, RFC 7677). Sent
+    instead of the password, so the plaintext is in no statement the server could log."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = base64.b64encode
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+            f"${b64(stored_key).decode()}:{b64(server_key).decode()}")
+
+
 def _timestamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat()
 
@@ -154,9 +173,10 @@ class PostgresLogins:
         """A new login for `owner`, whole (role, membership, limit, expiry and comment) or not at all."""
         name = role_name(owner.jti)
         password = new_password()
+        verifier = await asyncio.to_thread(scram_verifier, password)
         roles = self.target.roles_for(owner.scopes)
         statement = sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {} CONNECTION LIMIT {}").format(
-            sql.Identifier(name), sql.Literal(password), sql.Literal(_timestamp(owner.expires_at)),
+            sql.Identifier(name), sql.Literal(verifier), sql.Literal(_timestamp(owner.expires_at)),
             sql.Literal(self.target.connection_limit))
         if roles:
             statement = sql.SQL("{} IN ROLE {}").format(statement, sql.SQL(", ").join(map(sql.Identifier, roles)))
@@ -173,11 +193,12 @@ class PostgresLogins:
         """The same login with a new password and a later expiry; its open sessions go on."""
         name = role_name(owner.jti)
         password = new_password()
+        verifier = await asyncio.to_thread(scram_verifier, password)
 
         async def op(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.transaction():
                 await conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {}").format(
-                    sql.Identifier(name), sql.Literal(password), sql.Literal(_timestamp(owner.expires_at))))
+                    sql.Identifier(name), sql.Literal(verifier), sql.Literal(_timestamp(owner.expires_at))))
                 await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
                     sql.Identifier(name), sql.Literal(owner.comment())))
         await self._bounded("rotate a login", op)

@@ -164,3 +164,20 @@ def test_a_database_slower_than_the_bound_gives_503_and_no_role(make_opa: Callab
     assert r.json()["error"] == "temporarily_unavailable"
     time.sleep(1.0)  # a statement the server took before it froze is cut by its own statement_timeout
     assert len(target.logins()) == 1  # only the first login
+
+
+
+def test_the_database_is_sent_a_scram_verifier_never_the_password(make_opa: Callable[..., Any],
+                                                                  broker_factory: Callable[..., BrokerHandle],
+                                                                  make_postgres_server: Callable[[], PostgresServer],
+                                                                  tmp_path: Path) -> None:
+    target = make_target(make_postgres_server(), tmp_path / "logged")
+    with target.admin() as conn:  # the server logs every DDL statement the broker's sessions send
+        conn.execute(f'ALTER DATABASE "{target.dbname}" SET log_statement = \'ddl\'')
+    broker = broker_factory(make_opa(SHIPPED).url, targets_file=str(target.targets_file))
+    body = login(broker).json()
+    with connect(body) as session:  # the server checks the password against the verifier it was sent
+        assert session.execute("SELECT current_user").fetchone() == (body["username"],)
+    log = target.server.output()
+    assert f"CREATE ROLE \"{body['username']}\"" in log and "SCRAM-SHA-256$4096:" in log
+    assert body["access_token"] not in log
