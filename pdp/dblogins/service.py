@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import re
 import time
 from collections.abc import Callable, Mapping
 
@@ -22,6 +23,7 @@ log = get_logger("pdp.dblogins")
 
 ISSUED_EVENTS = ("issued", "dry_run_allowed")  # the audit events of a login handed out
 EXPIRY_CHECK_MAX = 5.0  # the expiry task looks at least this often, so a login made elsewhere is not missed long
+_JTI = re.compile(r"[0-9a-f]{32}")  # a login's jti; any other jti is a JWT's
 
 
 class DatabaseLogins:
@@ -109,6 +111,10 @@ class DatabaseLogins:
         ended = 0
         for audience, logins in self.targets.items():
             if revocation.kind == "audience" and revocation.value != audience:
+                continue
+            if revocation.kind == "jti":  # the role's name says it all: no listing
+                if revocation.audience in (None, audience) and _JTI.fullmatch(revocation.value):
+                    ended += await self.end(audience, PREFIX + revocation.value, "revoked", limited=False)
                 continue
             try:
                 found = await logins.list()

@@ -106,3 +106,19 @@ def test_a_revocation_of_another_audience_ends_nothing() -> None:
     fake = FakeLogins([login(1, 10)])
     revocation = Revocation(id="r", kind="audience", value="ledger", reason="t", created_at=NOW, created_by="a")
     assert run(service(store, fake).revoked(revocation)) == 0
+
+
+def test_a_jti_revocation_ends_the_login_named_by_it() -> None:
+    store = MemoryStore()
+    fake = FakeLogins([login(1, 10), login(2, 10)])
+    revocation = Revocation(id="r", kind="jti", value=f"{2:032x}", reason="t", created_at=NOW, created_by="a")
+    assert run(service(store, fake).revoked(revocation)) == 1
+    assert fake.ended == [PREFIX + f"{2:032x}"]
+
+
+def test_a_jwt_jti_revocation_ends_no_login() -> None:
+    store = MemoryStore()
+    fake = FakeLogins([login(1, 10)])
+    revocation = Revocation(id="r", kind="jti", value="5d1e0000-0000-4000-8000-000000000001", reason="t",
+                            created_at=NOW, created_by="a")
+    assert run(service(store, fake).revoked(revocation)) == 0 and fake.ended == []
