@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.context import Context
 from bench.report import Figure, SectionResult, unavailable
 
-TITLE = "7. Cluster: image sizes, single-node start-up, first injected pod Running"
+TITLE = "8. Cluster: image sizes, single-node start-up, first injected pod Running"
 REPO = Path(__file__).resolve().parents[1]
 FIRST_TEST = ("tests/cluster/test_injection.py::"
               "test_deployment_in_labelled_namespace_starts_app_only_with_a_token_that_verifies_against_the_broker")

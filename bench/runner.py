@@ -36,6 +36,7 @@ class SectionSpec:
 def sections() -> list[SectionSpec]:
     from bench import (
         cluster_section,
+        dblogins,
         injector_section,
         issuance,
         profile,
@@ -55,6 +56,7 @@ def sections() -> list[SectionSpec]:
         SectionSpec("revocation", revocation.TITLE, revocation.run),
         SectionSpec("proxy", proxy_section.TITLE, proxy_section.run),
         SectionSpec("cluster", cluster_section.TITLE, cluster_section.run),
+        SectionSpec("dblogins", dblogins.TITLE, dblogins.run),
     ]
 
 

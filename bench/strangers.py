@@ -18,7 +18,7 @@ from bench.report import Aim, Figure, SectionResult
 from bench.stack import Workload, bench_pod, sqlite_url
 from pdp.process import BrokerProcess
 
-TITLE = "Issuance while strangers press: idle event streams and garbage admin tokens"
+TITLE = "3b. Issuance while strangers press: idle event streams and garbage admin tokens"
 IDLE_STREAMS = 2000
 GARBAGE_PER_SECOND = 200
 AIM_RATIO = Aim(">=", 0.9)  # within 10% of the quiet figure

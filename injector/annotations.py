@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from jitmesh.contract import (
     ANNOTATION_AUDIENCES,
+    ANNOTATION_KIND_PREFIX,
     ANNOTATION_PROTECT,
     ANNOTATION_SCOPES_PREFIX,
     ANNOTATION_SERVES,
@@ -16,6 +17,8 @@ from jitmesh.contract import (
     ANNOTATION_TOKEN_DIR,
     ANNOTATION_TTL,
     DEFAULT_TOKEN_DIR,
+    KIND_JWT,
+    KIND_POSTGRESQL,
     SCOPE_TOKEN,
     scopes_env_name,
 )
@@ -54,6 +57,7 @@ class ProxyRequest:
 class AudienceRequest:
     audience: str
     scopes: tuple[str, ...] = ()
+    kind: str = KIND_JWT  # postgresql: the sidecar fetches a database login (docs/contract.md §9)
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,12 @@ def parse(annotations: Mapping[str, str], default_audiences: tuple[str, ...] = (
     known = {ANNOTATION_AUDIENCES, ANNOTATION_TTL, ANNOTATION_TOKEN_DIR, ANNOTATION_STATUS, ANNOTATION_PROTECT,
              ANNOTATION_SERVES}
     for key in sorted(annotations):
-        if key.startswith(ANNOTATION_DOMAIN) and key not in known and not key.startswith(ANNOTATION_SCOPES_PREFIX):
+        if (key.startswith(ANNOTATION_DOMAIN) and key not in known
+                and not key.startswith((ANNOTATION_SCOPES_PREFIX, ANNOTATION_KIND_PREFIX))):
             raise AnnotationError(key, "is not a jitmesh annotation; expected one of "
                                   f"{ANNOTATION_AUDIENCES}, {ANNOTATION_SCOPES_PREFIX}<audience>, "
-                                  f"{ANNOTATION_TTL}, {ANNOTATION_TOKEN_DIR}, {ANNOTATION_PROTECT}, "
-                                  f"{ANNOTATION_SERVES}")
+                                  f"{ANNOTATION_KIND_PREFIX}<audience>, {ANNOTATION_TTL}, {ANNOTATION_TOKEN_DIR}, "
+                                  f"{ANNOTATION_PROTECT}, {ANNOTATION_SERVES}")
 
     protect = _protect(annotations.get(ANNOTATION_PROTECT), annotations.get(ANNOTATION_SERVES))
     names: tuple[str, ...]
@@ -124,8 +129,22 @@ def parse(annotations: Mapping[str, str], default_audiences: tuple[str, ...] = (
                                       "space-separated scopes of printable ASCII without '\"' or '\\'")
         scopes[audience] = tokens
 
+    kinds: dict[str, str] = {}
+    for key in sorted(annotations):
+        if not key.startswith(ANNOTATION_KIND_PREFIX):
+            continue
+        audience = key[len(ANNOTATION_KIND_PREFIX):]
+        if audience not in names:
+            raise AnnotationError(key, f"names audience {audience!r}, which is not among the pod's audiences "
+                                  f"({', '.join(names)}); add it to {ANNOTATION_AUDIENCES} or remove this")
+        kind = annotations[key].strip()
+        if kind not in (KIND_POSTGRESQL, KIND_JWT):
+            raise AnnotationError(key, f"{annotations[key]!r:.40} is not a kind; expected {KIND_POSTGRESQL} "
+                                  f"(a database login) or {KIND_JWT}")
+        kinds[audience] = kind
+
     return InjectionRequest(
-        audiences=tuple(AudienceRequest(n, scopes.get(n, ())) for n in names),
+        audiences=tuple(AudienceRequest(n, scopes.get(n, ()), kinds.get(n, KIND_JWT)) for n in names),
         ttl=_ttl(annotations.get(ANNOTATION_TTL)),
         token_dir=_token_dir(annotations.get(ANNOTATION_TOKEN_DIR)),
         protect=protect,

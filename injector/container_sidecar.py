@@ -17,8 +17,10 @@ from jitmesh.contract import (
     ENV_TOKEN_DIR,
     ENV_TOKEN_GROUP,
     ENV_TTL,
+    KIND_JWT,
     SIDECAR_CONTAINER_NAME,
     TOKENS_VOLUME,
+    kind_env_name,
     scopes_env_name,
 )
 
@@ -35,6 +37,7 @@ def sidecar_env(request: InjectionRequest, config: InjectorConfig, token_gid: in
     ]
     env += [{"name": scopes_env_name(a.audience), "value": " ".join(a.scopes)}
             for a in request.audiences if a.scopes]
+    env += [{"name": kind_env_name(a.audience), "value": a.kind} for a in request.audiences if a.kind != KIND_JWT]
     if request.ttl is not None:
         env.append({"name": ENV_TTL, "value": str(request.ttl)})
     env += [

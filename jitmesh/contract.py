@@ -7,6 +7,10 @@ from typing import Final
 # RFC 8693 token exchange
 GRANT_TYPE_TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPE_JWT: Final = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_POSTGRESQL: Final = "urn:jitmesh:token-type:postgresql"  # a brokered database login (§9)
+POSTGRESQL_LOGIN_PREFIX: Final = "jitmesh_login_"  # a login's role name: this and the 32 hex digits of its jti
+KIND_JWT: Final = "jwt"
+KIND_POSTGRESQL: Final = "postgresql"
 ACCESS_TOKEN_JWT_TYP: Final = "at+jwt"  # RFC 9068 section 2.1
 SIGNING_ALG: Final = "ES256"
 
@@ -23,6 +27,7 @@ ANNOTATION_STATUS: Final = "jitmesh.io/status"
 STATUS_INJECTED: Final = "injected"
 ANNOTATION_AUDIENCES: Final = "jitmesh.io/audiences"
 ANNOTATION_SCOPES_PREFIX: Final = "jitmesh.io/scopes."
+ANNOTATION_KIND_PREFIX: Final = "jitmesh.io/kind."  # jitmesh.io/kind.<audience>: postgresql
 ANNOTATION_TTL: Final = "jitmesh.io/ttl"
 ANNOTATION_TOKEN_DIR: Final = "jitmesh.io/token-dir"
 # The receiving side (docs/contract.md §7): an access proxy in front of the pod's port
@@ -39,6 +44,7 @@ DEFAULT_SUBJECT_AUDIENCE: Final = "jitmesh"
 ENV_BROKER_URL: Final = "JITMESH_BROKER_URL"
 ENV_AUDIENCES: Final = "JITMESH_AUDIENCES"
 ENV_SCOPES_PREFIX: Final = "JITMESH_SCOPES_"
+ENV_KIND_PREFIX: Final = "JITMESH_KIND_"  # JITMESH_KIND_<AUDIENCE>=postgresql
 ENV_TTL: Final = "JITMESH_TTL"
 ENV_SA_TOKEN_FILE: Final = "JITMESH_SA_TOKEN_FILE"
 ENV_TOKEN_DIR: Final = "JITMESH_TOKEN_DIR"
@@ -53,6 +59,11 @@ ENV_TOKEN_GROUP: Final = "JITMESH_TOKEN_GROUP"  # the group that may read token 
 def scopes_env_name(audience: str) -> str:
     """`JITMESH_SCOPES_<AUDIENCE>`: audience upper-cased with `-` and `.` as `_`."""
     return ENV_SCOPES_PREFIX + audience.upper().replace("-", "_").replace(".", "_")
+
+
+def kind_env_name(audience: str) -> str:
+    """`JITMESH_KIND_<AUDIENCE>`, spelled like the scopes variable."""
+    return ENV_KIND_PREFIX + audience.upper().replace("-", "_").replace(".", "_")
 
 
 def serviceaccount_subject(namespace: str, service_account: str) -> str:

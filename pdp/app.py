@@ -21,6 +21,7 @@ from pdp.attestation.kube import ApiServerCalls, KubePodReader, TokenReviewAttes
 from pdp.attestation.verify import JWKSURL, JWKSAttestor, JWKSFile, KeySource
 from pdp.audit import Auditor, purge_audit
 from pdp.config import BrokerConfig
+from pdp.dblogins.service import DatabaseLogins
 from pdp.exchange import TokenExchange
 from pdp.http.errors import guarded, http_exception
 from pdp.http.services import Broker
@@ -28,6 +29,7 @@ from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient
 from pdp.revocation import api as revocation_api
 from pdp.revocation import wiring as revocation_wiring
+from pdp.revocation.events import Viewer
 from pdp.revocation.index import PURGE_EVERY, RevocationIndex
 from pdp.shadow import api as shadow_api
 from pdp.shadow.live import LiveShadow
@@ -96,7 +98,12 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
             raise
         shadow = (LiveShadow(config.shadow_policy_path, config.opa_url, the_store, metrics.registry)
                   if config.shadow_policy_path else None)
-        exchange = TokenExchange(config, the_attestor, the_opa, keys, revocations, auditor, metrics, clock, shadow)
+        logins = DatabaseLogins(config.targets, the_store, revocations, clock=clock) if config.targets.postgresql \
+            else None
+        if logins is not None:
+            await logins.open()
+        exchange = TokenExchange(config, the_attestor, the_opa, keys, revocations, auditor, metrics, clock, shadow,
+                                 logins=logins)
         broker = Broker(config=config, store=the_store, keys=keys, revocations=revocations, auditor=auditor,
                         metrics=metrics, opa=the_opa, attestor=the_attestor, admin=TokenFile(config.admin_token_file),
                         exchange=exchange, clock=clock, shadow=shadow, apiserver=calls,
@@ -115,6 +122,11 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         ]
         app.state.broker = broker
         broker.tasks += revocation_wiring.start(broker)  # event stream, pod watcher, Kubernetes admins
+        if logins is not None and broker.hub is not None:
+            revoked = broker.hub.open(Viewer(admin=True, name="dblogins"))  # held for the broker's life
+            broker.tasks += [asyncio.create_task(logins.follow(revoked), name="dblogins-revocations"),
+                             asyncio.create_task(logins.run_expiry(), name="dblogins-expiry"),
+                             asyncio.create_task(logins.run_sweeps(), name="dblogins-sweep")]
         log.info("broker.started", issuer=config.issuer, opa_url=config.opa_url, policy_path=config.policy_path,
                  attestation=config.attestation, store=config.store_url.split("@")[-1], kid=keys.current.record.kid)
         if config.enforcement == "dry-run":
@@ -128,6 +140,8 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
             await asyncio.gather(*broker.tasks, return_exceptions=True)
             if shadow is not None:
                 await shadow.close()
+            if logins is not None:
+                await logins.close()
             await the_opa.close()
             await the_attestor.close()
             calls.close()

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from jitmesh.contract import DEFAULT_SUBJECT_AUDIENCE
 from jitmesh.hostport import split_host_port
+from pdp.dblogins.targets import Targets, TargetsError, load_targets
 
 DEFAULT_POLICY_PATH = "jitmesh/authz/decision"
 DEFAULT_STORE_URL = "sqlite:///.jitmesh/broker.db"
@@ -114,6 +115,7 @@ class BrokerConfig:
     max_connections: int = 10_000  # open connections and requests beyond this are answered 503
     admin_review_rate: float = 5.0  # API-server reviews of unknown bearer tokens per second per address
     admin_review_burst: int = 20
+    targets: Targets = field(default_factory=Targets)  # --targets-file: brokered database logins (§9)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BrokerConfig:
@@ -171,6 +173,10 @@ class BrokerConfig:
             raise ConfigError(f"--max-subject-token-age {max_age}: expected seconds, or 0 for no limit")
         max_streams = _count(getattr(args, "max_event_streams", 10_000), "--max-event-streams")
         per_subject = _count(getattr(args, "max_event_streams_per_subject", 8), "--max-event-streams-per-subject")
+        try:
+            targets = load_targets(args.targets_file) if getattr(args, "targets_file", None) else Targets()
+        except TargetsError as exc:
+            raise ConfigError(str(exc)) from None
         if not 0 < args.opa_timeout <= 30:
             raise ConfigError(f"--opa-timeout {args.opa_timeout}: expected seconds in (0, 30]")
         return cls(
@@ -185,7 +191,7 @@ class BrokerConfig:
             max_event_streams=max_streams, max_event_streams_per_subject=per_subject,
             tls_cert_file=tls_cert, tls_key_file=tls_key, reader_token_file=readers, audit_retention=retention,
             request_read_timeout=read_timeout, max_connections=max_connections, admin_review_rate=review_rate,
-            admin_review_burst=review_burst,
+            admin_review_burst=review_burst, targets=targets,
             access_policy_dir=_access_policy_dir(getattr(args, "access_policy_dir", None)),
             opa_bin=getattr(args, "opa_bin", None) or None,
         )
@@ -297,5 +303,7 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--max-event-streams-per-subject", type=int, default=8,
                    help="most revocation event streams one subject (one pod, for a pod-bound ServiceAccount "
                         "token) may hold open; admins count only towards --max-event-streams (default %(default)s)")
+    p.add_argument("--targets-file", default=None,
+                   help="YAML: the PostgreSQL targets the broker makes short-lived logins on (docs/contract.md §9)")
     p.add_argument("--key-rotation", type=int, default=86400,
                    help="rotate the signing key every SECONDS (default %(default)s)")

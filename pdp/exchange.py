@@ -17,11 +17,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, SCOPE_TOKEN, TOKEN_TYPE_JWT
+from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, SCOPE_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_POSTGRESQL
 from jitmesh.log import get_logger
 from pdp.attestation.identity import AttestationError, AttestationUnavailable, Attestor, Subject
 from pdp.audit import Auditor, decision_record
 from pdp.config import BrokerConfig
+from pdp.dblogins.postgres import PREFIX as LOGIN_PREFIX
+from pdp.dblogins.postgres import LoginOwner, LoginUnavailable
+from pdp.dblogins.service import DatabaseLogins
 from pdp.decision import Decision, MalformedDecision, grant, parse_decision, policy_input, rfc3339
 from pdp.enforcement import DRY_RUN_EVENT, dry_run_decision
 from pdp.http.errors import OAuthError, invalid_request, unavailable
@@ -45,11 +48,13 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _AUDIENCE = re.compile(r"[\x21-\x7e]+")
 _SINGLE = ("grant_type", "subject_token", "subject_token_type", "scope", "requested_ttl",
-           "requested_token_type", "access_request_id", "actor_token", "actor_token_type", "resource")
+           "requested_token_type", "access_request_id", "actor_token", "actor_token_type", "resource",
+           "refresh_login")
 # RFC 6749 section 2.3: a client authenticates with a secret or an assertion; this broker
 # takes none (discovery says "none"), so any of them is refused rather than ignored.
 _CLIENT_CREDENTIALS = ("client_secret", "client_assertion", "client_assertion_type")
 _ACCESS_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+_LOGIN = re.compile(re.escape(LOGIN_PREFIX) + r"[0-9a-f]{32}")
 
 
 def covers(request: AccessRequest, subject: str, audience: str, scopes: tuple[str, ...], now: float) -> bool:
@@ -73,6 +78,7 @@ class TokenRequest:
     requested_ttl: int | None
     access_request_id: str | None = None  # from an earlier authorization_pending answer
     issued_token_type: str = TOKEN_TYPE_JWT  # what the response says was issued: what was asked, of the two
+    refresh_login: str | None = None  # a database login of this workload to rotate and extend (§9)
 
 
 @dataclass(frozen=True)
@@ -82,11 +88,13 @@ class Issued:
     scope: str
     decision_id: str
     issued_token_type: str = TOKEN_TYPE_JWT
+    login: Mapping[str, Any] | None = None  # a database login: username, host, port, dbname, sslmode
 
     def body(self) -> dict[str, Any]:
+        # RFC 8693 section 2.2.1: N_A when what is issued is no access token (a password)
         doc = {"access_token": self.access_token, "issued_token_type": self.issued_token_type,
-               "token_type": "Bearer", "expires_in": self.expires_in, "scope": self.scope,
-               "decision_id": self.decision_id}
+               "token_type": "N_A" if self.login is not None else "Bearer", "expires_in": self.expires_in,
+               "scope": self.scope, "decision_id": self.decision_id, **(self.login or {})}
         if not self.scope:  # nothing granted: no scope at all rather than an empty one (RFC 6749 section 5.1)
             del doc["scope"]
         return doc
@@ -173,9 +181,14 @@ def parse_token_request(params: Mapping[str, list[str]], resources: Mapping[str,
     if token_type != TOKEN_TYPE_JWT:
         raise invalid_request(f"subject_token_type {token_type!r:.100} is not supported; expected {TOKEN_TYPE_JWT}")
     requested_type = one("requested_token_type") or None
-    if requested_type is not None and requested_type not in (TOKEN_TYPE_JWT, ACCESS_TOKEN_TYPE):
+    if requested_type is not None and requested_type not in (TOKEN_TYPE_JWT, ACCESS_TOKEN_TYPE,
+                                                             TOKEN_TYPE_POSTGRESQL):
         raise invalid_request(f"requested_token_type {requested_type!r:.100} is not supported; "
-                              f"expected {TOKEN_TYPE_JWT} or {ACCESS_TOKEN_TYPE}")
+                              f"expected {TOKEN_TYPE_JWT}, {ACCESS_TOKEN_TYPE} or {TOKEN_TYPE_POSTGRESQL}")
+    refresh_login = one("refresh_login") or None
+    if refresh_login is not None and (requested_type != TOKEN_TYPE_POSTGRESQL or not _LOGIN.fullmatch(refresh_login)):
+        raise invalid_request(f"refresh_login {refresh_login!r:.80} is malformed: the username of a database login "
+                              f"this broker issued, with requested_token_type {TOKEN_TYPE_POSTGRESQL}")
     actor, actor_type = one("actor_token"), one("actor_token_type")
     if actor and not actor_type:
         raise invalid_request("actor_token needs actor_token_type (RFC 8693 section 2.1)")
@@ -221,7 +234,8 @@ def parse_token_request(params: Mapping[str, list[str]], resources: Mapping[str,
         raise invalid_request(f"access_request_id {request_id!r:.80} is malformed: expected the id of an "
                               "authorization_pending answer (letters, digits and '-', at most 64)")
     return TokenRequest(subject_token=subject_token, audience=audience, scopes=scopes, requested_ttl=ttl,
-                        access_request_id=request_id, issued_token_type=requested_type or TOKEN_TYPE_JWT)
+                        access_request_id=request_id, issued_token_type=requested_type or TOKEN_TYPE_JWT,
+                        refresh_login=refresh_login)
 
 
 class TokenExchange:
@@ -229,7 +243,8 @@ class TokenExchange:
 
     def __init__(self, config: BrokerConfig, attestor: Attestor, opa: OPAClient, keys: KeyRing,
                  revocations: RevocationIndex, auditor: Auditor, metrics: BrokerMetrics,
-                 clock: Callable[[], float] = time.time, shadow: LiveShadow | None = None) -> None:
+                 clock: Callable[[], float] = time.time, shadow: LiveShadow | None = None,
+                 logins: DatabaseLogins | None = None) -> None:
         self.config = config
         self.attestor = attestor
         self.opa = opa
@@ -239,6 +254,7 @@ class TokenExchange:
         self.metrics = metrics
         self.clock = clock
         self.shadow = shadow  # candidate policy asked beside the enforced one (pdp/shadow/live.py)
+        self.logins = logins  # --targets-file: audiences whose "tokens" are PostgreSQL logins
 
     async def _audit_refusal(self, record: AuditRecord, error: OAuthError) -> OAuthError:
         """Write the record of a refusal; the refusal stands either way, but a store that
@@ -259,6 +275,12 @@ class TokenExchange:
         except OAuthError as bad:
             self.metrics.denied.labels(bad.error).inc()
             return bad
+        if req.issued_token_type == TOKEN_TYPE_POSTGRESQL and (self.logins is None
+                                                               or req.audience not in self.logins.targets):
+            self.metrics.denied.labels("invalid_target").inc()
+            known = ", ".join(sorted(self.logins.targets)) if self.logins else ""
+            return OAuthError(400, "invalid_target", f"audience {req.audience!r:.100} is no postgresql target of "
+                              f"this broker's --targets-file" + (f"; known: {known[:400]}" if known else ""))
         decision_id = str(uuid.uuid4())
         now = self.clock()
         policy_path = self.config.policy_path
@@ -441,6 +463,9 @@ class TokenExchange:
         if refused is not None:
             return refused
         dry_run = event == DRY_RUN_EVENT
+        if req.issued_token_type == TOKEN_TYPE_POSTGRESQL:
+            return await self._issue_login(req, subject, granted.scopes, granted.ttl, decision, decision_id, now,
+                                           subject_record, doc, raw_decision, event)
         claims = access_token_claims(issuer=self.config.issuer, subject=subject, audience=req.audience,
                                      scopes=granted.scopes, ttl=granted.ttl, now=now, decision_id=decision_id,
                                      dry_run=dry_run)
@@ -464,3 +489,74 @@ class TokenExchange:
                         message="the policy denied this request; --enforcement dry-run issued it anyway")
         return Issued(access_token=token, expires_in=granted.ttl, scope=" ".join(granted.scopes),
                       decision_id=decision_id, issued_token_type=req.issued_token_type)
+
+    async def _issue_login(self, req: TokenRequest, subject: Subject, scopes: tuple[str, ...], ttl: int,
+                           decision: Decision, decision_id: str, now: float,
+                           subject_record: Callable[..., AuditRecord], doc: dict[str, Any], raw_decision: Any,
+                           event: str) -> Issued | OAuthError:
+        """docs/contract.md §9: a PostgreSQL login instead of a JWT. The role is made whole in one
+        transaction, then recorded; a role left unrecorded (a crash, a store that refused) is
+        dropped here when possible and by the sweep otherwise."""
+        assert self.logins is not None
+        logins = self.logins.targets[req.audience]
+        target = logins.target
+        unknown = [s for s in scopes if s not in target.scopes]
+        if unknown:
+            err = OAuthError(400, "invalid_scope", f"scope {unknown[0]!r} grants no role on database target "
+                             f"{req.audience!r}; its scopes: {', '.join(sorted(target.scopes))}", decision_id)
+            self.metrics.denied.labels("invalid_scope").inc()
+            return await self._audit_refusal(
+                subject_record("denied", error=err.error, error_description=err.description, policy_input=doc,
+                               raw_decision=raw_decision), err)
+        pod_uid = subject.pod.uid if subject.pod else None
+        owner = LoginOwner(jti=uuid.uuid4().hex, subject=subject.sub, pod_uid=pod_uid, audience=req.audience,
+                           scopes=scopes, decision_id=decision_id, issued_at=now, expires_at=now + ttl)
+        refreshed = False
+        try:
+            if req.refresh_login is not None:
+                jti = req.refresh_login[len(LOGIN_PREFIX):]
+                current = await logins.get(jti)
+                mine = (current is not None and current.owner is not None
+                        and (current.owner.subject, current.owner.pod_uid, current.owner.audience)
+                        == (subject.sub, pod_uid, req.audience) and current.owner.scopes == scopes
+                        and self.revocations.lookup("jti", jti) is None)
+                if mine:  # same workload, same grant: rotate and extend, so its open sessions go on
+                    owner = replace(owner, jti=jti)
+                    refreshed = True
+            login = await (logins.rotate(owner) if refreshed else logins.create(owner))
+        except LoginUnavailable as exc:
+            err = unavailable(str(exc), decision_id)
+            self.metrics.errors.labels("database_unavailable").inc()
+            return await self._audit_refusal(subject_record("error", error=err.error, error_description=str(exc)),
+                                             err)
+        # Making the role awaited the database: a revocation made meanwhile found no role to end.
+        revoked = self.revocations.refusal(subject.sub, pod_uid, req.audience)
+        if revoked is not None:
+            try:
+                await logins.end(login.username)
+            except LoginUnavailable:
+                pass  # unrecorded and revoked: the sweep drops it
+            return await self._revoked(subject.sub, pod_uid, req.audience, decision_id, subject_record) or \
+                unavailable("revoked while the login was made", decision_id)
+        rec = subject_record(event, jti=owner.jti, granted_scopes=scopes, ttl=ttl, reasons=decision.reasons,
+                             policy_input=doc, raw_decision=raw_decision,
+                             extra={"exp": int(owner.expires_at), "kind": "postgresql", "username": login.username,
+                                    "refreshed": refreshed})
+        try:
+            await self.auditor.write(rec)
+        except StoreError as exc:
+            Auditor.log(rec, persisted=False)
+            self.metrics.errors.labels("store_unavailable").inc()
+            try:
+                await logins.end(login.username)
+            except LoginUnavailable:
+                pass  # the sweep drops it: it has no issued record
+            return unavailable(f"the audit store cannot be written; no login was issued: {exc}", decision_id)
+        self.logins.issued(req.audience, login.username, login.expires_at)
+        self.metrics.issued.inc()
+        log.info("dblogin.issued", decision_id=decision_id, subject=subject.sub, audience=req.audience,
+                 username=login.username, refreshed=refreshed, expires_in=ttl)
+        return Issued(access_token=login.password, expires_in=ttl, scope=" ".join(scopes), decision_id=decision_id,
+                      issued_token_type=TOKEN_TYPE_POSTGRESQL,
+                      login={"username": login.username, "host": target.host, "port": target.port,
+                             "dbname": target.dbname, "sslmode": target.tls_mode})

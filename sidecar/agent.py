@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from jitmesh.log import get_logger
 from sidecar import files
-from sidecar.broker import BrokerClient, Failed, Issued, Outcome, Pending, RevokeFailed, jwt_claims
+from sidecar.broker import BrokerClient, DatabaseLogin, Failed, Issued, Outcome, Pending, RevokeFailed, jwt_claims
 from sidecar.config import AudienceSpec, SidecarConfig
 from sidecar.metrics import SidecarMetrics
 from sidecar.schedule import poll_interval, refresh_delay, retry_delay
@@ -33,6 +33,7 @@ class HeldToken:
     scope: str
     jti: str | None
     iat: float | None = None  # when the broker issued it: a lifted revocation still covers it if made after
+    login: DatabaseLogin | None = None  # a database login; access_token is its password
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         held: list[tuple[str, HeldToken]] = []
         for name, st in self._audiences.items():
-            if st.token is not None:
+            if st.token is not None and st.token.login is None:  # a login is no token /revoke knows; it expires
                 held.append((name, st.token))
             self._clear(st)
             files.remove_token(self.config.token_dir, name)
@@ -202,7 +203,9 @@ class Agent:
                                            f"{self.config.sa_token_file}: {getattr(exc, 'strerror', None) or exc}"))
         if not subject_token:
             return self._failed(st, Failed("subject_token_unreadable", f"{self.config.sa_token_file} is empty"))
-        outcome: Outcome = await self.broker.exchange(st.spec, subject_token, st.access_request_id)
+        held = self.token(name)
+        refresh_login = held.login.username if held is not None and held.login is not None else None
+        outcome: Outcome = await self.broker.exchange(st.spec, subject_token, st.access_request_id, refresh_login)
         if generation != st.generation:
             return 0.0  # revoked while we were asking: this answer may predate the revocation
         if isinstance(outcome, Issued):
@@ -225,14 +228,22 @@ class Agent:
             return self._failed(st, Failed("token_too_short", f"token expires within the "
                                            f"{self.config.expiry_margin:g}s safety margin"))
         try:
-            files.write_token(self.config.token_dir, name, issued.access_token, self.config.file_mode,
-                              self.config.file_gid)
+            if issued.login is not None:
+                lg = issued.login
+                files.write_login(self.config.token_dir, name,
+                                  files.login_uri(lg.username, issued.access_token, lg.host, lg.port, lg.dbname,
+                                                  lg.sslmode),
+                                  files.pgpass_line(lg.username, issued.access_token, lg.host, lg.port, lg.dbname),
+                                  self.config.file_mode, self.config.file_gid)
+            else:
+                files.write_token(self.config.token_dir, name, issued.access_token, self.config.file_mode,
+                                  self.config.file_gid)
         except OSError as exc:
             return self._failed(st, Failed("write_failed", f"{self.config.token_dir}: {exc.strerror or exc}"))
         refreshed = self.token(name) is not None
-        iat = jwt_claims(issued.access_token).get("iat")
+        iat = jwt_claims(issued.access_token).get("iat") if issued.login is None else now
         issued_at = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None
-        self._set(st, HeldToken(issued.access_token, expires_at, issued.scope, issued.jti, issued_at))
+        self._set(st, HeldToken(issued.access_token, expires_at, issued.scope, issued.jti, issued_at, issued.login))
         st.failures = 0
         st.last_failure = None
         st.access_request_id = None

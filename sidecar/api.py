@@ -25,9 +25,13 @@ def build_app(agent: Agent) -> Starlette:
             return JSONResponse({"error": "token_unavailable",
                                  "error_description": f"no valid token for {audience!r} yet; retry shortly"},
                                 status_code=503, headers={**_NO_STORE, "Retry-After": "1"})
-        return JSONResponse({"access_token": held.access_token, "expires_at": int(held.expires_at),
-                             "token_type": "Bearer", "scope": held.scope, "audience": audience},
-                            headers=_NO_STORE)
+        doc = {"access_token": held.access_token, "expires_at": int(held.expires_at),
+               "token_type": "Bearer", "scope": held.scope, "audience": audience}
+        if held.login is not None:  # a database login: access_token is its password
+            lg = held.login
+            doc.update(token_type="N_A", username=lg.username, host=lg.host, port=lg.port, dbname=lg.dbname,
+                       sslmode=lg.sslmode)
+        return JSONResponse(doc, headers=_NO_STORE)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -13,7 +13,13 @@ from typing import Any
 import httpx
 
 from jitmesh import __version__
-from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from jitmesh.contract import (
+    GRANT_TYPE_TOKEN_EXCHANGE,
+    KIND_POSTGRESQL,
+    POSTGRESQL_LOGIN_PREFIX,
+    TOKEN_TYPE_JWT,
+    TOKEN_TYPE_POSTGRESQL,
+)
 from sidecar.config import AudienceSpec, SidecarConfig
 
 # OAuth error codes kept as metric labels; anything else is labelled by HTTP status.
@@ -31,6 +37,18 @@ class Issued:
     scope: str
     jti: str | None
     decision_id: str | None
+    login: DatabaseLogin | None = None  # a database login: access_token is its password
+
+
+@dataclass(frozen=True)
+class DatabaseLogin:
+    """Where and as whom a brokered PostgreSQL login connects (docs/contract.md §9)."""
+
+    username: str
+    host: str
+    port: int
+    dbname: str
+    sslmode: str
 
 
 @dataclass(frozen=True)
@@ -82,7 +100,7 @@ class BrokerClient:
         await self._http.aclose()
 
     async def exchange(self, spec: AudienceSpec, subject_token: str,
-                       access_request_id: str | None = None) -> Outcome:
+                       access_request_id: str | None = None, refresh_login: str | None = None) -> Outcome:
         form = {
             "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
             "subject_token": subject_token,
@@ -95,6 +113,10 @@ class BrokerClient:
             form["requested_ttl"] = str(self._config.ttl)
         if access_request_id:
             form["access_request_id"] = access_request_id
+        if spec.kind == KIND_POSTGRESQL:
+            form["requested_token_type"] = TOKEN_TYPE_POSTGRESQL
+            if refresh_login:  # the same login, rotated and extended: open sessions go on
+                form["refresh_login"] = refresh_login
         sent_at = time.time()
         try:
             resp = await self._http.post(self._config.token_endpoint, data=form)
@@ -134,6 +156,8 @@ def _outcome(resp: httpx.Response, sent_at: float) -> Outcome:
         if (not isinstance(token, str) or not token or isinstance(expires_in, bool)
                 or not isinstance(expires_in, (int, float)) or expires_in <= 0):
             return Failed("bad_response", "200 without access_token and a positive expires_in", 200)
+        if body.get("issued_token_type") == TOKEN_TYPE_POSTGRESQL:
+            return _login_outcome(body, token, sent_at + float(expires_in) - _NO_EXP_SLACK)
         if str(body.get("token_type", "Bearer")).lower() != "bearer":
             return Failed("bad_response", f"unexpected token_type {body.get('token_type')!r}", 200)
         claims = jwt_claims(token)
@@ -159,3 +183,16 @@ def _outcome(resp: httpx.Response, sent_at: float) -> Outcome:
     reason = error if error in _KNOWN_ERRORS else f"http_{resp.status_code}"
     return Failed(reason, description or f"HTTP {resp.status_code}", resp.status_code,
                   _retry_after(resp), decision_id)
+
+
+def _login_outcome(body: dict[str, Any], password: str, expires_at: float) -> Outcome:
+    username, host, port, dbname = body.get("username"), body.get("host"), body.get("port"), body.get("dbname")
+    if (not isinstance(username, str) or not username or not isinstance(host, str) or not host
+            or isinstance(port, bool) or not isinstance(port, int) or not isinstance(dbname, str) or not dbname):
+        return Failed("bad_response", "a database login without username, host, port and dbname", 200)
+    sslmode = body.get("sslmode")
+    login = DatabaseLogin(username, host, port, dbname, sslmode if isinstance(sslmode, str) else "prefer")
+    jti = username[len(POSTGRESQL_LOGIN_PREFIX):] if username.startswith(POSTGRESQL_LOGIN_PREFIX) else None
+    decision_id = body.get("decision_id")
+    return Issued(password, expires_at, str(body.get("scope") or ""), jti,
+                  decision_id if isinstance(decision_id, str) else None, login)

@@ -1,6 +1,7 @@
 """The sidecar's configuration, read once from the environment (docs/contract.md §1).
 
 Contract variables: JITMESH_BROKER_URL, JITMESH_AUDIENCES, JITMESH_SCOPES_<AUDIENCE>,
+JITMESH_KIND_<AUDIENCE> (`postgresql`: a database login, docs/contract.md §9; else a JWT),
 JITMESH_TTL, JITMESH_SA_TOKEN_FILE, JITMESH_TOKEN_DIR, JITMESH_LISTEN.
 
 Extras of the sidecar's own (all optional):
@@ -43,6 +44,9 @@ from jitmesh.contract import (
     ENV_TOKEN_DIR,
     ENV_TOKEN_GROUP,
     ENV_TTL,
+    KIND_JWT,
+    KIND_POSTGRESQL,
+    kind_env_name,
     scopes_env_name,
 )
 from jitmesh.hostport import split_host_port
@@ -76,6 +80,7 @@ class ConfigError(ValueError):
 class AudienceSpec:
     audience: str
     scopes: tuple[str, ...] = ()
+    kind: str = KIND_JWT  # postgresql: the broker answers with a database login, written as a libpq URI
 
     @property
     def scope(self) -> str:
@@ -193,7 +198,11 @@ def _audiences(environ: Mapping[str, str]) -> tuple[AudienceSpec, ...]:
         for s in scopes:
             if not _SCOPE_TOKEN.fullmatch(s):
                 raise ConfigError(f"{env}: scope {s!r} has characters RFC 6749 does not allow in a scope")
-        specs.append(AudienceSpec(name, scopes))
+        kind_env = kind_env_name(name)
+        kind = environ.get(kind_env, "").strip() or KIND_JWT
+        if kind not in (KIND_JWT, KIND_POSTGRESQL):
+            raise ConfigError(f"{kind_env}={kind!r} is not a kind; expected {KIND_POSTGRESQL} or {KIND_JWT}")
+        specs.append(AudienceSpec(name, scopes, kind))
     return tuple(specs)
 
 

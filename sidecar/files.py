@@ -4,6 +4,10 @@ A file is replaced atomically: the new token goes to a temp file in the same dir
 is flushed to disk with its final mode and group, then renamed over the old one. A reader
 opening `<dir>/<audience>` sees the old token or the new one, never a partial file.
 Temp files start with a dot, which no audience does, so they never shadow a token.
+
+A database login (docs/contract.md §9) is two files: `<audience>` a libpq connection URI
+(password included) and `<audience>.pgpass` (mode 0600, as libpq requires). The pgpass file is
+replaced first, so a reader of the new URI never finds an older password beside it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
+
+PGPASS_SUFFIX = ".pgpass"
+PGPASS_MODE = 0o600  # libpq ignores a password file that group or others may read
 
 
 def token_path(token_dir: Path, audience: str) -> Path:
@@ -19,8 +27,30 @@ def token_path(token_dir: Path, audience: str) -> Path:
 
 
 def write_token(token_dir: Path, audience: str, token: str, mode: int, gid: int | None = None) -> Path:
-    target = token_path(token_dir, audience)
-    fd, tmp = tempfile.mkstemp(prefix=f".{audience}.", suffix=".tmp", dir=token_dir)
+    return _replace(token_dir, audience, token, mode, gid)
+
+
+def login_uri(username: str, password: str, host: str, port: int, dbname: str, sslmode: str) -> str:
+    """A libpq connection URI; every part percent-encoded."""
+    where = f"[{host}]" if ":" in host else quote(host, safe="")
+    return (f"postgresql://{quote(username, safe='')}:{quote(password, safe='')}@{where}:{port}/"
+            f"{quote(dbname, safe='')}?sslmode={quote(sslmode, safe='')}")
+
+
+def pgpass_line(username: str, password: str, host: str, port: int, dbname: str) -> str:
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace(":", "\\:")
+    return f"{esc(host)}:{port}:{esc(dbname)}:{esc(username)}:{esc(password)}\n"
+
+
+def write_login(token_dir: Path, audience: str, uri: str, pgpass: str, mode: int, gid: int | None = None) -> Path:
+    _replace(token_dir, audience + PGPASS_SUFFIX, pgpass, PGPASS_MODE, None)
+    return _replace(token_dir, audience, uri, mode, gid)
+
+
+def _replace(token_dir: Path, name: str, token: str, mode: int, gid: int | None) -> Path:
+    target = token_dir / name
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=token_dir)
     try:
         # Mode and group are set before the name appears, so the token is never readable by more.
         os.fchmod(fd, mode)
@@ -46,6 +76,8 @@ def write_token(token_dir: Path, audience: str, token: str, mode: int, gid: int 
 
 def remove_token(token_dir: Path, audience: str) -> bool:
     """Remove the token file; True when there was one."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(token_dir / (audience + PGPASS_SUFFIX))
     try:
         os.unlink(token_path(token_dir, audience))
     except FileNotFoundError:

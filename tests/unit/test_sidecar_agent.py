@@ -490,3 +490,21 @@ def test_a_revocation_for_an_audience_that_never_had_a_token_does_not_claim_a_fi
     events = [r.getMessage() for r in caplog.records]
     assert "revocation.noted" in events and "token.revoked" not in events
     assert 'jitmesh_sidecar_tokens_revoked_total{audience="orders-db"} 1.0' not in agent.metrics.render().decode()
+
+
+def test_a_database_login_is_refreshed_by_naming_it_so_the_broker_rotates_the_same_role(tmp_path: Path) -> None:
+    broker = FakeBroker()
+    username = "jitmesh_login_" + "cd" * 16
+    broker.default = lambda form: (200, {
+        "access_token": f"pw-{len(broker.forms)}", "issued_token_type": "urn:jitmesh:token-type:postgresql",
+        "token_type": "N_A", "expires_in": 3, "scope": "read", "username": username, "host": "127.0.0.1",
+        "port": 5432, "dbname": "orders", "sslmode": "disable"}, {})
+    config = make_config(tmp_path, audiences=(AudienceSpec("orders-db", ("read",), "postgresql"),),
+                         expiry_margin=0.0)
+
+    async def body(agent: Agent) -> None:
+        await eventually(lambda: len(broker.forms) >= 2)
+        assert "refresh_login" not in broker.forms[0]
+        assert broker.forms[1]["refresh_login"] == username
+
+    run_agent(config, broker, body)

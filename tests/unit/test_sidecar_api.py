@@ -110,3 +110,25 @@ def test_not_ready_names_the_policys_reasons_for_a_denial(tmp_path: Path) -> Non
         assert doc["message"] == f"no token for orders-db: {doc['reasons']['orders-db']}"
 
     run_agent(make_config(tmp_path), broker, body)
+
+
+def test_a_database_login_is_served_with_its_connection_fields(tmp_path: Path) -> None:
+    broker = FakeBroker()
+    username = "jitmesh_login_" + "ab" * 16
+    broker.default = lambda form: (200, {
+        "access_token": "pw-1", "issued_token_type": "urn:jitmesh:token-type:postgresql", "token_type": "N_A",
+        "expires_in": 30, "scope": "read", "decision_id": "d-1", "username": username, "host": "127.0.0.1",
+        "port": 5432, "dbname": "orders", "sslmode": "disable"}, {})
+    config = make_config(tmp_path, audiences=(AudienceSpec("orders-db", ("read",), "postgresql"),))
+
+    async def body(agent: Agent) -> None:
+        await eventually(agent.ready)
+        async with local(agent) as c:
+            doc = (await c.get("/v1/token/orders-db")).json()
+        assert doc["access_token"] == "pw-1" and doc["token_type"] == "N_A"
+        assert (doc["username"], doc["host"], doc["port"], doc["dbname"]) == (username, "127.0.0.1", 5432, "orders")
+        assert (tmp_path / "tokens" / "orders-db").read_text() == (
+            f"postgresql://{username}:pw-1@127.0.0.1:5432/orders?sslmode=disable")
+        assert broker.forms[0]["requested_token_type"] == "urn:jitmesh:token-type:postgresql"
+
+    run_agent(config, broker, body)

@@ -183,3 +183,16 @@ def test_backoff_ceiling_below_the_first_delay_is_refused(env: dict[str, str]) -
     env.update({"JITMESH_BACKOFF_INITIAL": "10", "JITMESH_BACKOFF_MAX": "5"})
     with pytest.raises(ConfigError, match="JITMESH_BACKOFF_MAX"):
         SidecarConfig.from_env(env)
+
+
+
+def test_a_postgresql_kind_is_read_per_audience(env: dict[str, str]) -> None:
+    env["JITMESH_KIND_ORDERS_DB"] = "postgresql"
+    config = SidecarConfig.from_env(env)
+    assert [(a.audience, a.kind) for a in config.audiences] == [("orders-db", "postgresql"), ("payments.api", "jwt")]
+
+
+def test_an_unknown_kind_is_refused_naming_the_variable(env: dict[str, str]) -> None:
+    env["JITMESH_KIND_ORDERS_DB"] = "mysql"
+    with pytest.raises(ConfigError, match="JITMESH_KIND_ORDERS_DB"):
+        SidecarConfig.from_env(env)

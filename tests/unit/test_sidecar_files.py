@@ -82,3 +82,21 @@ def test_remove_token_reports_whether_there_was_one(tmp_path: Path) -> None:
     assert files.remove_token(tmp_path, "a") is True
     assert files.remove_token(tmp_path, "a") is False
     assert files.read_token(tmp_path, "a") is None
+
+
+def test_a_login_uri_percent_encodes_every_part() -> None:
+    uri = files.login_uri("jitmesh_login_ab", "p/w@:?#", "db.example", 5432, "orders db", "verify-full")
+    assert uri == "postgresql://jitmesh_login_ab:p%2Fw%40%3A%3F%23@db.example:5432/orders%20db?sslmode=verify-full"
+
+
+def test_a_pgpass_line_escapes_colons_and_backslashes() -> None:
+    assert files.pgpass_line("u", "a:b\\c", "h", 5432, "d") == "h:5432:d:u:a\\:b\\\\c\n"
+
+
+def test_a_login_is_written_as_a_uri_and_a_0600_pgpass_and_removed_together(tmp_path: Path) -> None:
+    files.write_login(tmp_path, "orders-db", "postgresql://u:p@h:1/d", "h:1:d:u:p\n", 0o640)
+    assert (tmp_path / "orders-db").read_text() == "postgresql://u:p@h:1/d"
+    assert stat.S_IMODE((tmp_path / "orders-db.pgpass").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "orders-db").stat().st_mode) == 0o640
+    assert files.remove_token(tmp_path, "orders-db")
+    assert list(tmp_path.iterdir()) == []

@@ -147,3 +147,24 @@ def test_neither_audience_nor_resource_is_invalid_request() -> None:
     with pytest.raises(OAuthError) as err:
         parse_token_request(p, RESOURCES)
     assert err.value.error == "invalid_request" and "missing audience" in err.value.description
+
+
+def test_a_postgresql_login_may_be_asked_for() -> None:
+    req = parse_token_request(params(requested_token_type="urn:jitmesh:token-type:postgresql"))
+    assert req.issued_token_type == "urn:jitmesh:token-type:postgresql" and req.refresh_login is None
+
+
+def test_refresh_login_names_a_broker_login() -> None:
+    name = "jitmesh_login_" + "0123456789abcdef" * 2
+    req = parse_token_request(params(requested_token_type="urn:jitmesh:token-type:postgresql", refresh_login=name))
+    assert req.refresh_login == name
+
+
+@pytest.mark.parametrize("name", ["postgres", "jitmesh_login_x", "jitmesh_login_" + "A" * 32])
+def test_a_refresh_login_that_is_no_broker_login_is_invalid_request(name: str) -> None:
+    p = params(requested_token_type="urn:jitmesh:token-type:postgresql", refresh_login=name)
+    assert error_of(p) == (400, "invalid_request")
+
+
+def test_refresh_login_without_the_postgresql_token_type_is_invalid_request() -> None:
+    assert error_of(params(refresh_login="jitmesh_login_" + "0" * 32)) == (400, "invalid_request")
