@@ -8,7 +8,7 @@ from typing import Any
 
 from injector.annotations import ProxyRequest
 from injector.config import InjectorConfig
-from injector.container_sidecar import confinement
+from injector.container_sidecar import confinement, container_resources
 from injector.volumes import ATTESTATION_MOUNT_PATH, attestation_token_file
 from jitmesh.contract import ATTESTATION_VOLUME, ENV_BROKER_CA, PROXY_CONTAINER_NAME
 
@@ -20,7 +20,6 @@ def proxy_container(want: ProxyRequest, config: InjectorConfig) -> dict[str, Any
             *[a for audience in want.serves for a in ("--audience", audience)],
             "--broker-url", config.broker_url, "--sa-token-file", attestation_token_file(),
             "--metrics-listen", f"0.0.0.0:{PROXY_METRICS_PORT}"]
-    res = config.resources
     container: dict[str, Any] = {
         "name": PROXY_CONTAINER_NAME,
         "image": config.sidecar_image,
@@ -33,10 +32,7 @@ def proxy_container(want: ProxyRequest, config: InjectorConfig) -> dict[str, Any
         # Ready once the broker's keys, the revocation stream and the access policy are current.
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": PROXY_METRICS_PORT},
                            "periodSeconds": 2, "failureThreshold": 3},
-        "resources": {
-            "requests": {"cpu": res.cpu_request, "memory": res.memory_request},
-            "limits": {"cpu": res.cpu_limit, "memory": res.memory_limit},
-        },
+        "resources": container_resources(config),
         "securityContext": confinement(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

@@ -79,6 +79,13 @@ def _readyz_wait(config: InjectorConfig) -> list[str]:
     return ["python3", "-c", code]
 
 
+def container_resources(config: InjectorConfig) -> dict[str, Any]:
+    """The requests and limits of every container jitmesh adds (the injector's --sidecar-* flags)."""
+    res = config.resources
+    return {"requests": {"cpu": res.cpu_request, "memory": res.memory_request},
+            "limits": {"cpu": res.cpu_limit, "memory": res.memory_limit}}
+
+
 def confinement() -> dict[str, Any]:
     """The securityContext of every container jitmesh adds: what the restricted Pod Security
     Standard asks, and a read-only root."""
@@ -95,7 +102,6 @@ def confinement() -> dict[str, Any]:
 
 
 def sidecar_container(request: InjectionRequest, config: InjectorConfig, token_gid: int) -> dict[str, Any]:
-    res = config.resources
     container: dict[str, Any] = {
         "name": SIDECAR_CONTAINER_NAME,
         "image": config.sidecar_image,
@@ -113,10 +119,7 @@ def sidecar_container(request: InjectionRequest, config: InjectorConfig, token_g
             "timeoutSeconds": 3,
             "failureThreshold": STARTUP_PROBE_SECONDS,
         },
-        "resources": {
-            "requests": {"cpu": res.cpu_request, "memory": res.memory_request},
-            "limits": {"cpu": res.cpu_limit, "memory": res.memory_limit},
-        },
+        "resources": container_resources(config),
         "securityContext": confinement(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
