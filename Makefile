@@ -10,7 +10,7 @@ OPA = $(shell $(TOOLS) path opa)
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: all setup tools opa kube-tools cluster-tools cluster-images postgres run test lint policy-test bench clean chart-policies image lock
+.PHONY: all setup tools opa kube-tools cluster-tools cluster-images postgres nginx run test lint policy-test bench clean chart-policies image lock
 
 all: test
 
@@ -49,6 +49,14 @@ postgres:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
 	fi
 
+# nginx: the access proxy's /v1/check tests start their own server from it (auth_request)
+nginx:
+	@if ! command -v nginx >/dev/null 2>&1 && ! test -x /usr/sbin/nginx; then \
+	  echo "[setup] installing nginx (apt-get install nginx)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx >/dev/null; \
+	fi
+
 run: setup
 	@JITMESH_OPA_BIN=$(OPA) $(VENV)/bin/jitmesh up $(ARGS)
 
@@ -63,7 +71,7 @@ lint: setup
 	@$(VENV)/bin/ruff check jitmesh pdp injector sidecar proxy tests bench
 	@$(VENV)/bin/mypy
 
-test: setup tools postgres cluster-images policy-test lint
+test: setup tools postgres nginx cluster-images policy-test lint
 	@echo "[test] pytest"
 	@JITMESH_OPA_BIN=$(OPA) \
 	 JITMESH_ETCD_BIN=$(shell $(TOOLS) path etcd) \
