@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from injector.annotations import InjectionRequest
@@ -18,6 +19,7 @@ from jitmesh.contract import (
     ENV_TOKEN_GROUP,
     ENV_TTL,
     KIND_JWT,
+    KIND_POSTGRESQL,
     SIDECAR_CONTAINER_NAME,
     TOKENS_VOLUME,
     kind_env_name,
@@ -86,7 +88,45 @@ def container_resources(config: InjectorConfig) -> dict[str, Any]:
             "limits": {"cpu": res.cpu_limit, "memory": res.memory_limit}}
 
 
-def confinement() -> dict[str, Any]:
+class UnknownAppUser(ValueError):
+    """The pod asks for a database login but the webhook cannot tell which user will read it."""
+
+
+def login_reader_uid(spec: Mapping[str, Any], request: InjectionRequest, native_sidecars: bool) -> int | None:
+    """The user the sidecar runs as when the pod asks for a database login, None when it asks
+    for none. libpq reads `<audience>.pgpass` only when no one but its owner may (mode 0600), and
+    a non-root sidecar cannot give a file away, so the sidecar must be the app's own user: the
+    `runAsUser` of every container that mounts the tokens (its own, else the pod's), one and
+    the same, and not root. Anything else raises UnknownAppUser naming what to set."""
+    if not any(a.kind == KIND_POSTGRESQL for a in request.audiences):
+        return None
+    pod_uid = (spec.get("securityContext") or {}).get("runAsUser")
+    readers = list(spec.get("containers") or [])
+    if native_sidecars:
+        readers += spec.get("initContainers") or []
+    uids: dict[int, str] = {}
+    for c in readers:
+        uid = (c.get("securityContext") or {}).get("runAsUser", pod_uid)
+        if isinstance(uid, bool) or not isinstance(uid, int):
+            raise UnknownAppUser(
+                f"container {c.get('name')!r} has no runAsUser, so the sidecar cannot write the database "
+                "login's pgpass file (mode 0600) as the user that reads it; set spec.securityContext.runAsUser "
+                "(or the container's) to the app's user")
+        uids.setdefault(uid, str(c.get("name")))
+    if len(uids) > 1:
+        named = ", ".join(f"{name!r} runs as {uid}" for uid, name in sorted(uids.items()))
+        raise UnknownAppUser(f"the containers run as different users ({named}); the database login's pgpass "
+                             "file (mode 0600) can be readable by one user only: run them as one runAsUser")
+    uid = next(iter(uids), None)
+    if uid is None:
+        raise UnknownAppUser("the pod has no container to read the database login")
+    if uid == 0:
+        raise UnknownAppUser("the app runs as root (runAsUser 0), and the sidecar, which must run as the "
+                             "pgpass file's reader, never does; run the app as a non-root runAsUser")
+    return uid
+
+
+def confinement(uid: int = SIDECAR_UID) -> dict[str, Any]:
     """The securityContext of every container jitmesh adds: what the restricted Pod Security
     Standard asks, and a read-only root."""
     return {
@@ -95,13 +135,15 @@ def confinement() -> dict[str, Any]:
         "privileged": False,
         "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
-        "runAsUser": SIDECAR_UID,
+        "runAsUser": uid,
         "runAsGroup": SIDECAR_GID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
-def sidecar_container(request: InjectionRequest, config: InjectorConfig, token_gid: int) -> dict[str, Any]:
+def sidecar_container(request: InjectionRequest, config: InjectorConfig, token_gid: int,
+                      uid: int | None = None) -> dict[str, Any]:
+    """`uid`: the app's user, for a pod with a database login (`login_reader_uid`)."""
     container: dict[str, Any] = {
         "name": SIDECAR_CONTAINER_NAME,
         "image": config.sidecar_image,
@@ -120,7 +162,7 @@ def sidecar_container(request: InjectionRequest, config: InjectorConfig, token_g
             "failureThreshold": STARTUP_PROBE_SECONDS,
         },
         "resources": container_resources(config),
-        "securityContext": confinement(),
+        "securityContext": confinement(SIDECAR_UID if uid is None else uid),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if config.native_sidecars:

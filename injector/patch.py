@@ -15,7 +15,7 @@ from injector.annotations import AnnotationError, InjectionRequest
 from injector.config import InjectorConfig
 from injector.container_env import APP_ENV_NAMES, container_ops
 from injector.container_proxy import PROXY_METRICS_PORT, proxy_container
-from injector.container_sidecar import sidecar_container
+from injector.container_sidecar import UnknownAppUser, login_reader_uid, sidecar_container
 from injector.review import AdmissionRequest
 from injector.volumes import attestation_volume, token_file_group, tokens_volume
 from jitmesh.contract import (
@@ -116,7 +116,11 @@ def admit(request: AdmissionRequest, namespace_labels: Mapping[str, str] | None,
         return Refused("jitmesh injection refused: the pod already has " + "; ".join(conflicts)
                        + ". Rename them, or label the pod jitmesh.io/inject=\"false\" to opt out.",
                        code=409, reason="Conflict")
-    return Injected(_patch(pod, want, config), tuple(notes))
+    try:
+        login_uid = login_reader_uid(spec, want, config.native_sidecars)
+    except UnknownAppUser as exc:
+        return Refused(f"jitmesh injection refused: {exc}")
+    return Injected(_patch(pod, want, config, login_uid), tuple(notes))
 
 
 def _conflicts(spec: Mapping[str, Any], want: InjectionRequest, config: InjectorConfig) -> list[str]:
@@ -152,7 +156,8 @@ def _conflicts(spec: Mapping[str, Any], want: InjectionRequest, config: Injector
     return found
 
 
-def _patch(pod: dict[str, Any], want: InjectionRequest, config: InjectorConfig) -> list[dict[str, Any]]:
+def _patch(pod: dict[str, Any], want: InjectionRequest, config: InjectorConfig,
+           login_uid: int | None = None) -> list[dict[str, Any]]:
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     containers = spec.get("containers") or []
@@ -186,7 +191,7 @@ def _patch(pod: dict[str, Any], want: InjectionRequest, config: InjectorConfig) 
             ops += container_ops(f"/spec/containers/{i}", c, want, config)
         token_gid, group_ops = token_file_group(spec)
         ops += group_ops
-        added.append(sidecar_container(want, config, token_gid))
+        added.append(sidecar_container(want, config, token_gid, login_uid))
     if want.protect is not None:
         added.append(proxy_container(want.protect, config))
 

@@ -4,9 +4,14 @@ password and extends the login while an open session goes on."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +95,48 @@ def test_a_refresh_keeps_the_open_session_and_the_next_connection_uses_the_new_p
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(first)
     session.close()
+
+
+APP_UID = 4321  # the app's user, which the injector runs the sidecar as when a pod asks for a login
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory another user can reach (pytest's own tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="jitmesh-pgpass-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="running the sidecar as another user needs root and setpriv")
+def test_the_pgpass_file_belongs_to_the_user_the_sidecar_runs_as_and_that_user_connects_with_it(
+        broker: BrokerHandle, target: Target, shared_dir: Path) -> None:
+    sa_file = shared_dir / "sa-token"
+    sa_file.write_text(broker.mint("orders", "api", pod=POD))
+    sa_file.chmod(0o644)
+    token_dir = shared_dir / "tokens"
+    token_dir.mkdir()
+    os.chown(token_dir, APP_UID, APP_UID)
+    sc = SidecarProcess(broker_url=broker.url, audiences={"orders-db": ["read"]}, sa_token_file=sa_file,
+                        token_dir=token_dir, log_path=shared_dir / "sidecar.log",
+                        extra={**KIND, "JITMESH_TOKEN_GROUP": str(APP_UID)})
+    as_app = ["setpriv", f"--reuid={APP_UID}", f"--regid={APP_UID}", "--clear-groups"]
+    sc.argv = as_app + sc.argv
+    sc.start()
+    try:
+        wait_file(sc.token_file("orders-db"))
+        pgpass = token_dir / "orders-db.pgpass"
+        st = pgpass.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, APP_UID)
+        connect = ("import psycopg, sys\n"
+                   "with psycopg.connect(host='127.0.0.1', port=sys.argv[1], dbname=sys.argv[2], "
+                   "user=sys.argv[3], passfile=sys.argv[4]) as c:\n"
+                   "    print(c.execute('SELECT item FROM orders').fetchone()[0])\n")
+        user = pgpass.read_text().split(":")[3]
+        done = subprocess.run([*as_app, sys.executable, "-c", connect, str(target.server.port), target.dbname,
+                               user, str(pgpass)], capture_output=True, text=True, timeout=30)
+        assert (done.returncode, done.stdout.strip()) == (0, "tea"), done.stderr[-2000:]
+    finally:
+        sc.stop(timeout=5)
