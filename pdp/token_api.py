@@ -11,9 +11,10 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE
+from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_POSTGRESQL
 from jitmesh.log import get_logger
 from pdp.audit import decision_record
+from pdp.dblogins.postgres import PREFIX, LoginOwner, LoginUnavailable
 from pdp.exchange import MAX_BODY_BYTES, Issued, parse_form, refuse_client_credentials
 from pdp.http import admin as http_admin
 from pdp.http.body import read_body
@@ -69,8 +70,11 @@ async def revoke_endpoint(request: Request) -> Response:
     tokens = params.get("token", [])
     if len(tokens) != 1 or not tokens[0]:
         raise invalid_request("exactly one token parameter is required")
-    claims = await verify_token(broker, tokens[0])
+    login = await held_login(request, tokens[0], params)
+    claims = {**login.claims(), "exp": login.expires_at} if login else await verify_token(broker, tokens[0])
     if claims is None or broker.revocations.lookup("jti", claims["jti"]) is not None:
+        if login is not None:
+            await end_login(request, login)
         return Response(status_code=200, headers=NO_STORE)
     now = broker.clock()
     aud = claims.get("aud")
@@ -89,7 +93,31 @@ async def revoke_endpoint(request: Request) -> Response:
                              extra={"revocation_id": revocation.id, "kind": "jti", "by": "holder"})
     with contextlib.suppress(StoreError):
         await broker.auditor.write(record)
+    if login is not None:
+        await end_login(request, login)
     return Response(status_code=200, headers=NO_STORE)
+
+
+async def held_login(request: Request, password: str, params: dict[str, list[str]]) -> LoginOwner | None:
+    """A database login its holder revokes: `token` its password, `username` its role, and
+    `token_type_hint` the login token type. None for any other request or no such login."""
+    logins = broker_of(request).exchange.logins
+    if params.get("token_type_hint") != [TOKEN_TYPE_POSTGRESQL] or logins is None:
+        return None
+    usernames = params.get("username", [])
+    if len(usernames) != 1:
+        raise invalid_request(f"a {TOKEN_TYPE_POSTGRESQL} revocation needs exactly one username parameter")
+    try:
+        return await logins.held(usernames[0], password)
+    except LoginUnavailable as exc:
+        raise unavailable(f"the login cannot be looked up: {exc}") from None
+
+
+async def end_login(request: Request, login: LoginOwner) -> None:
+    """End a revoked login now, not at the revocation event; a failure is left to the sweep."""
+    logins = broker_of(request).exchange.logins
+    if logins is not None:
+        await logins.end(login.audience, PREFIX + login.jti, "revoked", limited=False)
 
 
 @guarded

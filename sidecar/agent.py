@@ -112,7 +112,7 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         held: list[tuple[str, HeldToken]] = []
         for name, st in self._audiences.items():
-            if st.token is not None and st.token.login is None:  # a login is no token /revoke knows; it expires
+            if st.token is not None:
                 held.append((name, st.token))
             self._clear(st)
             files.remove_token(self.config.token_dir, name)
@@ -126,7 +126,7 @@ class Agent:
     async def _revoke(self, audience: str, token: HeldToken) -> bool:
         try:
             async with asyncio.timeout(self.config.shutdown_timeout):
-                await self.broker.revoke(token.access_token)
+                await self.broker.revoke(token.access_token, token.login)
         except (TimeoutError, RevokeFailed) as exc:
             log.warning("token.revoke_failed", audience=audience, jti=token.jti,
                         error=str(exc) or "timed out")

@@ -126,10 +126,13 @@ class BrokerClient:
             return Failed("unreachable", f"{type(exc).__name__}: {exc}")
         return _outcome(resp, sent_at)
 
-    async def revoke(self, token: str) -> None:
+    async def revoke(self, token: str, login: DatabaseLogin | None = None) -> None:
+        """RFC 7009; a database login is its password, named by its username."""
+        data = {"token": token, "token_type_hint": "access_token"}
+        if login is not None:
+            data.update(token_type_hint=TOKEN_TYPE_POSTGRESQL, username=login.username)
         try:
-            resp = await self._http.post(self._config.revocation_endpoint,
-                                         data={"token": token, "token_type_hint": "access_token"})
+            resp = await self._http.post(self._config.revocation_endpoint, data=data)
         except httpx.HTTPError as exc:
             raise RevokeFailed(f"{type(exc).__name__}: {exc}") from None
         if resp.status_code != 200:

@@ -3,7 +3,10 @@
 A login is a `LOGIN` role named `PREFIX + jti`, `VALID UNTIL` its expiry, with a `CONNECTION
 LIMIT`, member of exactly the granted scopes' roles, and a comment (JSON) saying whose it is,
 so that a revocation of its subject, pod or audience, and the sweep, can find it in the
-database itself. Creation is one transaction: a login exists whole or not at all. Every
+database itself. The comment also holds the SHA-256 of the current password, so that the
+holder can revoke its own login (RFC 7009) by showing the password; the password is 256
+random bits, so its digest, though any database user can read it, gives nothing away.
+Creation is one transaction: a login exists whole or not at all. Every
 statement is built with `psycopg.sql`; every operation is bounded by the target's timeout.
 """
 
@@ -16,7 +19,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -52,11 +55,19 @@ class LoginOwner:
     decision_id: str
     issued_at: float
     expires_at: float
+    password_sha256: str | None = None  # hex; None for a login made before the digest was kept
 
     def comment(self) -> str:
-        return json.dumps({"jti": self.jti, "sub": self.subject, "pod_uid": self.pod_uid, "aud": self.audience,
-                           "scope": " ".join(self.scopes), "decision_id": self.decision_id,
-                           "iat": int(self.issued_at), "exp": int(self.expires_at)}, separators=(",", ":"))
+        doc = {"jti": self.jti, "sub": self.subject, "pod_uid": self.pod_uid, "aud": self.audience,
+               "scope": " ".join(self.scopes), "decision_id": self.decision_id,
+               "iat": int(self.issued_at), "exp": int(self.expires_at)}
+        if self.password_sha256 is not None:
+            doc["pw"] = self.password_sha256
+        return json.dumps(doc, separators=(",", ":"))
+
+    def password_is(self, password: str) -> bool:
+        return self.password_sha256 is not None and hmac.compare_digest(self.password_sha256,
+                                                                         password_digest(password))
 
     @classmethod
     def from_comment(cls, text: str | None) -> LoginOwner | None:
@@ -65,7 +76,8 @@ class LoginOwner:
             return cls(jti=str(doc["jti"]), subject=str(doc["sub"]), pod_uid=doc.get("pod_uid"),
                        audience=str(doc["aud"]), scopes=tuple(str(doc.get("scope", "")).split()),
                        decision_id=str(doc["decision_id"]), issued_at=float(doc["iat"]),
-                       expires_at=float(doc["exp"]))
+                       expires_at=float(doc["exp"]),
+                       password_sha256=str(doc["pw"]) if isinstance(doc.get("pw"), str) else None)
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -97,6 +109,10 @@ def role_name(jti: str) -> str:
 
 def new_password() -> str:
     return secrets.token_urlsafe(PASSWORD_BYTES)
+
+
+def password_digest(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
 
 
 SCRAM_ITERATIONS = 4096  # PostgreSQL's own default for scram-sha-256
@@ -173,6 +189,7 @@ class PostgresLogins:
         """A new login for `owner`, whole (role, membership, limit, expiry and comment) or not at all."""
         name = role_name(owner.jti)
         password = new_password()
+        owner = replace(owner, password_sha256=password_digest(password))
         verifier = await asyncio.to_thread(scram_verifier, password)
         roles = self.target.roles_for(owner.scopes)
         statement = sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {} CONNECTION LIMIT {}").format(
@@ -193,6 +210,7 @@ class PostgresLogins:
         """The same login with a new password and a later expiry; its open sessions go on."""
         name = role_name(owner.jti)
         password = new_password()
+        owner = replace(owner, password_sha256=password_digest(password))
         verifier = await asyncio.to_thread(scram_verifier, password)
 
         async def op(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -98,6 +98,20 @@ class DatabaseLogins:
             return None
 
     # --- revocation ------------------------------------------------------------------------
+    async def held(self, username: str, password: str) -> LoginOwner | None:
+        """The owner of login `username` when `password` is its current password (its holder
+        asks to revoke it, RFC 7009); None for anything else. LoginUnavailable when a target
+        that may hold it cannot be asked."""
+        jti = username[len(PREFIX):] if username.startswith(PREFIX) else ""
+        if not _JTI.fullmatch(jti):
+            return None
+        for audience, logins in self.targets.items():
+            login = await logins.get(jti)
+            owner = login.owner if login is not None else None
+            if owner is not None and owner.audience == audience and owner.password_is(password):
+                return owner
+        return None
+
     def _matches(self, revocation: Revocation, audience: str, login: ExistingLogin) -> bool:
         owner = login.owner
         if owner is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -140,3 +142,34 @@ def test_the_pgpass_file_belongs_to_the_user_the_sidecar_runs_as_and_that_user_c
         assert (done.returncode, done.stdout.strip()) == (0, "tea"), done.stderr[-2000:]
     finally:
         sc.stop(timeout=5)
+
+
+def test_sigterm_revokes_the_login_so_its_open_session_ends_and_its_role_is_dropped(
+        broker: BrokerHandle, target: Target, make_sidecar: Callable[..., SidecarProcess], tmp_path: Path) -> None:
+    sc = start_sidecar(make_sidecar, broker, tmp_path)
+    uri = wait_file(sc.token_file("orders-db"))
+    username = uri.split("//", 1)[1].split(":", 1)[0]
+    session = psycopg.connect(uri, autocommit=True)
+    assert sc.proc is not None
+    sc.proc.send_signal(signal.SIGTERM)
+    assert sc.proc.wait(timeout=10) == 0
+    assert target.wait_gone(username, within=2.0)
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
+    audit = httpx.get(f"{broker.url}/v1/admin/audit", params={"event": "revoked"}, headers=broker.admin_headers(),
+                      timeout=10).json()
+    assert any(r.get("jti") == username[len(PREFIX):] for r in audit["records"]), audit
+
+
+def test_a_revocation_naming_the_login_without_its_password_leaves_it(
+        broker: BrokerHandle, target: Target, make_sidecar: Callable[..., SidecarProcess], tmp_path: Path) -> None:
+    sc = start_sidecar(make_sidecar, broker, tmp_path)
+    uri = wait_file(sc.token_file("orders-db"))
+    username = uri.split("//", 1)[1].split(":", 1)[0]
+    r = httpx.post(f"{broker.url}/revoke", data={"token": "not-its-password", "username": username,
+                                                  "token_type_hint": "urn:jitmesh:token-type:postgresql"},
+                   timeout=10)
+    assert r.status_code == 200
+    assert target.role_exists(username)
+    with psycopg.connect(uri) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
