@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 from jitmesh.log import get_logger
 from pdp.dblogins.postgres import PREFIX, ExistingLogin, LoginOwner, LoginUnavailable, PostgresLogins
-from pdp.dblogins.sweep import DEFAULT_ENDS_PER_SECOND, SWEEP_EVERY, UNRECORDED_GRACE, RateLimit, verdict
+from pdp.dblogins.sweep import DEFAULT_ENDS_PER_SECOND, SWEEP_EVERY, RateLimit, verdict
 from pdp.dblogins.targets import Targets
 from pdp.revocation.events import Subscription
 from pdp.revocation.index import RevocationIndex
@@ -179,12 +179,13 @@ class DatabaseLogins:
             except LoginUnavailable as exc:
                 log.warning("dblogin.sweep_failed", audience=audience, error=str(exc))
                 continue
+            grace = logins.target.unrecorded_grace
             for login in found:
                 owner = login.owner
                 revoked = owner is not None and self.revocations.token_revoked(owner.claims()) is not None
                 recorded = (await self._recorded(owner)
-                            if owner is not None and now - owner.issued_at >= UNRECORDED_GRACE else None)
-                why = verdict(login, now, revoked, recorded)
+                            if owner is not None and now - owner.issued_at >= grace else None)
+                why = verdict(login, now, revoked, recorded, grace)
                 if why is not None:
                     ended += await self.end(audience, login.username, why)
                 elif owner is not None:
@@ -196,7 +197,7 @@ class DatabaseLogins:
     async def run_sweeps(self) -> None:
         """Sweep at start, again once the unrecorded grace has passed (a role a crash left
         moments before this start is too young for the first), then every `sweep_every`."""
-        delays = [UNRECORDED_GRACE + 1.0]
+        delays = [max((t.target.unrecorded_grace for t in self.targets.values()), default=0.0) + 1.0]
         while True:
             try:
                 await self.sweep()

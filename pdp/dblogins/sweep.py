@@ -10,13 +10,16 @@ from dataclasses import dataclass
 
 from pdp.dblogins.postgres import ExistingLogin
 
+from pdp.dblogins.targets import DEFAULT_UNRECORDED_GRACE
+
 SWEEP_EVERY = 3600.0
 DEFAULT_ENDS_PER_SECOND = 20.0
 # a role this young may be an issuance still writing its audit record, on this or another replica
-UNRECORDED_GRACE = 120.0
+UNRECORDED_GRACE = DEFAULT_UNRECORDED_GRACE
 
 
-def verdict(login: ExistingLogin, now: float, revoked: bool, recorded: bool | None) -> str | None:
+def verdict(login: ExistingLogin, now: float, revoked: bool, recorded: bool | None,
+            grace: float = UNRECORDED_GRACE) -> str | None:
     """Why `login` must end now ("expired", "revoked", "unrecorded", "unreadable"), or None.
     `recorded` is None when the store was not asked (the login is young or judged already)."""
     if login.owner is None:
@@ -26,7 +29,7 @@ def verdict(login: ExistingLogin, now: float, revoked: bool, recorded: bool | No
         return "expired"
     if revoked:
         return "revoked"
-    if recorded is False and now - login.owner.issued_at >= UNRECORDED_GRACE:
+    if recorded is False and now - login.owner.issued_at >= grace:
         return "unrecorded"
     return None
 

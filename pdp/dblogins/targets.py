@@ -20,10 +20,12 @@ TLS_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 _ROLE = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _TARGET_KEYS = {"kind", "admin_dsn_file", "host", "port", "dbname", "tls", "scopes", "connection_limit",
-                "admin_pool", "owner", "timeout"}
+                "admin_pool", "owner", "timeout", "unrecorded_grace"}
 _TLS_KEYS = {"mode", "root_cert_file"}
 MAX_ADMIN_POOL = 64
 MAX_TIMEOUT = 60.0
+DEFAULT_UNRECORDED_GRACE = 120.0
+MAX_UNRECORDED_GRACE = 3600.0
 
 
 class TargetsError(ValueError):
@@ -44,6 +46,9 @@ class PostgresTarget:
     admin_pool: int
     owner: str  # what a login's objects are reassigned to before it is dropped
     timeout: float  # seconds any one admin operation may take; past it the request is 503
+    # a login this young with no audit record may be an issuance still under way (on any
+    # replica); older, it is what a crash left between creating and recording, and is dropped
+    unrecorded_grace: float = DEFAULT_UNRECORDED_GRACE
 
     def roles_for(self, scopes: tuple[str, ...]) -> tuple[str, ...]:
         """The roles the granted scopes give, each once, in a stable order."""
@@ -172,13 +177,19 @@ def parse_target(audience: Any, doc: Any, base: Path) -> PostgresTarget:
     timeout = doc.get("timeout", 5)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
         raise _fail(f"{where}.timeout", f"{timeout!r:.40} is not a number of seconds in (0, {MAX_TIMEOUT:g}]")
+    grace = doc.get("unrecorded_grace", DEFAULT_UNRECORDED_GRACE)
+    if (isinstance(grace, bool) or not isinstance(grace, (int, float))
+            or not timeout < grace <= MAX_UNRECORDED_GRACE):
+        raise _fail(f"{where}.unrecorded_grace", f"{grace!r:.40} is not a number of seconds in "
+                    f"({timeout:g} (the timeout), {MAX_UNRECORDED_GRACE:g}]: longer than any issuance takes, "
+                    "plus the clock skew between replicas")
     return PostgresTarget(
         audience=audience, admin_dsn=dsn, host=host, dbname=dbname,
         port=_int(doc, "port", where, default_port, 1, 65535), tls_mode=tls_mode, root_cert_file=root_cert,
         scopes=_scopes(doc.get("scopes"), f"{where}.scopes"),
         connection_limit=_int(doc, "connection_limit", where, None, 1, 10_000),
         admin_pool=_int(doc, "admin_pool", where, 4, 1, MAX_ADMIN_POOL),
-        owner=owner, timeout=float(timeout))
+        owner=owner, timeout=float(timeout), unrecorded_grace=float(grace))
 
 
 def parse_targets(text: str, source: str = "--targets-file", base: Path = Path(".")) -> Targets:

@@ -51,7 +51,7 @@ class Target:
 
 
 def make_target(server: PostgresServer, root: Path, admin_pool: int = 4, timeout: float = 3.0,
-                connection_limit: int = 2) -> Target:
+                connection_limit: int = 2, unrecorded_grace: float | None = None) -> Target:
     """A fresh database on `server` (role names unique to it, as roles are cluster-wide)."""
     url = server.create_database("dbl")
     dbname = url.rsplit("/", 1)[1]
@@ -77,6 +77,8 @@ def make_target(server: PostgresServer, root: Path, admin_pool: int = 4, timeout
         "kind": "postgresql", "admin_dsn_file": "admin.dsn", "tls": {"mode": "disable"},
         "scopes": {"read": [read], "write": [read, write]}, "connection_limit": connection_limit,
         "admin_pool": admin_pool, "owner": owner, "timeout": timeout}}}
+    if unrecorded_grace is not None:
+        doc["targets"]["orders-db"]["unrecorded_grace"] = unrecorded_grace
     path = root / "targets.yaml"
     path.write_text(yaml.safe_dump(doc))
     return Target(server=server, admin_url=url, dbname=dbname, read_role=read, write_role=write, owner=owner,

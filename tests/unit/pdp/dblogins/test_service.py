@@ -20,6 +20,7 @@ NOW = 2_000_000_000.0
 @dataclass
 class FakeTarget:
     admin_pool: int = 2
+    unrecorded_grace: float = UNRECORDED_GRACE
 
 
 @dataclass

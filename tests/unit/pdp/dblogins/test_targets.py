@@ -128,3 +128,12 @@ def test_a_file_without_targets_is_refused() -> None:
 def test_a_missing_targets_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(TargetsError, match=r"--targets-file .*cannot be read"):
         load_targets(str(tmp_path / "absent.yaml"))
+
+
+def test_the_unrecorded_grace_defaults_to_two_minutes(tmp_path: Path) -> None:
+    assert load_targets(str(_write(tmp_path))).postgresql["orders-db"].unrecorded_grace == 120.0
+
+
+def test_an_unrecorded_grace_no_longer_than_the_timeout_is_refused(tmp_path: Path) -> None:
+    message = _refusal(tmp_path, timeout=5, unrecorded_grace=5)
+    assert "targets.orders-db.unrecorded_grace" in message and "the timeout" in message
