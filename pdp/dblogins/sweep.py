@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pdp.dblogins.postgres import ExistingLogin
-
 from pdp.dblogins.targets import DEFAULT_UNRECORDED_GRACE
 
 SWEEP_EVERY = 3600.0
