@@ -21,6 +21,7 @@ from pdp.attestation.kube import ApiServerCalls, KubePodReader, TokenReviewAttes
 from pdp.attestation.verify import JWKSURL, JWKSAttestor, JWKSFile, KeySource
 from pdp.audit import Auditor, purge_audit
 from pdp.config import BrokerConfig
+from pdp.dblogins.metrics import LoginMetrics
 from pdp.dblogins.service import DatabaseLogins
 from pdp.exchange import TokenExchange
 from pdp.http.errors import guarded, http_exception
@@ -98,7 +99,8 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
             raise
         shadow = (LiveShadow(config.shadow_policy_path, config.opa_url, the_store, metrics.registry)
                   if config.shadow_policy_path else None)
-        logins = DatabaseLogins(config.targets, the_store, revocations, clock=clock) if config.targets.postgresql \
+        logins = DatabaseLogins(config.targets, the_store, revocations, clock=clock,
+                                 metrics=LoginMetrics(metrics.registry)) if config.targets.postgresql \
             else None
         if logins is not None:
             await logins.open()

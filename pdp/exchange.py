@@ -552,7 +552,7 @@ class TokenExchange:
             except LoginUnavailable:
                 pass  # the sweep drops it: it has no issued record
             return unavailable(f"the audit store cannot be written; no login was issued: {exc}", decision_id)
-        self.logins.issued(req.audience, login.username, login.expires_at)
+        self.logins.handed_out(req.audience, login.username, login.expires_at, refreshed)
         self.metrics.issued.inc()
         log.info("dblogin.issued", decision_id=decision_id, subject=subject.sub, audience=req.audience,
                  username=login.username, refreshed=refreshed, expires_in=ttl)

@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from jitmesh.contract import POSTGRESQL_LOGIN_PREFIX
 from jitmesh.log import get_logger
+from pdp.dblogins.metrics import CAUSE_REFUSED, CAUSE_TIMEOUT, CAUSE_UNREACHABLE, LoginMetrics
 from pdp.dblogins.targets import PostgresTarget
 
 log = get_logger("pdp.dblogins")
@@ -40,7 +41,12 @@ T = TypeVar("T")
 
 
 class LoginUnavailable(Exception):
-    """The target cannot be reached, refused, or was slower than its bound; nothing was made."""
+    """The target cannot be reached, refused, or was slower than its bound; nothing was made.
+    `cause` is one of the metrics' causes: timeout, unreachable, refused."""
+
+    def __init__(self, message: str, cause: str = CAUSE_REFUSED) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,9 @@ def _timestamp(t: float) -> str:
 class PostgresLogins:
     """The logins of one target, over at most `target.admin_pool` admin connections."""
 
-    def __init__(self, target: PostgresTarget) -> None:
+    def __init__(self, target: PostgresTarget, metrics: LoginMetrics | None = None) -> None:
         self.target = target
+        self.metrics = metrics
         ms = int(target.timeout * 1000)
         self.pool = AsyncConnectionPool(
             target.admin_dsn, open=False, min_size=0, max_size=target.admin_pool, timeout=target.timeout,
@@ -161,6 +168,14 @@ class PostgresLogins:
         await self.pool.close(timeout=1.0)
 
     async def _bounded(self, what: str, op: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        try:
+            return await self._within_bound(what, op)
+        except LoginUnavailable as exc:
+            if self.metrics is not None:
+                self.metrics.failures.labels(self.target.audience, what.split()[0], exc.cause).inc()
+            raise
+
+    async def _within_bound(self, what: str, op: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         async def run() -> T:
             async with self.pool.connection() as conn:
                 return await op(conn)
@@ -172,18 +187,24 @@ class PostgresLogins:
             self._abandoned.add(task)
             task.add_done_callback(self._forget)
             raise LoginUnavailable(f"database target {self.target.audience!r} did not {what} within "
-                                   f"{self.target.timeout:g}s")
+                                   f"{self.target.timeout:g}s", CAUSE_TIMEOUT)
         try:
             return task.result()
         except PoolTimeout:
             raise LoginUnavailable(f"database target {self.target.audience!r} did not {what} within "
-                                   f"{self.target.timeout:g}s") from None
+                                   f"{self.target.timeout:g}s", CAUSE_TIMEOUT) from None
         except psycopg.Error as exc:
             # the server's message names objects, never the admin DSN
             detail = (exc.diag.message_primary if isinstance(exc, psycopg.errors.DatabaseError)
                       and exc.diag.message_primary else type(exc).__name__)
-            raise LoginUnavailable(f"database target {self.target.audience!r} could not {what}: {detail}") \
-                from None
+            if isinstance(exc, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
+                cause = CAUSE_TIMEOUT  # the statement or lock timeout, the server's side of the bound
+            elif isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+                cause = CAUSE_UNREACHABLE
+            else:
+                cause = CAUSE_REFUSED
+            raise LoginUnavailable(f"database target {self.target.audience!r} could not {what}: {detail}",
+                                   cause) from None
 
     async def create(self, owner: LoginOwner) -> Login:
         """A new login for `owner`, whole (role, membership, limit, expiry and comment) or not at all."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from jitmesh.log import get_logger
+from pdp.dblogins.metrics import LoginMetrics
 from pdp.dblogins.postgres import PREFIX, ExistingLogin, LoginOwner, LoginUnavailable, PostgresLogins
 from pdp.dblogins.sweep import DEFAULT_ENDS_PER_SECOND, SWEEP_EVERY, RateLimit, verdict
 from pdp.dblogins.targets import Targets
@@ -31,8 +32,11 @@ class DatabaseLogins:
 
     def __init__(self, targets: Targets, store: Store, revocations: RevocationIndex,
                  clock: Callable[[], float] = time.time, ends_per_second: float = DEFAULT_ENDS_PER_SECOND,
-                 sweep_every: float = SWEEP_EVERY) -> None:
-        self.targets: Mapping[str, PostgresLogins] = {aud: PostgresLogins(t) for aud, t in targets.postgresql.items()}
+                 sweep_every: float = SWEEP_EVERY, metrics: LoginMetrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else LoginMetrics()
+        self.targets: Mapping[str, PostgresLogins] = {aud: PostgresLogins(t, self.metrics)
+                                                      for aud, t in targets.postgresql.items()}
+        self.metrics.watch_pools({aud: logins.pool.get_stats for aud, logins in self.targets.items()})
         self.store = store
         self.revocations = revocations
         self.clock = clock
@@ -52,6 +56,11 @@ class DatabaseLogins:
         for logins in self.targets.values():
             await logins.close()
 
+    def handed_out(self, audience: str, username: str, expires_at: float, refreshed: bool) -> None:
+        """A login was issued (or refreshed) and recorded: count it, and end it at its expiry."""
+        self.metrics.issued.labels(audience, "true" if refreshed else "false").inc()
+        self.issued(audience, username, expires_at)
+
     def issued(self, audience: str, username: str, expires_at: float) -> None:
         """Remember a login's expiry so that it ends then, not at the next sweep."""
         heapq.heappush(self._expiries, (expires_at, audience, username))
@@ -69,6 +78,7 @@ class DatabaseLogins:
             log.warning("dblogin.end_failed", audience=audience, username=username, why=why, error=str(exc))
             return False
         if ended:
+            self.metrics.ended.labels(audience, why).inc()
             log.info("dblogin.dropped", audience=audience, username=username, why=why)
         return ended
 
@@ -187,7 +197,9 @@ class DatabaseLogins:
                             if owner is not None and now - owner.issued_at >= grace else None)
                 why = verdict(login, now, revoked, recorded, grace)
                 if why is not None:
-                    ended += await self.end(audience, login.username, why)
+                    if await self.end(audience, login.username, why):
+                        ended += 1
+                        self.metrics.swept.labels(audience, why).inc()
                 elif owner is not None:
                     self.issued(audience, login.username, owner.expires_at)
         if ended:
