@@ -340,3 +340,45 @@ def test_broker_cluster_role_is_the_only_cluster_wide_grant_and_reads_only_pods(
     assert all(r["verbs"] == ["create"] for r in writes)
     assert sorted(r["resources"][0] for r in writes) == ["subjectaccessreviews", "tokenreviews"]
     assert not [d for d in render(*REQUIRED) if d["kind"] in ("Role", "RoleBinding")]
+
+
+ORDERS_DB = {"kind": "postgresql", "admin_dsn_file": "/etc/jitmesh/db-admin/orders-db-admin/dsn",
+             "host": "orders-db.orders.svc", "dbname": "orders",
+             "tls": {"mode": "verify-full", "root_cert_file": "/etc/jitmesh/db-admin/orders-db-admin/ca.crt"},
+             "scopes": {"read": ["orders_read"]}, "connection_limit": 5, "owner": "orders_owner"}
+
+
+def _database_values(tmp_path: Path, target: dict[str, Any], secrets: list[str]) -> list[str]:
+    values = tmp_path / "databases.yaml"
+    values.write_text(yaml.safe_dump({"broker": {"databases": {"targets": {"orders-db": target},
+                                                               "adminSecrets": secrets}}}))
+    return ["-f", str(values)]
+
+
+def test_database_targets_become_the_brokers_targets_file_with_admin_dsns_from_mounted_secrets(
+        tmp_path: Path) -> None:
+    docs = render(*REQUIRED, *_database_values(tmp_path, ORDERS_DB, ["orders-db-admin"]))
+    targets = _one(docs, "ConfigMap", "jm-jitmesh-broker-targets")
+    assert yaml.safe_load(targets["data"]["targets.yaml"]) == {"targets": {"orders-db": ORDERS_DB}}
+    pod = _pods(docs)["jm-jitmesh-broker"]
+    broker = next(c for c in pod["containers"] if c["name"] == "broker")
+    assert "--targets-file=/etc/jitmesh/targets/targets.yaml" in broker["args"]
+    mounts = {m["mountPath"]: m for m in broker["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/etc/jitmesh/targets"]["name"]]["configMap"]["name"] == "jm-jitmesh-broker-targets"
+    secret = mounts["/etc/jitmesh/db-admin/orders-db-admin"]
+    assert secret["readOnly"] is True
+    assert volumes[secret["name"]]["secret"] == {"secretName": "orders-db-admin", "defaultMode": 0o400}
+
+
+def test_without_database_targets_the_broker_gets_no_targets_file() -> None:
+    docs = render(*REQUIRED)
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-targets")]
+    broker = next(c for c in _pods(docs)["jm-jitmesh-broker"]["containers"] if c["name"] == "broker")
+    assert not [a for a in broker["args"] if a.startswith("--targets-file")]
+
+
+def test_an_admin_dsn_file_in_no_mounted_secret_is_a_clear_render_error(tmp_path: Path) -> None:
+    error = _render_error(*_database_values(tmp_path, ORDERS_DB, ["other-secret"]))
+    assert "broker.databases.targets.orders-db.admin_dsn_file" in error
+    assert "broker.databases.adminSecrets" in error

@@ -41,6 +41,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{- /* Render errors for broker settings that would lose keys and revocations. */ -}}
 {{- define "jitmesh.broker.validate" -}}
+{{- range $audience, $target := .Values.broker.databases.targets -}}
+{{- range $key := list "admin_dsn_file" "tls.root_cert_file" -}}
+{{- $path := ternary (dig "admin_dsn_file" "" $target) (dig "tls" "root_cert_file" "" $target) (eq $key "admin_dsn_file") -}}
+{{- if $path -}}
+{{- $mounted := false -}}
+{{- range $.Values.broker.databases.adminSecrets -}}
+{{- if hasPrefix (printf "/etc/jitmesh/db-admin/%s/" .) $path -}}{{- $mounted = true -}}{{- end -}}
+{{- end -}}
+{{- if not $mounted -}}
+{{- fail (printf "broker.databases.targets.%s.%s=%q is in no mounted Secret: name its Secret in broker.databases.adminSecrets and use /etc/jitmesh/db-admin/<secret>/<key>" $audience $key $path) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if include "jitmesh.broker.sqlite" . -}}
 {{- if gt (int .Values.broker.replicas) 1 -}}
 {{- fail (printf "broker.replicas=%v with a SQLite store: SQLite has one writer and each replica would keep its own keys and revocations; use broker.replicas=1, or PostgreSQL for more replicas (broker.storeSecret: a Secret whose key `url` holds the postgresql:// URL)" .Values.broker.replicas) -}}
