@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import yaml
 
 from jitmesh.devissuer import PodRef
 from tests.fixtures.broker import BrokerHandle
@@ -181,3 +182,38 @@ def test_the_database_is_sent_a_scram_verifier_never_the_password(make_opa: Call
     log = target.server.output()
     assert f"CREATE ROLE \"{body['username']}\"" in log and "SCRAM-SHA-256$4096:" in log
     assert body["access_token"] not in log
+
+
+def test_a_refresh_rotates_the_password_and_extends_valid_until_of_the_same_role(broker: BrokerHandle,
+                                                                                target: Target) -> None:
+    first = broker.exchange(broker.mint("orders", "api", pod=POD), "orders-db", scope="read", ttl=60,
+                            requested_token_type=PG).json()
+    session = connect(first)
+
+    def valid_until() -> float:
+        with target.admin() as conn:
+            row = conn.execute("SELECT extract(epoch FROM rolvaliduntil)::float8 FROM pg_roles WHERE rolname = %s",
+                               (first["username"],)).fetchone()
+        assert row is not None
+        return float(row[0])
+    before = valid_until()
+    second = broker.exchange(broker.mint("orders", "api", pod=POD), "orders-db", scope="read", ttl=240,
+                             requested_token_type=PG, refresh_login=first["username"]).json()
+    assert second["username"] == first["username"] and second["access_token"] != first["access_token"]
+    assert valid_until() >= before + 150
+    assert session.execute("SELECT item FROM orders").fetchall() == [("tea",)]
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(first)
+    connect(second).close()
+    session.close()
+
+
+def test_a_bad_targets_file_stops_the_broker_at_start_naming_the_key(
+        module_make_opa: Callable[..., Any], broker_factory: Callable[..., BrokerHandle], target: Target,
+        tmp_path: Path) -> None:
+    doc = yaml.safe_load(target.targets_file.read_text())
+    doc["targets"]["orders-db"]["connection_limit"] = 0
+    bad = target.targets_file.parent / "bad-targets.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(RuntimeError, match=r"targets\.orders-db\.connection_limit"):
+        broker_factory(module_make_opa(SHIPPED).url, targets_file=str(bad), timeout=15)

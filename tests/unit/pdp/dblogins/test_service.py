@@ -123,3 +123,35 @@ def test_a_jwt_jti_revocation_ends_no_login() -> None:
     revocation = Revocation(id="r", kind="jti", value="5d1e0000-0000-4000-8000-000000000001", reason="t",
                             created_at=NOW, created_by="a")
     assert run(service(store, fake).revoked(revocation)) == 0 and fake.ended == []
+
+
+def test_the_sweep_ends_logins_no_faster_than_its_rate() -> None:
+    store = MemoryStore()
+    fake = FakeLogins([login(n, issued_ago=7200, ttl=60) for n in range(6)])
+    logins = service(store, fake)
+    logins.rate.per_second = 20.0
+
+    async def timed() -> float:
+        started = asyncio.get_running_loop().time()
+        assert await logins.sweep() == 6
+        return asyncio.get_running_loop().time() - started
+    assert run(timed()) >= 5 / 20.0 - 0.01
+
+
+def test_a_role_that_appears_unrecorded_while_the_broker_runs_is_ended_by_a_later_sweep() -> None:
+    store = MemoryStore()
+    fake = FakeLogins([], target=FakeTarget(unrecorded_grace=0.0))
+    logins = service(store, fake)
+    logins.sweep_every = 0.05
+
+    async def go() -> list[str]:
+        sweeps = asyncio.create_task(logins.run_sweeps())
+        await asyncio.sleep(0.2)  # the sweep at start has run and found nothing
+        fake.found.append(login(1, issued_ago=UNRECORDED_GRACE + 60))
+        for _ in range(60):
+            await asyncio.sleep(0.05)
+            if fake.ended:
+                break
+        sweeps.cancel()
+        return fake.ended
+    assert run(go()) == [PREFIX + f"{1:032x}"]
