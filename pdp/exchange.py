@@ -389,13 +389,6 @@ class TokenExchange:
             return await self._audit_refusal(
                 subject_record("denied", error=err.error, error_description=reasons, reasons=decision.reasons,
                                policy_input=doc, raw_decision=raw_decision), err)
-        if decision.require_dpop and dpop_jkt is None:
-            err = OAuthError(400, "invalid_request", "this audience requires DPoP: send a DPoP proof (RFC 9449) "
-                             "with the request, and the token will be bound to its key", decision_id)
-            self.metrics.denied.labels(err.error).inc()
-            return await self._audit_refusal(
-                subject_record("denied", error=err.error, error_description=err.description,
-                               reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision), err)
         if not decision.allow and self.config.enforcement == "dry-run":
             return await self._dry_run(req, subject, decision, decision_id, now, subject_record, doc, raw_decision,
                                        dpop_jkt)
@@ -406,6 +399,13 @@ class TokenExchange:
             return await self._audit_refusal(
                 subject_record("denied", error=err.error, error_description=reasons, reasons=decision.reasons,
                                policy_input=doc, raw_decision=raw_decision), err)
+        if decision.require_dpop and dpop_jkt is None:
+            err = OAuthError(400, "invalid_request", "this audience requires DPoP: send a DPoP proof (RFC 9449) "
+                             "with the request, and the token will be bound to its key", decision_id)
+            self.metrics.denied.labels(err.error).inc()
+            return await self._audit_refusal(
+                subject_record("denied", error=err.error, error_description=err.description,
+                               reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision), err)
         return await self._issue(req, subject, decision, decision_id, now, subject_record, doc, raw_decision,
                                  not_after=not_after, dpop_jkt=dpop_jkt)
 
