@@ -95,6 +95,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     records.ACCESS_REQUESTS_MIGRATION,
     records.STORE_EPOCH_MIGRATION_SQLITE,
     records.AUDIT_JTI_MIGRATION,
+    records.DPOP_PROOFS_MIGRATION,
 )
 
 MAX_BATCH = 512            # writes per transaction
@@ -541,6 +542,13 @@ class SQLiteStore(Store):
 
     async def purge_access_requests(self, before: float) -> int:
         return await self._write(lambda c: c.execute(records.PURGE_ACCESS_REQUESTS.format(p="?"), (before,)).rowcount)
+
+    async def remember_dpop_proof(self, jti: str, expires_at: float, now: float) -> bool:
+        statement = records.REMEMBER_DPOP_PROOF.format(p="?")
+        return await self._write(lambda c: c.execute(statement, (jti, expires_at, now)).rowcount == 1)
+
+    async def purge_dpop_proofs(self, before: float) -> int:
+        return await self._write(lambda c: c.execute(records.PURGE_DPOP_PROOFS.format(p="?"), (before,)).rowcount)
 
     async def list_access_requests(self, status: AccessRequestStatus | None, now: float,
                                    limit: int = 100) -> list[AccessRequest]:
