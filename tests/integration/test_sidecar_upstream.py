@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -16,11 +17,23 @@ import httpx
 import jwt
 import pytest
 
-from jitmesh.contract import ENV_DPOP, ENV_UPSTREAM_CA_PREFIX, ENV_UPSTREAM_LISTEN_PREFIX, ENV_UPSTREAM_URL_PREFIX
+from jitmesh import dpop
+from jitmesh.contract import (
+    ENV_DPOP,
+    ENV_UPSTREAM_CA_PREFIX,
+    ENV_UPSTREAM_LISTEN_PREFIX,
+    ENV_UPSTREAM_URL_PREFIX,
+    audience_env_suffix,
+)
 from jitmesh.devissuer import PodRef
 from jitmesh.procs import free_port
+from proxy.process import ProxyProcess
 from sidecar.process import SidecarProcess
+from tests.fixtures.broker import BrokerHandle
+from tests.fixtures.proxy import Upstream
 from tests.integration.upstream_support import EchoUpstream
+
+SHIPPED_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 POLICIES = Path(__file__).parent / "sidecar_policies"
 AUDIENCE = "payments-api"
@@ -59,10 +72,12 @@ def wait_for(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condi
         time.sleep(0.05)
 
 
-def upstream_env(url: str, port: int, ca_file: Path | None = None, dpop: bool = False) -> dict[str, str]:
-    env = {ENV_UPSTREAM_URL_PREFIX + SUFFIX: url, ENV_UPSTREAM_LISTEN_PREFIX + SUFFIX: f"127.0.0.1:{port}"}
+def upstream_env(url: str, port: int, ca_file: Path | None = None, dpop: bool = False,
+                 audience: str = AUDIENCE) -> dict[str, str]:
+    suffix = audience_env_suffix(audience)
+    env = {ENV_UPSTREAM_URL_PREFIX + suffix: url, ENV_UPSTREAM_LISTEN_PREFIX + suffix: f"127.0.0.1:{port}"}
     if ca_file is not None:
-        env[ENV_UPSTREAM_CA_PREFIX + SUFFIX] = str(ca_file)
+        env[ENV_UPSTREAM_CA_PREFIX + suffix] = str(ca_file)
     if dpop:
         env[ENV_DPOP] = "true"
     return env
@@ -70,10 +85,10 @@ def upstream_env(url: str, port: int, ca_file: Path | None = None, dpop: bool = 
 
 def start_forwarding(make_sidecar: Callable[..., SidecarProcess], broker_url: str, sa_token_file: Path,
                      url: str, ca_file: Path | None = None, ready: bool = True,
-                     dpop: bool = False) -> tuple[SidecarProcess, str]:
+                     dpop: bool = False, audience: str = AUDIENCE) -> tuple[SidecarProcess, str]:
     port = free_port()
-    sc = make_sidecar(broker_url=broker_url, audiences={AUDIENCE: ["read"]}, sa_token_file=sa_token_file,
-                      extra=upstream_env(url, port, ca_file, dpop))
+    sc = make_sidecar(broker_url=broker_url, audiences={audience: ["read"]}, sa_token_file=sa_token_file,
+                      extra=upstream_env(url, port, ca_file, dpop, audience))
     if ready:
         wait_for(sc.ready, what="/readyz")
     return sc, f"http://127.0.0.1:{port}"
@@ -216,7 +231,71 @@ def test_a_bad_upstream_url_stops_the_sidecar_at_start_with_the_variable_named(
         start_forwarding(make_sidecar, broker.url, sa_token_file, "ftp://payments.example/")
 
 
+def test_the_real_access_proxy_accepts_what_the_sidecar_forwards(
+        make_opa: Callable[..., Any], broker_factory: Callable[..., BrokerHandle],
+        make_proxy: Callable[..., ProxyProcess], make_sidecar: Callable[..., SidecarProcess], tmp_path: Path) -> None:
+    opa = make_opa(SHIPPED_POLICIES)
+    broker = broker_factory(opa.url)
+    app = Upstream().start()
+    try:
+        proxy = make_proxy(broker, ["orders-api"], upstream=app.url, opa_url=opa.url)
+        sa = tmp_path / "app-sa"
+        sa.write_text(broker.mint("demo", "demo-app"))
+        _, local = start_forwarding(make_sidecar, broker.url, sa, proxy.url, audience="orders-api")
+        resp = httpx.get(f"{local}/orders/42", timeout=10)
+        assert resp.status_code == 200, resp.text
+        seen = dict(resp.json()["headers"])
+        assert resp.json()["path"] == "/orders/42"
+        assert seen["x-jitmesh-subject"] == "system:serviceaccount:demo:demo-app"
+    finally:
+        app.stop()
+
+
 # -- DPoP ------------------------------------------------------------------------------------
+
+
+def _cnf_jkt(broker: Any, token: str) -> str:
+    jkt = verified_claims(broker, token).get("cnf", {}).get("jkt")
+    assert isinstance(jkt, str), "the token is not DPoP-bound"
+    return jkt
+
+
+def test_a_dpop_sidecar_holds_bound_tokens_and_its_proofs_pass_the_rfc_9449_check(
+        broker: Any, sa_token_file: Path, make_sidecar: Callable[..., SidecarProcess]) -> None:
+    sc = make_sidecar(broker_url=broker.url, audiences={AUDIENCE: ["read"]}, sa_token_file=sa_token_file,
+                      extra={ENV_DPOP: "true"})
+    wait_for(sc.ready, what="/readyz")
+    htu = "https://payments.example/api/orders?page=2"
+    answer = httpx.post(f"{sc.url}/v1/dpop", json={"audience": AUDIENCE, "htm": "POST", "htu": htu},
+                        timeout=5).json()
+    assert answer["access_token"] == sc.token_file(AUDIENCE).read_text()
+    checked = dpop.check_proof(answer["dpop"], htm="POST", htu=htu, now=time.time(), window=60,
+                               access_token=answer["access_token"], jkt=_cnf_jkt(broker, answer["access_token"]))
+    again = httpx.post(f"{sc.url}/v1/dpop", json={"audience": AUDIENCE, "htm": "POST", "htu": htu},
+                       timeout=5).json()
+    assert dpop.check_proof(again["dpop"], htm="POST", htu=htu, now=time.time(), window=60).jti != checked.jti
+
+
+def test_a_dpop_sidecar_forwards_a_fresh_proof_for_each_outbound_request(
+        broker: Any, sa_token_file: Path, upstream: EchoUpstream,
+        make_sidecar: Callable[..., SidecarProcess]) -> None:
+    sc, local = start_forwarding(make_sidecar, broker.url, sa_token_file, upstream.url + "/api", dpop=True)
+    jtis = set()
+    for _ in range(2):
+        seen = httpx.put(f"{local}/orders/7?x=1", content=b"{}", headers={"DPoP": "forged"}, timeout=10).json()
+        scheme, _, token = seen["authorization"].partition(" ")
+        assert scheme == "DPoP" and token == sc.token_file(AUDIENCE).read_text()
+        checked = dpop.check_proof(seen["dpop"], htm="PUT", htu=f"{upstream.url}/api/orders/7", now=time.time(),
+                                   window=60, access_token=token, jkt=_cnf_jkt(broker, token))
+        jtis.add(checked.jti)
+    assert len(jtis) == 2
+
+
+def _private_scalar_candidates(text: str) -> list[str]:
+    """JWK `d` members and PEM private keys anywhere in `text`."""
+    found = [m for m in ("PRIVATE KEY",) if m in text]
+    found += re.findall(r"[\"']d[\"']\s*:\s*[\"'][A-Za-z0-9_-]{40,}", text)
+    return found
 
 
 def test_the_dpop_key_is_in_no_token_file_and_no_log_line(
@@ -224,13 +303,16 @@ def test_the_dpop_key_is_in_no_token_file_and_no_log_line(
     sc = make_sidecar(broker_url=broker.url, audiences={AUDIENCE: ["read"]}, sa_token_file=sa_token_file,
                       extra={ENV_DPOP: "true"})
     wait_for(lambda: any(e.get("event") == "dpop.key_ready" for e in sc.events()), what="the key made")
-    time.sleep(1.0)  # an exchange or two, whatever the broker answers
+    wait_for(sc.ready, what="/readyz")  # a bound token is on disk
+    token = sc.token_file(AUDIENCE).read_text()
+    assert _cnf_jkt(broker, token)
     texts = [sc.output()] + [p.read_text(errors="replace") for p in sc.token_dir.rglob("*") if p.is_file()]
+    texts += [json.dumps(jwt.get_unverified_header(token)), json.dumps(jwt.decode(token, options={
+        "verify_signature": False}))]
     for text in texts:
-        assert "PRIVATE KEY" not in text
-        assert '"d"' not in text and "'d'" not in text
+        assert _private_scalar_candidates(text) == []
     jkt = next(e["jkt"] for e in sc.events() if e.get("event") == "dpop.key_ready")
-    assert isinstance(jkt, str) and len(jkt) == 43  # only the public key's thumbprint is logged
+    assert jkt == _cnf_jkt(broker, token)  # only the public key's thumbprint is logged
 
 
 @pytest.mark.parametrize(("body", "status", "needle"), [
