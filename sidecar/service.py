@@ -78,8 +78,10 @@ def bind_upstreams(config: SidecarConfig) -> list[socket.socket]:
 def _bind(host: str, port: int, variable: str) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, _, _, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, _, proto, _, addr = infos[0]
+        # With the protocol named, asyncio turns Nagle off on every accepted connection; with 0 it
+        # does not, and a keep-alive client then waits on delayed ACKs (about 40 ms a response).
+        sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
     except OSError as exc:
@@ -110,7 +112,8 @@ def _upstream_servers(config: SidecarConfig, agent: Agent, key: ProofKey | None)
     for spec in config.upstreams:
         forwarder = UpstreamForwarder(spec, agent, key, timeout=config.upstream_timeout)
         server = _EmbeddedServer(uvicorn.Config(forwarder, log_config=None, access_log=False, lifespan="off",
-                                                ws="none", server_header=False, http=BoundedHttpProtocol,
+                                                ws="none", server_header=False, date_header=False,
+                                                http=BoundedHttpProtocol,
                                                 timeout_graceful_shutdown=_API_GRACE))
         out.append((server, forwarder))
     return out

@@ -205,6 +205,21 @@ def test_large_bodies_stream_through_in_both_directions_without_being_held_whole
     assert grown_mib < 32, f"the sidecar's peak memory grew by {grown_mib:.0f} MiB for {size >> 20} MiB bodies"
 
 
+def test_keep_alive_requests_are_not_held_back_by_delayed_acks(
+        broker: Any, sa_token_file: Path, upstream: EchoUpstream,
+        make_sidecar: Callable[..., SidecarProcess]) -> None:
+    # With Nagle's algorithm left on, every answer on a reused connection waits ~40 ms for an ACK.
+    _, local = start_forwarding(make_sidecar, broker.url, sa_token_file, upstream.url)
+    with httpx.Client(timeout=10) as client:
+        client.get(f"{local}/warm")
+        took = []
+        for _ in range(21):
+            started = time.perf_counter()
+            assert client.get(f"{local}/orders").status_code == 200
+            took.append(time.perf_counter() - started)
+    assert sorted(took)[10] < 0.03, f"median {sorted(took)[10] * 1000:.0f} ms"
+
+
 def test_oversized_request_headers_are_refused_with_431(
         broker: Any, sa_token_file: Path, upstream: EchoUpstream,
         make_sidecar: Callable[..., SidecarProcess]) -> None:
