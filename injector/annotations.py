@@ -27,6 +27,7 @@ from jitmesh.contract import (
     scopes_env_name,
     upstream_env_name,
 )
+from jitmesh.hostport import without_userinfo
 
 ANNOTATION_DOMAIN = "jitmesh.io/"
 MAX_TTL_SECONDS = 86400
@@ -190,29 +191,25 @@ def _dpop(raw: str | None, names: tuple[str, ...]) -> bool:
 
 def _upstream_url(key: str, raw: str) -> str:
     url = raw.strip()
+    shown = without_userinfo(url)  # a refusal never repeats a password
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError on a malformed port
     except ValueError as exc:
-        raise AnnotationError(key, f"{raw!r:.80} is not a valid URL ({exc}); expected e.g. "
+        raise AnnotationError(key, f"{shown!r:.80} is not a valid URL ({exc}); expected e.g. "
                               "https://payments.example:8443/api") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise AnnotationError(key, f"{raw!r:.80} is not an absolute http or https URL with a host, e.g. "
+        raise AnnotationError(key, f"{shown!r:.80} is not an absolute http or https URL with a host, e.g. "
                               "https://payments.example:8443/api")
     if parts.username is not None or parts.password is not None:
-        raise AnnotationError(key, f"{_without_userinfo(url)!r:.80} carries user information; the sidecar "
+        raise AnnotationError(key, f"{shown!r:.80} carries user information; the sidecar "
                               "sends the audience's token, so give the URL without user@")
     if "#" in url:
-        raise AnnotationError(key, f"{raw!r:.80} has a fragment; give the upstream's base URL without '#'")
+        raise AnnotationError(key, f"{shown!r:.80} has a fragment; give the upstream's base URL without '#'")
     if any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7e for c in url):
-        raise AnnotationError(key, f"{raw!r:.80} has spaces or characters outside printable ASCII; "
+        raise AnnotationError(key, f"{shown!r:.80} has spaces or characters outside printable ASCII; "
                               "percent-encode them")
     return url
-
-
-def _without_userinfo(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return scheme + sep + rest.rpartition("@")[2]
 
 
 def _upstreams(annotations: Mapping[str, str], names: tuple[str, ...],

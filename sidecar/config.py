@@ -61,7 +61,7 @@ from jitmesh.contract import (
     kind_env_name,
     scopes_env_name,
 )
-from jitmesh.hostport import split_host_port
+from jitmesh.hostport import split_host_port, without_userinfo
 from jitmesh.tls import pem_ca_problem
 
 ENV_FILE_MODE = "JITMESH_FILE_MODE"
@@ -247,7 +247,8 @@ def _upstreams(environ: Mapping[str, str], audiences: tuple[AudienceSpec, ...],
             continue
         problem = upstream_url_problem(url)
         if problem:
-            raise ConfigError(f"{url_env}={url!r:.100} {problem}, e.g. https://payments.example:8443/api")
+            raise ConfigError(f"{url_env}={without_userinfo(url)!r:.100} {problem}, e.g. "
+                              "https://payments.example:8443/api")
         if spec.kind != KIND_JWT:
             raise ConfigError(f"{url_env}: audience {spec.audience!r} is a {spec.kind} login, not a token the "
                               "sidecar can send over HTTP")
@@ -267,7 +268,7 @@ def _upstreams(environ: Mapping[str, str], audiences: tuple[AudienceSpec, ...],
         if ca:
             if urlsplit(url).scheme != "https":
                 raise ConfigError(f"{ca_env} is set but {url_env}={url!r:.100} is plain http; a CA only "
-                                  "verifies an https upstream")
+                                  "verifies an https upstream")  # url has passed: no user information
             ca_file = _pem_file(ca_env, ca)
         specs.append(UpstreamSpec(spec.audience, url, parsed[0], parsed[1], ca_file))
     return tuple(specs)
