@@ -89,9 +89,9 @@ def run(ctx: Context) -> SectionResult:
                                                "say": ctx.say})
         raw["sidecar_upstream_bench"] = doc
         figures += external.figures_from({k: v for k, v in doc.items() if k != "requests"}, {})
-        notes.append(f"credential injection: {doc.get('requests')} sequential GETs on one keep-alive connection, "
+        notes.append(f"credential injection: {doc.get('requests')} sequential GETs each on keep-alive connections, "
                      "straight to a small aiohttp upstream and through a sidecar's upstream port (bearer; DPoP "
-                     "with a fresh proof per request); added = through the sidecar minus direct, at the same "
-                     "percentile; measured by bench/sidecar_upstream_bench.py")
+                     "with a fresh proof per request), taken in turn; added = through the sidecar minus direct, "
+                     "at the same percentile; measured by bench/sidecar_upstream_bench.py")
     cap_figures, cap_notes = capacity_figures(ctx)
     return SectionResult("sidecar", TITLE, figures + cap_figures, notes + cap_notes, raw=raw)

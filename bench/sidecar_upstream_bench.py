@@ -1,6 +1,6 @@
-"""What credential injection adds to a call: N sequential requests from one keep-alive client
-straight to a small upstream, and the same through a real sidecar's upstream port (which adds
-the token, and with DPoP a fresh proof per request), p50 and p99 of each.
+"""What credential injection adds to a call: N sequential requests on a keep-alive client
+straight to a small upstream, and as many through a real sidecar's upstream port (which adds
+the token, and with DPoP a fresh proof per request), taken in turn; p50 and p99 of each.
 
     from bench.sidecar_upstream_bench import run
     run()  # {"direct_p50_ms": ..., "bearer_p50_ms": ..., "bearer_added_p50_ms": ..., ...}
@@ -54,21 +54,25 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
-def _timed(client: httpx.Client, url: str, n: int) -> list[float]:
-    out = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        resp = client.get(f"{url}/items/{i}?q=1")
-        out.append((time.perf_counter() - t0) * 1000)
-        if resp.status_code != 200:
-            raise RuntimeError(f"{url}: HTTP {resp.status_code}: {resp.text[:200]}")
-    return out
-
-
-def _measure(url: str, n: int) -> list[float]:
-    with httpx.Client(timeout=10) as client:
-        _timed(client, url, WARMUP)
-        return _timed(client, url, n)
+def _interleaved(urls: dict[str, str], n: int) -> dict[str, list[float]]:
+    """n timed GETs per URL, taken in turn (one each, round after round) on a keep-alive client
+    per URL, so a change in the machine's load moves every series alike."""
+    clients = {name: httpx.Client(timeout=10) for name in urls}
+    samples: dict[str, list[float]] = {name: [] for name in urls}
+    try:
+        for i in range(WARMUP + n):
+            for name, url in urls.items():
+                t0 = time.perf_counter()
+                resp = clients[name].get(f"{url}/items/{i}?q=1")
+                took = (time.perf_counter() - t0) * 1000
+                if resp.status_code != 200:
+                    raise RuntimeError(f"{name} {url}: HTTP {resp.status_code}: {resp.text[:200]}")
+                if i >= WARMUP:
+                    samples[name].append(took)
+    finally:
+        for client in clients.values():
+            client.close()
+    return samples
 
 
 def run(workdir: Path | None = None, requests: int = 2000, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -110,11 +114,12 @@ def run(workdir: Path | None = None, requests: int = 2000, say: Callable[[str], 
             sc.start()
             wait_http(f"{sc.url}/readyz", timeout=30, proc=sc.proc)
             sidecars[mode] = (sc, f"http://127.0.0.1:{port}")
-        direct = summarize(_measure(upstream_url, requests))
+        samples = _interleaved({"direct": upstream_url, **{m: url for m, (_, url) in sidecars.items()}}, requests)
+        direct = summarize(samples["direct"])
         out: dict[str, Any] = {"requests": requests, "direct_p50_ms": round(direct.p50, 3),
                                "direct_p99_ms": round(direct.p99, 3)}
-        for mode, (_, url) in sidecars.items():
-            via = summarize(_measure(url, requests))
+        for mode in sidecars:
+            via = summarize(samples[mode])
             out.update({f"{mode}_p50_ms": round(via.p50, 3), f"{mode}_p99_ms": round(via.p99, 3),
                         f"{mode}_added_p50_ms": round(via.p50 - direct.p50, 3),
                         f"{mode}_added_p99_ms": round(via.p99 - direct.p99, 3)})
