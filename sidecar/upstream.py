@@ -128,8 +128,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
 
 def _error(status: int, error: str, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
-    return status, [("content-type", "application/json"), ("cache-control", "no-store")], \
-        json.dumps({"error": error, "error_description": message}).encode()
+    headers = [("content-type", "application/json"), ("cache-control", "no-store")]
+    if status == 503:
+        headers.append(("retry-after", "1"))
+    return status, headers, json.dumps({"error": error, "error_description": message}).encode()
 
 
 async def _respond(send: Send, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
@@ -246,10 +248,11 @@ class UpstreamForwarder:
                 async for chunk in response.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except (aiohttp.ClientError, TimeoutError) as exc:
-                # The status is sent: all that is left is to cut the answer short, so the app sees it broken.
+                # The status is sent: all that is left is to end the answer short (the server then
+                # closes the connection), so the app sees it broken rather than complete.
                 log.warning("upstream.answer_broken", audience=audience, upstream=self.spec.url,
                             error=type(exc).__name__)
-                raise
+                return
             await send({"type": "http.response.body", "body": b""})
 
     async def _body(self, receive: Receive) -> AsyncIterator[bytes]:
