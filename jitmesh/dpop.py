@@ -42,6 +42,12 @@ _UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 _PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
+def _shown(value: Any) -> str:
+    """A value from a proof, fit for an error message and a header: ASCII, quoted, bounded."""
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class ProofError(Exception):
     """A DPoP proof failed a check; the message names the check and what was wrong."""
 
@@ -95,7 +101,7 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 SHA-256 thumbprint: the required members only, sorted, no whitespace."""
     kty = jwk.get("kty")
     if not isinstance(kty, str) or kty not in _THUMBPRINT_MEMBERS:
-        raise ValueError(f"jwk kty must be one of {sorted(_THUMBPRINT_MEMBERS)}, got {kty!r}")
+        raise ValueError(f"jwk kty must be one of {sorted(_THUMBPRINT_MEMBERS)}, got {_shown(kty)}")
     members = {}
     for name in _THUMBPRINT_MEMBERS[kty]:
         value = jwk.get(name)
@@ -141,7 +147,7 @@ def normalise_htu(url: str) -> str:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"scheme must be http or https, got {parts.scheme!r}")
+        raise ValueError(f"scheme must be http or https, got {_shown(parts.scheme)}")
     if "@" in parts.netloc:
         raise ValueError("must not carry user information")
     host = parts.hostname
@@ -206,7 +212,7 @@ def _verifying_key(alg: str, jwk: dict[str, Any]) -> Any:
     try:
         key = get_default_algorithms()[alg].from_jwk(jwk)
     except (jwt.exceptions.PyJWTError, ValueError, TypeError, KeyError) as exc:
-        raise ProofError(f"jwk: not a usable {alg} public key ({exc})") from None
+        raise ProofError(f"jwk: not a usable {alg} public key ({_shown(str(exc))})") from None
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise ProofError(f"jwk: RSA key of {key.key_size} bits, at least {MIN_RSA_BITS} needed")
     return key
@@ -243,11 +249,11 @@ def check_proof(proof: str, *, htm: str, htu: str, now: float, window: float,
         raise ProofError("well-formed JWT: no critical header parameter is understood")
     # 4: typ
     if header["typ"] != PROOF_TYP:
-        raise ProofError(f"typ: must be {PROOF_TYP!r}, got {header['typ']!r}")
+        raise ProofError(f"typ: must be {PROOF_TYP!r}, got {_shown(header['typ'])}")
     # 5: an asymmetric algorithm we support
     alg = header["alg"]
     if not isinstance(alg, str) or alg not in SUPPORTED_ALGS:
-        raise ProofError(f"alg: {alg!r} is not one of {', '.join(SUPPORTED_ALGS)}")
+        raise ProofError(f"alg: {_shown(alg)} is not one of {', '.join(SUPPORTED_ALGS)}")
     # 7 (before the signature, so a private key is never used): no private members in jwk
     jwk = header["jwk"]
     if not isinstance(jwk, dict):
@@ -269,14 +275,14 @@ def check_proof(proof: str, *, htm: str, htu: str, now: float, window: float,
         raise ProofError(f"jti: must be a non-empty string of at most {MAX_JTI_CHARS} characters")
     # 8: htm
     if claims["htm"] != htm:
-        raise ProofError(f"htm: proof is for {claims['htm']!r}, request is {htm!r}")
+        raise ProofError(f"htm: proof is for {_shown(claims['htm'])}, request is {_shown(htm)}")
     # 9: htu, query and fragment ignored
     try:
         proof_htu = normalise_htu(claims["htu"])
     except ValueError as exc:
         raise ProofError(f"htu: {exc}") from None
     if proof_htu != normalise_htu(htu):
-        raise ProofError(f"htu: proof is for {proof_htu!r}, request is {normalise_htu(htu)!r}")
+        raise ProofError(f"htu: proof is for {_shown(proof_htu)}, request is {_shown(normalise_htu(htu))}")
     # 10: nonce, when the server asked for one
     if nonce is not None and claims.get("nonce") != nonce:
         raise ProofError("nonce: missing or not the one the server provided")

@@ -52,7 +52,8 @@ class TokenRejected(Exception):
         algs = f', algs="{" ".join(dpop.SUPPORTED_ALGS)}"' if self.scheme == DPOP else ""
         if self.error is None:
             return f'{self.scheme} realm="jitmesh"{algs}'
-        safe = self.description.replace("\\", "").replace('"', "'")
+        # a quoted-string of printable ASCII: the description may quote what the client sent
+        safe = "".join(c if " " <= c <= "~" else "?" for c in self.description).replace("\\", "").replace('"', "'")
         return f'{self.scheme} realm="jitmesh", error="{self.error}", error_description="{safe}"{algs}'
 
 

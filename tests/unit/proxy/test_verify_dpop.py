@@ -156,3 +156,10 @@ def test_a_refused_proof_is_not_spent(s: Setup) -> None:
     proof = s.client.proof(s.token)
     s.rejected(f"DPoP {s.token}", proof, target=RequestTarget("POST", URL))
     s.verify(f"DPoP {s.token}", proof)
+
+
+def test_a_challenge_stays_printable_ascii_whatever_the_proof_said(s: Setup) -> None:
+    err = s.rejected(f"DPoP {s.token}", s.client.proof(s.token, htm="GÉT€"))
+    header = err.www_authenticate()
+    assert header.isascii() and all(" " <= c <= "~" for c in header)
+    header.encode("latin-1")
