@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -40,6 +41,8 @@ _B64URL: Final = re.compile(r"^[A-Za-z0-9_-]*$")
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+_ALGORITHMS: Final = {name: algorithm for name, algorithm in get_default_algorithms().items()
+                      if name in SUPPORTED_ALGS}
 
 
 def _shown(value: Any) -> str:
@@ -138,6 +141,7 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(output) + ("/" if trailing else "")
 
 
+@lru_cache(maxsize=1024)  # a server compares against few URLs, and a client names the same ones
 def normalise_htu(url: str) -> str:
     """The form two `htu` values are compared in (RFC 9449 section 4.3 with RFC 3986 section 6):
     scheme and host lower-cased, the default port dropped, an empty path as "/", percent-encoding
@@ -202,6 +206,16 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
 
 def _verifying_key(alg: str, jwk: dict[str, Any]) -> Any:
     """The public key of `jwk`, which must suit `alg`."""
+    try:
+        canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise ProofError("jwk: not a JSON object of key members") from None
+    return _verifying_key_of(alg, canonical)
+
+
+@lru_cache(maxsize=1024)  # a client signs many proofs with one key: building it is half the check
+def _verifying_key_of(alg: str, canonical: str) -> Any:
+    jwk = json.loads(canonical)
     kty = jwk.get("kty")
     if alg in _EC_CURVE_OF_ALG and (kty != "EC" or jwk.get("crv") != _EC_CURVE_OF_ALG[alg]):
         raise ProofError(f"jwk: alg {alg} needs an EC key on {_EC_CURVE_OF_ALG[alg]}")
@@ -210,7 +224,7 @@ def _verifying_key(alg: str, jwk: dict[str, Any]) -> Any:
     if alg == "EdDSA" and (kty != "OKP" or jwk.get("crv") not in ("Ed25519", "Ed448")):
         raise ProofError("jwk: alg EdDSA needs an OKP key on Ed25519 or Ed448")
     try:
-        key = get_default_algorithms()[alg].from_jwk(jwk)
+        key = _ALGORITHMS[alg].from_jwk(jwk)
     except (jwt.exceptions.PyJWTError, ValueError, TypeError, KeyError) as exc:
         raise ProofError(f"jwk: not a usable {alg} public key ({_shown(str(exc))})") from None
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
@@ -264,7 +278,7 @@ def check_proof(proof: str, *, htm: str, htu: str, now: float, window: float,
     # 6: the signature verifies with jwk
     key = _verifying_key(alg, jwk)
     signing_input = f"{segments[0]}.{segments[1]}".encode("ascii")
-    if not get_default_algorithms()[alg].verify(signing_input, key, signature):
+    if not _ALGORITHMS[alg].verify(signing_input, key, signature):
         raise ProofError("signature: does not verify with the header's jwk")
     try:
         proof_jkt = thumbprint(jwk)

@@ -158,7 +158,12 @@ def test_a_proof_failing_a_check_is_invalid_dpop_proof_naming_it(broker: BrokerH
 def test_a_replayed_proof_is_refused(broker: BrokerHandle) -> None:
     proof = Holder().proof(token_endpoint(broker))
     assert exchange(broker, proof).status_code == 200
-    refused_proof(exchange(broker, proof), "jti")
+    again = exchange(broker, proof)
+    refused_proof(again, "jti")
+    records = httpx.get(f"{broker.url}/v1/admin/audit", params={"event": "denied", "limit": 1000},
+                        headers=broker.admin_headers(), timeout=10).json()["records"]
+    (record,) = [r for r in records if r["decision_id"] == again.json()["decision_id"]]
+    assert record["details"]["error"] == "invalid_dpop_proof"
 
 
 def test_two_dpop_headers_are_refused(broker: BrokerHandle) -> None:
