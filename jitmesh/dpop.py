@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -40,6 +41,14 @@ _B64URL: Final = re.compile(r"^[A-Za-z0-9_-]*$")
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+_ALGORITHMS: Final = {name: algorithm for name, algorithm in get_default_algorithms().items()
+                      if name in SUPPORTED_ALGS}
+
+
+def _shown(value: Any) -> str:
+    """A value from a proof, fit for an error message and a header: ASCII, quoted, bounded."""
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class ProofError(Exception):
@@ -95,7 +104,7 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 SHA-256 thumbprint: the required members only, sorted, no whitespace."""
     kty = jwk.get("kty")
     if not isinstance(kty, str) or kty not in _THUMBPRINT_MEMBERS:
-        raise ValueError(f"jwk kty must be one of {sorted(_THUMBPRINT_MEMBERS)}, got {kty!r}")
+        raise ValueError(f"jwk kty must be one of {sorted(_THUMBPRINT_MEMBERS)}, got {_shown(kty)}")
     members = {}
     for name in _THUMBPRINT_MEMBERS[kty]:
         value = jwk.get(name)
@@ -132,6 +141,7 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(output) + ("/" if trailing else "")
 
 
+@lru_cache(maxsize=1024)  # a server compares against few URLs, and a client names the same ones
 def normalise_htu(url: str) -> str:
     """The form two `htu` values are compared in (RFC 9449 section 4.3 with RFC 3986 section 6):
     scheme and host lower-cased, the default port dropped, an empty path as "/", percent-encoding
@@ -141,7 +151,7 @@ def normalise_htu(url: str) -> str:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"scheme must be http or https, got {parts.scheme!r}")
+        raise ValueError(f"scheme must be http or https, got {_shown(parts.scheme)}")
     if "@" in parts.netloc:
         raise ValueError("must not carry user information")
     host = parts.hostname
@@ -196,6 +206,16 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
 
 def _verifying_key(alg: str, jwk: dict[str, Any]) -> Any:
     """The public key of `jwk`, which must suit `alg`."""
+    try:
+        canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise ProofError("jwk: not a JSON object of key members") from None
+    return _verifying_key_of(alg, canonical)
+
+
+@lru_cache(maxsize=1024)  # a client signs many proofs with one key: building it is half the check
+def _verifying_key_of(alg: str, canonical: str) -> Any:
+    jwk = json.loads(canonical)
     kty = jwk.get("kty")
     if alg in _EC_CURVE_OF_ALG and (kty != "EC" or jwk.get("crv") != _EC_CURVE_OF_ALG[alg]):
         raise ProofError(f"jwk: alg {alg} needs an EC key on {_EC_CURVE_OF_ALG[alg]}")
@@ -204,9 +224,9 @@ def _verifying_key(alg: str, jwk: dict[str, Any]) -> Any:
     if alg == "EdDSA" and (kty != "OKP" or jwk.get("crv") not in ("Ed25519", "Ed448")):
         raise ProofError("jwk: alg EdDSA needs an OKP key on Ed25519 or Ed448")
     try:
-        key = get_default_algorithms()[alg].from_jwk(jwk)
+        key = _ALGORITHMS[alg].from_jwk(jwk)
     except (jwt.exceptions.PyJWTError, ValueError, TypeError, KeyError) as exc:
-        raise ProofError(f"jwk: not a usable {alg} public key ({exc})") from None
+        raise ProofError(f"jwk: not a usable {alg} public key ({_shown(str(exc))})") from None
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise ProofError(f"jwk: RSA key of {key.key_size} bits, at least {MIN_RSA_BITS} needed")
     return key
@@ -243,11 +263,11 @@ def check_proof(proof: str, *, htm: str, htu: str, now: float, window: float,
         raise ProofError("well-formed JWT: no critical header parameter is understood")
     # 4: typ
     if header["typ"] != PROOF_TYP:
-        raise ProofError(f"typ: must be {PROOF_TYP!r}, got {header['typ']!r}")
+        raise ProofError(f"typ: must be {PROOF_TYP!r}, got {_shown(header['typ'])}")
     # 5: an asymmetric algorithm we support
     alg = header["alg"]
     if not isinstance(alg, str) or alg not in SUPPORTED_ALGS:
-        raise ProofError(f"alg: {alg!r} is not one of {', '.join(SUPPORTED_ALGS)}")
+        raise ProofError(f"alg: {_shown(alg)} is not one of {', '.join(SUPPORTED_ALGS)}")
     # 7 (before the signature, so a private key is never used): no private members in jwk
     jwk = header["jwk"]
     if not isinstance(jwk, dict):
@@ -258,7 +278,7 @@ def check_proof(proof: str, *, htm: str, htu: str, now: float, window: float,
     # 6: the signature verifies with jwk
     key = _verifying_key(alg, jwk)
     signing_input = f"{segments[0]}.{segments[1]}".encode("ascii")
-    if not get_default_algorithms()[alg].verify(signing_input, key, signature):
+    if not _ALGORITHMS[alg].verify(signing_input, key, signature):
         raise ProofError("signature: does not verify with the header's jwk")
     try:
         proof_jkt = thumbprint(jwk)
@@ -269,14 +289,14 @@ def check_proof(proof: str, *, htm: str, htu: str, now: float, window: float,
         raise ProofError(f"jti: must be a non-empty string of at most {MAX_JTI_CHARS} characters")
     # 8: htm
     if claims["htm"] != htm:
-        raise ProofError(f"htm: proof is for {claims['htm']!r}, request is {htm!r}")
+        raise ProofError(f"htm: proof is for {_shown(claims['htm'])}, request is {_shown(htm)}")
     # 9: htu, query and fragment ignored
     try:
         proof_htu = normalise_htu(claims["htu"])
     except ValueError as exc:
         raise ProofError(f"htu: {exc}") from None
     if proof_htu != normalise_htu(htu):
-        raise ProofError(f"htu: proof is for {proof_htu!r}, request is {normalise_htu(htu)!r}")
+        raise ProofError(f"htu: proof is for {_shown(proof_htu)}, request is {_shown(normalise_htu(htu))}")
     # 10: nonce, when the server asked for one
     if nonce is not None and claims.get("nonce") != nonce:
         raise ProofError("nonce: missing or not the one the server provided")

@@ -9,6 +9,7 @@ token is returned unless its audit record was written.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -275,6 +276,7 @@ class TokenExchange:
         self.metrics = metrics
         self.clock = clock
         self.shadow = shadow  # candidate policy asked beside the enforced one (pdp/shadow/live.py)
+        self._spending: set[asyncio.Task[OAuthError | None]] = set()  # DPoP jtis being recorded
         self.logins = logins  # --targets-file: audiences whose "tokens" are PostgreSQL logins
 
     async def _audit_refusal(self, record: AuditRecord, error: OAuthError) -> OAuthError:
@@ -290,24 +292,30 @@ class TokenExchange:
                 return unavailable("the audit store cannot be written; nothing was issued", record.decision_id)
         return error
 
-    async def _dpop_key(self, proofs: Sequence[str], now: float) -> str | OAuthError | None:
-        """The thumbprint of the key a valid, unused proof among `proofs` names; None without
-        one. The proof's jti is spent here, in the store every replica shares."""
-        try:
-            proof = dpop_proof_of(proofs, f"{self.config.issuer}/token", now)
-        except OAuthError as bad:
-            return bad
-        if proof is None:
-            return None
+    async def _spend(self, proof: dpop.CheckedProof, now: float, decision_id: str) -> OAuthError | None:
+        """Record the proof's jti in the store every replica shares: None the first time, the
+        refusal for a proof used before or a store that cannot say."""
         try:
             fresh = await self.auditor.store.remember_dpop_proof(
                 proof.jti, now + DPOP_PROOF_WINDOW + dpop.CLOCK_SKEW, now)
         except StoreError as exc:
             self.metrics.errors.labels("store_unavailable").inc()
-            return unavailable(f"DPoP proofs cannot be recorded right now: {exc}")
+            return unavailable(f"DPoP proofs cannot be recorded right now: {exc}", decision_id)
         if not fresh:
-            return invalid_dpop_proof("the DPoP proof fails the check of jti: this proof was used already")
-        return proof.jkt
+            return OAuthError(400, "invalid_dpop_proof", "the DPoP proof fails the check of jti: this proof was "
+                              "used already", decision_id)
+        return None
+
+    def _start_spending(self, proof: dpop.CheckedProof | None, now: float,
+                        decision_id: str) -> asyncio.Task[OAuthError | None] | None:
+        """The store write of `_spend`, started now so that it overlaps attestation and the
+        policy; `_issue` waits for it before anything is signed."""
+        if proof is None:
+            return None
+        task = asyncio.get_running_loop().create_task(self._spend(proof, now, decision_id))
+        self._spending.add(task)  # held until done, also when the request ends before issuing
+        task.add_done_callback(self._spending.discard)
+        return task
 
     async def exchange(self, params: Mapping[str, list[str]], client_ip: str | None,
                        dpop_proofs: Sequence[str] = ()) -> Issued | OAuthError:
@@ -317,10 +325,12 @@ class TokenExchange:
         except OAuthError as bad:
             self.metrics.denied.labels(bad.error).inc()
             return bad
-        dpop_jkt = await self._dpop_key(dpop_proofs, self.clock())
-        if isinstance(dpop_jkt, OAuthError):
-            self.metrics.denied.labels(dpop_jkt.error).inc()
-            return dpop_jkt
+        try:
+            proof = dpop_proof_of(dpop_proofs, f"{self.config.issuer}/token", self.clock())
+        except OAuthError as bad:
+            self.metrics.denied.labels(bad.error).inc()
+            return bad
+        dpop_jkt = proof.jkt if proof is not None else None
         if req.issued_token_type == TOKEN_TYPE_POSTGRESQL and (self.logins is None
                                                                or req.audience not in self.logins.targets):
             self.metrics.denied.labels("invalid_target").inc()
@@ -330,6 +340,7 @@ class TokenExchange:
         decision_id = str(uuid.uuid4())
         now = self.clock()
         policy_path = self.config.policy_path
+        spending = self._start_spending(proof, now, decision_id)
 
         def record(event: str, **kw: Any) -> AuditRecord:
             if dpop_jkt is not None:  # the key the token is (or would have been) bound to
@@ -391,7 +402,7 @@ class TokenExchange:
                                policy_input=doc, raw_decision=raw_decision), err)
         if not decision.allow and self.config.enforcement == "dry-run":
             return await self._dry_run(req, subject, decision, decision_id, now, subject_record, doc, raw_decision,
-                                       dpop_jkt)
+                                       dpop_jkt, spending)
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or "the policy did not allow this request"
             err = OAuthError(403, "access_denied", reasons, decision_id)
@@ -407,7 +418,7 @@ class TokenExchange:
                 subject_record("denied", error=err.error, error_description=err.description,
                                reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision), err)
         return await self._issue(req, subject, decision, decision_id, now, subject_record, doc, raw_decision,
-                                 not_after=not_after, dpop_jkt=dpop_jkt)
+                                 not_after=not_after, dpop_jkt=dpop_jkt, spending=spending)
 
     async def _revoked(self, sub: str, pod_uid: str | None, audience: str, decision_id: str,
                        subject_record: Callable[..., AuditRecord]) -> OAuthError | None:
@@ -498,10 +509,12 @@ class TokenExchange:
 
     async def _dry_run(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
                        subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
-                       raw_decision: Any, dpop_jkt: str | None) -> Issued | OAuthError:
+                       raw_decision: Any, dpop_jkt: str | None,
+                       spending: asyncio.Task[OAuthError | None] | None) -> Issued | OAuthError:
         """--enforcement dry-run: what the policy denied is issued as requested, audited as such."""
         outcome = await self._issue(req, subject, dry_run_decision(decision, req.scopes), decision_id, now,
-                                    subject_record, doc, raw_decision, event=DRY_RUN_EVENT, dpop_jkt=dpop_jkt)
+                                    subject_record, doc, raw_decision, event=DRY_RUN_EVENT, dpop_jkt=dpop_jkt,
+                                    spending=spending)
         if isinstance(outcome, Issued):
             self.metrics.dry_run_allowed.inc()
         return outcome
@@ -509,7 +522,16 @@ class TokenExchange:
     async def _issue(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
                      subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
                      raw_decision: Any, event: str = "issued", not_after: float | None = None,
-                     dpop_jkt: str | None = None) -> Issued | OAuthError:
+                     dpop_jkt: str | None = None,
+                     spending: asyncio.Task[OAuthError | None] | None = None) -> Issued | OAuthError:
+        if spending is not None:  # the proof's jti: nothing is issued on a replayed proof
+            spent = await spending
+            if spent is not None:
+                self.metrics.denied.labels(spent.error).inc()
+                return await self._audit_refusal(
+                    subject_record("error" if spent.status == 503 else "denied", error=spent.error,
+                                   error_description=spent.description, policy_input=doc,
+                                   raw_decision=raw_decision), spent)
         granted = grant(decision, req.scopes, req.requested_ttl, self.config.default_ttl, self.config.max_ttl)
         if not_after is not None:
             granted = replace(granted, ttl=max(1, min(granted.ttl, int(not_after - now))))

@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 
+from jitmesh import dpop
 from jitmesh.devissuer import PodRef
 from tests.fixtures.broker import BrokerHandle
 from tests.fixtures.postgres import PostgresServer
@@ -181,3 +182,18 @@ def test_the_database_is_sent_a_scram_verifier_never_the_password(make_opa: Call
     log = target.server.output()
     assert f"CREATE ROLE \"{body['username']}\"" in log and "SCRAM-SHA-256$4096:" in log
     assert body["access_token"] not in log
+
+
+def test_a_dpop_proof_with_a_login_request_binds_nothing_and_says_so(broker: BrokerHandle) -> None:
+    # a password cannot be bound to a key: the proof is checked and spent, the answer stays N_A
+    key = dpop.new_key()
+    data = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token_type":
+            "urn:ietf:params:oauth:token-type:jwt", "subject_token": broker.mint("orders", "api", pod=POD),
+            "audience": "orders-db", "scope": "read", "requested_token_type": PG}
+    proof = dpop.make_proof(key, "POST", f"{broker.url}/token")
+    r = httpx.post(f"{broker.url}/token", data=data, headers={"DPoP": proof}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["token_type"] == "N_A" and r.json()["issued_token_type"] == PG
+    again = httpx.post(f"{broker.url}/token", data={**data, "subject_token": broker.mint("orders", "api", pod=POD)},
+                       headers={"DPoP": proof}, timeout=10)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_dpop_proof"

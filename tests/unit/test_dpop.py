@@ -305,3 +305,10 @@ def test_full_replay_cache_refuses_rather_than_forgets() -> None:
 def test_make_proof_defaults_to_the_current_time() -> None:
     proof = dpop.make_proof(dpop.new_key(), "POST", URL)
     assert abs(jwt.decode(proof, options={"verify_signature": False})["iat"] - time.time()) < 5
+
+
+def test_what_a_proof_says_is_shown_in_errors_as_bounded_ascii() -> None:
+    with pytest.raises(dpop.ProofError) as info:
+        check(build({"htm": "GET€\r\n" + "x" * 500}))
+    message = str(info.value)
+    assert message.isascii() and "\r" not in message and len(message) < 300
