@@ -246,9 +246,11 @@ def test_a_bad_upstream_url_stops_the_sidecar_at_start_with_the_variable_named(
         start_forwarding(make_sidecar, broker.url, sa_token_file, "ftp://payments.example/")
 
 
+@pytest.mark.parametrize("with_dpop", [False, True], ids=["bearer", "dpop"])
 def test_the_real_access_proxy_accepts_what_the_sidecar_forwards(
         make_opa: Callable[..., Any], broker_factory: Callable[..., BrokerHandle],
-        make_proxy: Callable[..., ProxyProcess], make_sidecar: Callable[..., SidecarProcess], tmp_path: Path) -> None:
+        make_proxy: Callable[..., ProxyProcess], make_sidecar: Callable[..., SidecarProcess], tmp_path: Path,
+        with_dpop: bool) -> None:
     opa = make_opa(SHIPPED_POLICIES)
     broker = broker_factory(opa.url)
     app = Upstream().start()
@@ -256,12 +258,16 @@ def test_the_real_access_proxy_accepts_what_the_sidecar_forwards(
         proxy = make_proxy(broker, ["orders-api"], upstream=app.url, opa_url=opa.url)
         sa = tmp_path / "app-sa"
         sa.write_text(broker.mint("demo", "demo-app"))
-        _, local = start_forwarding(make_sidecar, broker.url, sa, proxy.url, audience="orders-api")
-        resp = httpx.get(f"{local}/orders/42", timeout=10)
-        assert resp.status_code == 200, resp.text
-        seen = dict(resp.json()["headers"])
-        assert resp.json()["path"] == "/orders/42"
-        assert seen["x-jitmesh-subject"] == "system:serviceaccount:demo:demo-app"
+        sc, local = start_forwarding(make_sidecar, broker.url, sa, proxy.url, audience="orders-api",
+                                     dpop=with_dpop)
+        claims = jwt.decode(sc.token_file("orders-api").read_text(), options={"verify_signature": False})
+        assert ("cnf" in claims) == with_dpop
+        for _ in range(2):  # a second request needs a proof of its own: the proxy spends each once
+            resp = httpx.get(f"{local}/orders/42", headers={"Authorization": "Bearer forged"}, timeout=10)
+            assert resp.status_code == 200, resp.text
+            seen = dict(resp.json()["headers"])
+            assert resp.json()["path"] == "/orders/42"
+            assert seen["x-jitmesh-subject"] == "system:serviceaccount:demo:demo-app"
     finally:
         app.stop()
 
