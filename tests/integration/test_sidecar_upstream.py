@@ -334,6 +334,10 @@ def test_the_dpop_key_is_in_no_token_file_and_no_log_line(
         assert _private_scalar_candidates(text) == []
     jkt = next(e["jkt"] for e in sc.events() if e.get("event") == "dpop.key_ready")
     assert jkt == _cnf_jkt(broker, token)  # only the public key's thumbprint is logged
+    # A P-256 scalar is 32 bytes: 43 base64url characters or 64 hex digits. The only such
+    # strings in the log are the thumbprint (and no 64-digit hex at all).
+    assert set(re.findall(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", sc.output())) <= {jkt}
+    assert re.findall(r"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])", sc.output()) == []
 
 
 @pytest.mark.parametrize(("body", "status", "needle"), [
