@@ -9,7 +9,6 @@ token is returned unless its audit record was written.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
@@ -147,6 +146,11 @@ def invalid_dpop_proof(description: str) -> OAuthError:
     return OAuthError(400, "invalid_dpop_proof", description)
 
 
+def proof_expiry(now: float) -> float:
+    """Until when a proof accepted at `now` must be remembered: as long as its iat could pass."""
+    return now + DPOP_PROOF_WINDOW + dpop.CLOCK_SKEW
+
+
 def dpop_proof_of(headers: Sequence[str], token_endpoint: str, now: float) -> dpop.CheckedProof | None:
     """The checked proof of a token request's `DPoP` headers (at most one, RFC 9449 section
     4.3), None when there is none; `invalid_dpop_proof` naming the failed check otherwise."""
@@ -276,7 +280,6 @@ class TokenExchange:
         self.metrics = metrics
         self.clock = clock
         self.shadow = shadow  # candidate policy asked beside the enforced one (pdp/shadow/live.py)
-        self._spending: set[asyncio.Task[OAuthError | None]] = set()  # DPoP jtis being recorded
         self.logins = logins  # --targets-file: audiences whose "tokens" are PostgreSQL logins
 
     async def _audit_refusal(self, record: AuditRecord, error: OAuthError) -> OAuthError:
@@ -296,8 +299,7 @@ class TokenExchange:
         """Record the proof's jti in the store every replica shares: None the first time, the
         refusal for a proof used before or a store that cannot say."""
         try:
-            fresh = await self.auditor.store.remember_dpop_proof(
-                proof.jti, now + DPOP_PROOF_WINDOW + dpop.CLOCK_SKEW, now)
+            fresh = await self.auditor.store.remember_dpop_proof(proof.jti, proof_expiry(now), now)
         except StoreError as exc:
             self.metrics.errors.labels("store_unavailable").inc()
             return unavailable(f"DPoP proofs cannot be recorded right now: {exc}", decision_id)
@@ -305,17 +307,6 @@ class TokenExchange:
             return OAuthError(400, "invalid_dpop_proof", "the DPoP proof fails the check of jti: this proof was "
                               "used already", decision_id)
         return None
-
-    def _start_spending(self, proof: dpop.CheckedProof | None, now: float,
-                        decision_id: str) -> asyncio.Task[OAuthError | None] | None:
-        """The store write of `_spend`, started now so that it overlaps attestation and the
-        policy; `_issue` waits for it before anything is signed."""
-        if proof is None:
-            return None
-        task = asyncio.get_running_loop().create_task(self._spend(proof, now, decision_id))
-        self._spending.add(task)  # held until done, also when the request ends before issuing
-        task.add_done_callback(self._spending.discard)
-        return task
 
     async def exchange(self, params: Mapping[str, list[str]], client_ip: str | None,
                        dpop_proofs: Sequence[str] = ()) -> Issued | OAuthError:
@@ -340,7 +331,6 @@ class TokenExchange:
         decision_id = str(uuid.uuid4())
         now = self.clock()
         policy_path = self.config.policy_path
-        spending = self._start_spending(proof, now, decision_id)
 
         def record(event: str, **kw: Any) -> AuditRecord:
             if dpop_jkt is not None:  # the key the token is (or would have been) bound to
@@ -402,7 +392,7 @@ class TokenExchange:
                                policy_input=doc, raw_decision=raw_decision), err)
         if not decision.allow and self.config.enforcement == "dry-run":
             return await self._dry_run(req, subject, decision, decision_id, now, subject_record, doc, raw_decision,
-                                       dpop_jkt, spending)
+                                       proof)
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or "the policy did not allow this request"
             err = OAuthError(403, "access_denied", reasons, decision_id)
@@ -418,7 +408,7 @@ class TokenExchange:
                 subject_record("denied", error=err.error, error_description=err.description,
                                reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision), err)
         return await self._issue(req, subject, decision, decision_id, now, subject_record, doc, raw_decision,
-                                 not_after=not_after, dpop_jkt=dpop_jkt, spending=spending)
+                                 not_after=not_after, proof=proof)
 
     async def _revoked(self, sub: str, pod_uid: str | None, audience: str, decision_id: str,
                        subject_record: Callable[..., AuditRecord]) -> OAuthError | None:
@@ -509,12 +499,10 @@ class TokenExchange:
 
     async def _dry_run(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
                        subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
-                       raw_decision: Any, dpop_jkt: str | None,
-                       spending: asyncio.Task[OAuthError | None] | None) -> Issued | OAuthError:
+                       raw_decision: Any, proof: dpop.CheckedProof | None) -> Issued | OAuthError:
         """--enforcement dry-run: what the policy denied is issued as requested, audited as such."""
         outcome = await self._issue(req, subject, dry_run_decision(decision, req.scopes), decision_id, now,
-                                    subject_record, doc, raw_decision, event=DRY_RUN_EVENT, dpop_jkt=dpop_jkt,
-                                    spending=spending)
+                                    subject_record, doc, raw_decision, event=DRY_RUN_EVENT, proof=proof)
         if isinstance(outcome, Issued):
             self.metrics.dry_run_allowed.inc()
         return outcome
@@ -522,16 +510,17 @@ class TokenExchange:
     async def _issue(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
                      subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
                      raw_decision: Any, event: str = "issued", not_after: float | None = None,
-                     dpop_jkt: str | None = None,
-                     spending: asyncio.Task[OAuthError | None] | None = None) -> Issued | OAuthError:
-        if spending is not None:  # the proof's jti: nothing is issued on a replayed proof
-            spent = await spending
-            if spent is not None:
-                self.metrics.denied.labels(spent.error).inc()
-                return await self._audit_refusal(
-                    subject_record("error" if spent.status == 503 else "denied", error=spent.error,
-                                   error_description=spent.description, policy_input=doc,
-                                   raw_decision=raw_decision), spent)
+                     proof: dpop.CheckedProof | None = None) -> Issued | OAuthError:
+        """Sign and audit; with a DPoP proof, its jti is spent in the audit record's transaction
+        (one durable write), and a proof used before stops the token there."""
+
+        async def refuse(spent: OAuthError) -> OAuthError:
+            self.metrics.denied.labels(spent.error).inc()
+            return await self._audit_refusal(
+                subject_record("error" if spent.status == 503 else "denied", error=spent.error,
+                               error_description=spent.description, policy_input=doc, raw_decision=raw_decision),
+                spent)
+        dpop_jkt = proof.jkt if proof is not None else None
         granted = grant(decision, req.scopes, req.requested_ttl, self.config.default_ttl, self.config.max_ttl)
         if not_after is not None:
             granted = replace(granted, ttl=max(1, min(granted.ttl, int(not_after - now))))
@@ -543,6 +532,9 @@ class TokenExchange:
             return refused
         dry_run = event == DRY_RUN_EVENT
         if req.issued_token_type == TOKEN_TYPE_POSTGRESQL:
+            spent = await self._spend(proof, now, decision_id) if proof is not None else None
+            if spent is not None:
+                return await refuse(spent)
             return await self._issue_login(req, subject, granted.scopes, granted.ttl, decision, decision_id, now,
                                            subject_record, doc, raw_decision, event)
         claims = access_token_claims(issuer=self.config.issuer, subject=subject, audience=req.audience,
@@ -553,7 +545,11 @@ class TokenExchange:
                              reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision,
                              extra={"kid": self.keys.current.record.kid, "exp": claims["exp"]})
         try:
-            await self.auditor.write(rec)
+            if proof is None:
+                await self.auditor.write(rec)
+            elif await self.auditor.write_with_dpop_proof(rec, proof.jti, proof_expiry(now), now) is None:
+                return await refuse(OAuthError(400, "invalid_dpop_proof", "the DPoP proof fails the check of jti: "
+                                               "this proof was used already", decision_id))
         except StoreError as exc:
             Auditor.log(decision_record(decision_id=decision_id, time=now, event="error",
                                         policy_path=self.config.policy_path,

@@ -493,6 +493,15 @@ def test_two_store_instances_remembering_one_dpop_jti_at_once_accept_it_once(sto
     assert all(results[i] != results[i + 1] for i in range(0, 40, 2))
 
 
+def test_an_audit_record_with_a_dpop_proof_is_appended_only_when_the_proof_is_new(store_url: str) -> None:
+    async def body(s: Store) -> tuple[Any, ...]:
+        first = await s.append_audit_with_dpop_proof(record(1), "p1", 2000.0, 1000.0)
+        replay = await s.append_audit_with_dpop_proof(record(2), "p1", 2000.0, 1001.0)
+        return first, replay, [r.decision_id for r in await s.query_audit()]
+    first, replay, ids = with_store(store_url, body)
+    assert first is not None and first.seq and replay is None and ids == ["d-1"]
+
+
 def test_purge_drops_the_dpop_proofs_that_expired(store_url: str) -> None:
     async def body(s: Store) -> tuple[Any, ...]:
         await s.remember_dpop_proof("old", 1500.0, 1000.0)
