@@ -37,6 +37,8 @@ log = get_logger("sidecar")
 
 # Bounded so SIGTERM finishes in about two seconds even with a client holding a connection.
 _API_GRACE = 1
+# Requests in flight per upstream listener; beyond it uvicorn answers 503 rather than queue without bound.
+UPSTREAM_CONCURRENCY = 256
 # How long the first tokens wait for the revocation stream to open (see subscribe_then_start).
 SUBSCRIBE_FIRST_BOUND = 2.0
 
@@ -113,7 +115,7 @@ def _upstream_servers(config: SidecarConfig, agent: Agent, key: ProofKey | None)
         forwarder = UpstreamForwarder(spec, agent, key, timeout=config.upstream_timeout)
         server = _EmbeddedServer(uvicorn.Config(forwarder, log_config=None, access_log=False, lifespan="off",
                                                 ws="none", server_header=False, date_header=False,
-                                                http=BoundedHttpProtocol,
+                                                http=BoundedHttpProtocol, limit_concurrency=UPSTREAM_CONCURRENCY,
                                                 timeout_graceful_shutdown=_API_GRACE))
         out.append((server, forwarder))
     return out
