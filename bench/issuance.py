@@ -29,6 +29,7 @@ from bench.stack import (
     start_opa,
     token_request_body,
 )
+from jitmesh import dpop
 from jitmesh.opa_server import OPAServer
 from pdp.process import BrokerProcess
 
@@ -42,6 +43,7 @@ FORM = "application/x-www-form-urlencoded"
 AIM_RATE = Aim(">=", 1000)
 AIM_P99_MS = Aim("<", 20)
 AIM_SHADOW_COST_PCT = Aim("<", 10)
+AIM_DPOP_COST_PCT = Aim("<=", 15)
 
 
 @dataclass
@@ -62,7 +64,7 @@ class LoadRun:
 
 def drive(ctx: Context, label: str, url: str, body: str | Path, content_type: str,
           watch: dict[str, int], metrics_url: str | None = None, duration: float | None = None,
-          warmup: bool = True) -> LoadRun:
+          warmup: bool = True, line_header: str | None = None) -> LoadRun:
     """Warm up, then measure `url` for the configured time; `watch` names process groups
     whose CPU seconds are counted over the measured part, and the broker at `metrics_url`
     tells how long its handler and its OPA calls took over the same part."""
@@ -76,7 +78,7 @@ def drive(ctx: Context, label: str, url: str, body: str | Path, content_type: st
     metrics_before = prom.scrape(metrics_url) if metrics_url else {}
     before = {name: procstat.group_cpu_seconds(pgid) for name, pgid in watch.items()}
     result = wrk.run(url, body, content_type, connections=opts.connections, duration_s=seconds,
-                     workdir=scratch, tick=ctx.ticker(label, seconds))
+                     workdir=scratch, tick=ctx.ticker(label, seconds), line_header=line_header)
     cpu = {name: procstat.group_cpu_seconds(pgid) - before[name] for name, pgid in watch.items()}
     inside: dict[str, float] = {}
     if metrics_url:
@@ -179,6 +181,45 @@ def drive_fleet(ctx: Context, setup: Setup, proc: BrokerProcess, expected_rate: 
     run = drive(ctx, "broker, a new pod's token each request", f"{proc.url}/token", bodies, FORM,
                 {"broker": proc.pid, "opa": setup.opa.pid}, metrics_url=proc.url, duration=seconds, warmup=False)
     return run, count
+
+
+DPOP_PROOFS = (2000, 40000)  # bounds on the proofs signed for the DPoP run (each is spent once)
+
+
+def drive_dpop(ctx: Context, setup: Setup, proc: BrokerProcess, expected_rate: float) -> tuple[LoadRun, int]:
+    """The broker, already warm, with the same subject token and a fresh DPoP proof on every
+    request (RFC 9449: each proof's jti is spent in the store). Returns the run and the proof count."""
+    seconds = ctx.options.duration
+    count = int(min(DPOP_PROOFS[1], max(DPOP_PROOFS[0], 1.5 * expected_rate * seconds)))
+    ctx.say(f"   signing {count} DPoP proofs, one per request")
+    key = dpop.new_key()
+    lines = setup.dir / "dpop-lines.txt"
+    url = f"{proc.url}/token"
+    htu = httpx.get(f"{proc.url}/.well-known/oauth-authorization-server", timeout=10).json()["token_endpoint"]
+    with lines.open("w") as f:
+        for _ in range(count):
+            f.write(f"{dpop.make_proof(key, 'POST', htu)} {setup.body}\n")
+    run = drive(ctx, "broker with a DPoP proof each request", url, lines, FORM,
+                {"broker": proc.pid, "opa": setup.opa.pid}, metrics_url=proc.url, warmup=False,
+                line_header="DPoP")
+    return run, count
+
+
+def dpop_figures(run: LoadRun, base: LoadRun, proofs: int) -> tuple[list[Figure], str]:
+    r, b = run.result, base.result
+    label = "without DPoP"
+    cost = (1 - r.ok_per_second / b.ok_per_second) * 100 if b.ok_per_second else None
+    figures = [Figure("issuances/s with DPoP", r.ok_per_second, "/s", b.ok_per_second, label, AIM_RATE),
+               Figure("throughput cost of DPoP", cost, "%", aim=AIM_DPOP_COST_PCT,
+                      note="1 - with/without; the proof check and its jti written to the store"),
+               Figure("p99 with DPoP", r.p99_ms, "ms", b.p99_ms, label, AIM_P99_MS),
+               Figure("errors with DPoP", r.errors, "", note=f"of {r.requests:,} requests" if r.errors else "")]
+    cpu = run.cpu_ms_per_request("broker")
+    if cpu is not None:
+        figures.append(Figure("broker CPU with DPoP", cpu, "ms", base.cpu_ms_per_request("broker"), label))
+    note = (f"'with DPoP': the same subject token, a distinct ES256 proof per request ({proofs:,} signed before "
+            "the run, each accepted once), measured on the same broker right after 'one token'")
+    return figures, note
 
 
 def fleet_figures(run: LoadRun, base: LoadRun, tokens: int) -> tuple[list[Figure], str]:
@@ -287,6 +328,7 @@ def run_sqlite(ctx: Context) -> SectionResult:
     with opa_and_cluster(ctx, "issuance") as setup:
         with broker(ctx, setup, "broker-sqlite", sqlite_url(setup.dir)) as proc:
             broker_run, issued = drive_broker(ctx, setup, proc, "broker on SQLite")
+            dpop_run, dpop_proofs = drive_dpop(ctx, setup, proc, broker_run.result.ok_per_second)
             fleet_run, fleet_tokens = drive_fleet(ctx, setup, proc, broker_run.result.ok_per_second)
         remember_sqlite(ctx, broker_run, issued)
         opa_url = f"{setup.opa.url}/v1/data/{POLICY_PATH}?strict-builtin-errors=true"  # as the broker asks
@@ -303,13 +345,16 @@ def run_sqlite(ctx: Context) -> SectionResult:
         figures.append(Figure("OPA CPU per bare query", opa_cpu, "ms"))
     more, fleet_note = fleet_figures(fleet_run, broker_run, fleet_tokens)
     figures += more
+    more, dpop_note = dpop_figures(dpop_run, broker_run, dpop_proofs)
+    figures += more
     notes = [f"{ctx.options.connections} clients, {ctx.options.duration:.0f} s after {ctx.options.warmup:.0f} s "
              f"warm-up; {setup.workload.subject} asks audience {setup.workload.audience} "
              f"scopes '{' '.join(setup.workload.scopes)}', granted expires_in={issued.get('expires_in')}",
-             fleet_note, client_note(broker_run)]
+             fleet_note, dpop_note, client_note(broker_run)]
     return SectionResult("issuance", TITLE, figures, notes,
                          raw={"broker": broker_run.as_dict(), "bare_opa": opa_run.as_dict(),
-                              "fleet": {**fleet_run.as_dict(), "tokens": fleet_tokens}, "issued": {
+                              "fleet": {**fleet_run.as_dict(), "tokens": fleet_tokens},
+                              "dpop": {**dpop_run.as_dict(), "proofs": dpop_proofs}, "issued": {
                              k: issued.get(k) for k in ("expires_in", "scope", "token_type")}})
 
 

@@ -22,6 +22,7 @@ from bench.context import Context
 from bench.report import Aim, Figure, SectionResult, unavailable
 from bench.stack import ADMIN_TOKEN, POLICIES, Cluster, start_broker, start_opa
 from bench.stats import percentile
+from jitmesh import dpop
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from jitmesh.procs import ManagedProcess, free_port, wait_http
 from proxy.process import ProxyProcess
@@ -79,7 +80,22 @@ def latency_ms(report: dict[str, Any]) -> dict[str, float]:
 
 
 def attack(vegeta: str, url: str, headers: Sequence[str], rate: int, seconds: float) -> dict[str, Any]:
-    target = "\n".join([f"GET {url}", *headers]) + "\n"
+    return attack_targets(vegeta, "\n".join([f"GET {url}", *headers]) + "\n", rate, seconds)
+
+
+def dpop_targets(key: Any, url: str, token: str, count: int) -> str:
+    """`count` vegeta targets for `url`, each with the bound token and a proof of its own
+    (the proxy accepts a proof once)."""
+    proofs = (dpop.make_proof(key, "GET", url, access_token=token) for _ in range(count))
+    return "\n".join(f"GET {url}\nAuthorization: DPoP {token}\nDPoP: {proof}\n" for proof in proofs)
+
+
+def attack_dpop(vegeta: str, key: Any, url: str, token: str, rate: int, seconds: float) -> dict[str, Any]:
+    targets = dpop_targets(key, url, token, int(rate * seconds * 1.1) + 10)
+    return attack_targets(vegeta, targets, rate, seconds)
+
+
+def attack_targets(vegeta: str, target: str, rate: int, seconds: float) -> dict[str, Any]:
     run = subprocess.run([vegeta, "attack", f"-rate={rate}/s", f"-duration={seconds}s", "-keepalive=true",
                           "-timeout=5s"], input=target.encode(), capture_output=True, check=True)
     out = subprocess.run([vegeta, "report", "-type=json"], input=run.stdout, capture_output=True, check=True)
@@ -102,11 +118,17 @@ def policy_mean_us(metrics_url: str) -> float | None:
     return values["jitmesh_proxy_policy_seconds_sum"] / count * 1e6 if count else None
 
 
-def access_token(broker_url: str, cluster: Cluster) -> str:
+def access_token(broker_url: str, cluster: Cluster, key: Any = None) -> str:
+    """A token for orders-api; bound to `key` by a DPoP proof when one is given."""
     subject = cluster.issuer.mint("demo", "demo-app", ttl=3600)
+    headers = {}
+    if key is not None:
+        htu = httpx.get(broker_url + "/.well-known/oauth-authorization-server", timeout=10).json()["token_endpoint"]
+        headers["DPoP"] = dpop.make_proof(key, "POST", htu)
     r = httpx.post(broker_url + "/token", data={"grant_type": GRANT_TYPE_TOKEN_EXCHANGE, "subject_token": subject,
                                                 "subject_token_type": TOKEN_TYPE_JWT, "audience": "orders-api",
-                                                "scope": "read", "requested_ttl": "3600"}, timeout=10)
+                                                "scope": "read", "requested_ttl": "3600"}, headers=headers,
+                   timeout=10)
     r.raise_for_status()
     return str(r.json()["access_token"])
 
@@ -216,6 +238,8 @@ def run(ctx: Context) -> SectionResult:
         started.append(rest)
         token = access_token(broker.url, cluster)
         auth = [f"Authorization: Bearer {token}"]
+        dpop_key = dpop.new_key()
+        bound = access_token(broker.url, cluster, dpop_key)
         seconds = ctx.options.duration
         runs = {"direct": (f"{upstream}/orders/1", []), "nginx": (f"http://127.0.0.1:{hop}/orders/1", []),
                 "proxy (in-process)": (f"{wasm.url}/orders/1", auth), "proxy (REST)": (f"{rest.url}/orders/1", auth)}
@@ -225,6 +249,11 @@ def run(ctx: Context) -> SectionResult:
                 ctx.say(f"   {rate}/s for {seconds:.0f} s: {name}")
                 attack(vegeta, url, headers, rate, min(2.0, ctx.options.warmup))
                 measured[name] = latency_ms(attack(vegeta, url, headers, rate, seconds))
+            ctx.say(f"   {rate}/s for {seconds:.0f} s: proxy (in-process), DPoP-bound token with a proof each")
+            dpop_url = f"{wasm.url}/orders/1"
+            attack_dpop(vegeta, dpop_key, dpop_url, bound, rate, min(2.0, ctx.options.warmup))
+            measured["proxy (in-process), DPoP"] = latency_ms(attack_dpop(vegeta, dpop_key, dpop_url, bound, rate,
+                                                                          seconds))
             raw[f"latency_ms_at_{rate}"] = measured
             base = measured["direct"]
             for name in ("nginx", "proxy (in-process)", "proxy (REST)"):
@@ -233,6 +262,13 @@ def run(ctx: Context) -> SectionResult:
                 figures += [Figure(f"{rate}/s, {name}: added p50", m["p50"] - base["p50"], "ms", aim=aims[0]),
                             Figure(f"{rate}/s, {name}: added p99", m["p99"] - base["p99"], "ms", aim=aims[1]),
                             Figure(f"{rate}/s, {name}: answered in time", m["success"] * 100, "%")]
+            with_dpop, bearer = measured["proxy (in-process), DPoP"], measured["proxy (in-process)"]
+            figures += [Figure(f"{rate}/s, DPoP vs bearer (in-process): added p50", with_dpop["p50"] - bearer["p50"],
+                               "ms", note="the proof check (ES256 verify, ath, htu) and its replay cache"),
+                        Figure(f"{rate}/s, DPoP vs bearer (in-process): added p99", with_dpop["p99"] - bearer["p99"],
+                               "ms"),
+                        Figure(f"{rate}/s, proxy (in-process), DPoP: answered in time", with_dpop["success"] * 100,
+                               "%")]
             figures.append(Figure(f"{rate}/s, direct: p50", base["p50"], "ms", note=f"p99 {base['p99']:.2f} ms"))
         alone = policy_alone_us(broker.url, sa.read_text().strip(), opa.url)
         raw["policy_alone_us"] = alone

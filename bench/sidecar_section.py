@@ -1,5 +1,6 @@
 """Section 4: the sidecar's resident memory and idle CPU with 3 audiences, measured
-by bench/sidecar_bench.py's run(), and how many sidecars one broker serves, derived from the
+by bench/sidecar_bench.py's run(); the latency credential injection adds to a call
+(bench/sidecar_upstream_bench.py); and how many sidecars one broker serves, derived from the
 issuance rate measured here and the sidecar's refresh schedule."""
 
 from __future__ import annotations
@@ -80,5 +81,17 @@ def run(ctx: Context) -> SectionResult:
         heavy = [str(m).strip().splitlines()[-1][:120] for m in doc.get("heavy_imports") or [] if str(m).strip()]
         notes.append(f"one sidecar with {doc.get('audiences', AUDIENCES)} audiences, measured by "
                      f"bench/sidecar_bench.py; modules it loads that it does not need: {', '.join(heavy) or 'none'}")
+    upstream_fn = external.load_run("bench.sidecar_upstream_bench")
+    if isinstance(upstream_fn, str):
+        notes.append(f"credential injection latency not measured: {upstream_fn}")
+    else:
+        doc = external.call_with(upstream_fn, {"workdir": fresh_dir(ctx.workdir, "sidecar-upstream"),
+                                               "say": ctx.say})
+        raw["sidecar_upstream_bench"] = doc
+        figures += external.figures_from({k: v for k, v in doc.items() if k != "requests"}, {})
+        notes.append(f"credential injection: {doc.get('requests')} sequential GETs each on keep-alive connections, "
+                     "straight to a small aiohttp upstream and through a sidecar's upstream port (bearer; DPoP "
+                     "with a fresh proof per request), taken in turn; added = through the sidecar minus direct, "
+                     "at the same percentile; measured by bench/sidecar_upstream_bench.py")
     cap_figures, cap_notes = capacity_figures(ctx)
     return SectionResult("sidecar", TITLE, figures + cap_figures, notes + cap_notes, raw=raw)

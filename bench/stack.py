@@ -103,7 +103,8 @@ def policy_input(workload: Workload, pod: PodRef) -> dict[str, Any]:
         "subject": {"sub": workload.subject, "issuer": DEV_ISSUER_URL, "namespace": workload.namespace,
                     "service_account": workload.service_account,
                     "pod": {"name": pod.name, "uid": pod.uid, "labels": {}, "images": []}},
-        "request": {"audience": workload.audience, "scopes": list(workload.scopes), "ttl_seconds": None},
+        "request": {"audience": workload.audience, "scopes": list(workload.scopes), "ttl_seconds": None,
+                    "dpop": None},
         "context": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "client_ip": "127.0.0.1"},
         "approval": None,
     }

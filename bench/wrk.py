@@ -50,17 +50,28 @@ def lua_script(body: str, content_type: str, method: str = "POST") -> str:
             f"wrk.body = [{delim}[{body}]{delim}]\n" + _DONE)
 
 
-def lua_rotating_script(content_type: str, method: str = "POST") -> str:
+def lua_rotating_script(content_type: str, method: str = "POST", header: str | None = None) -> str:
     """A wrk script sending the lines of the file named after `--` one after another, one per
-    request, starting over when they run out (e.g. a distinct subject token each time)."""
+    request, starting over when they run out (e.g. a distinct subject token each time). With
+    `header`, each line is `<value of header> <body>` (e.g. a fresh DPoP proof each time)."""
+    if header is None:
+        split = "  bodies[#bodies + 1] = line\n"
+        headers = "{[\"Content-Type\"] = content_type}"
+        body = "bodies[next_body]"
+    else:
+        split = ('  local sep = string.find(line, " ", 1, true)\n'
+                 "  values[#values + 1] = string.sub(line, 1, sep - 1)\n"
+                 "  bodies[#bodies + 1] = string.sub(line, sep + 1)\n")
+        headers = f'{{["Content-Type"] = content_type, ["{header}"] = values[next_body]}}'
+        body = "bodies[next_body]"
     return (f'local content_type = "{content_type}"\n'
-            "local bodies = {}\nlocal next_body = 0\n"
+            "local bodies = {}\nlocal values = {}\nlocal next_body = 0\n"
             "function init(args)\n"
-            "  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end\n"
+            "  for line in io.lines(args[1]) do\n" + split + "  end\n"
             "end\n"
             "function request()\n"
             "  next_body = next_body % #bodies + 1\n"
-            f'  return wrk.format("{method}", nil, {{["Content-Type"] = content_type}}, bodies[next_body])\n'
+            f'  return wrk.format("{method}", nil, {headers}, {body})\n'
             "end\n" + _DONE)
 
 
@@ -137,13 +148,15 @@ def client_cpus() -> list[int]:
 
 
 def run(url: str, body: str | Path, content_type: str, *, connections: int, duration_s: float,
-        workdir: Path, timeout_s: float = 5.0, tick: Callable[[float], None] | None = None) -> WrkResult:
+        workdir: Path, timeout_s: float = 5.0, tick: Callable[[float], None] | None = None,
+        line_header: str | None = None) -> WrkResult:
     """Drive `url` with `connections` keep-alive connections for `duration_s` seconds, sending
-    `body`, or each line of the file `body` in turn; `tick(elapsed)` is called about once a
-    second while it runs."""
+    `body`, or each line of the file `body` in turn (with `line_header`, each line starts with
+    that header's value); `tick(elapsed)` is called about once a second while it runs."""
     script = workdir / f"wrk-{time.monotonic_ns()}.lua"
     rotating = isinstance(body, Path)
-    script.write_text(lua_rotating_script(content_type) if rotating else lua_script(str(body), content_type))
+    script.write_text(lua_rotating_script(content_type, header=line_header) if rotating
+                      else lua_script(str(body), content_type))
     argv = [wrk_binary(), "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
             f"--timeout={timeout_s:g}s", "-s", str(script), url]
     if rotating:

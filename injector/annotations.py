@@ -6,9 +6,11 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from jitmesh.contract import (
     ANNOTATION_AUDIENCES,
+    ANNOTATION_DPOP,
     ANNOTATION_KIND_PREFIX,
     ANNOTATION_PROTECT,
     ANNOTATION_SCOPES_PREFIX,
@@ -16,12 +18,16 @@ from jitmesh.contract import (
     ANNOTATION_STATUS,
     ANNOTATION_TOKEN_DIR,
     ANNOTATION_TTL,
+    ANNOTATION_UPSTREAM_CA_PREFIX,
+    ANNOTATION_UPSTREAM_PREFIX,
     DEFAULT_TOKEN_DIR,
     KIND_JWT,
     KIND_POSTGRESQL,
     SCOPE_TOKEN,
     scopes_env_name,
+    upstream_env_name,
 )
+from jitmesh.hostport import without_userinfo
 
 ANNOTATION_DOMAIN = "jitmesh.io/"
 MAX_TTL_SECONDS = 86400
@@ -54,10 +60,19 @@ class ProxyRequest:
 
 
 @dataclass(frozen=True)
+class UpstreamRequest:
+    """`jitmesh.io/upstream.<audience>`: the sidecar forwards the app's plain requests to `url`
+    with the audience's token; `ca_file` (`jitmesh.io/upstream-ca.<audience>`) verifies its TLS."""
+    url: str
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
 class AudienceRequest:
     audience: str
     scopes: tuple[str, ...] = ()
     kind: str = KIND_JWT  # postgresql: the sidecar fetches a database login (docs/contract.md §9)
+    upstream: UpstreamRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,12 @@ class InjectionRequest:
     ttl: int | None = None
     token_dir: str = DEFAULT_TOKEN_DIR
     protect: ProxyRequest | None = None
+    dpop: bool = False  # the sidecar holds a key and asks for DPoP-bound tokens
+
+    @property
+    def upstreams(self) -> tuple[AudienceRequest, ...]:
+        """The audiences with an upstream, in the order the pod lists them."""
+        return tuple(a for a in self.audiences if a.upstream is not None)
 
 
 def parse_audience_list(raw: str, where: str) -> tuple[str, ...]:
@@ -93,14 +114,16 @@ def parse_audience_list(raw: str, where: str) -> tuple[str, ...]:
 def parse(annotations: Mapping[str, str], default_audiences: tuple[str, ...] = ()) -> InjectionRequest:
     """The injection a pod asks for, or AnnotationError naming the first bad annotation."""
     known = {ANNOTATION_AUDIENCES, ANNOTATION_TTL, ANNOTATION_TOKEN_DIR, ANNOTATION_STATUS, ANNOTATION_PROTECT,
-             ANNOTATION_SERVES}
+             ANNOTATION_SERVES, ANNOTATION_DPOP}
+    prefixes = (ANNOTATION_SCOPES_PREFIX, ANNOTATION_KIND_PREFIX, ANNOTATION_UPSTREAM_PREFIX,
+                ANNOTATION_UPSTREAM_CA_PREFIX)
     for key in sorted(annotations):
-        if (key.startswith(ANNOTATION_DOMAIN) and key not in known
-                and not key.startswith((ANNOTATION_SCOPES_PREFIX, ANNOTATION_KIND_PREFIX))):
+        if key.startswith(ANNOTATION_DOMAIN) and key not in known and not key.startswith(prefixes):
             raise AnnotationError(key, "is not a jitmesh annotation; expected one of "
                                   f"{ANNOTATION_AUDIENCES}, {ANNOTATION_SCOPES_PREFIX}<audience>, "
                                   f"{ANNOTATION_KIND_PREFIX}<audience>, {ANNOTATION_TTL}, {ANNOTATION_TOKEN_DIR}, "
-                                  f"{ANNOTATION_PROTECT}, {ANNOTATION_SERVES}")
+                                  f"{ANNOTATION_PROTECT}, {ANNOTATION_SERVES}, {ANNOTATION_DPOP}, "
+                                  f"{ANNOTATION_UPSTREAM_PREFIX}<audience>, {ANNOTATION_UPSTREAM_CA_PREFIX}<audience>")
 
     protect = _protect(annotations.get(ANNOTATION_PROTECT), annotations.get(ANNOTATION_SERVES))
     names: tuple[str, ...]
@@ -143,12 +166,90 @@ def parse(annotations: Mapping[str, str], default_audiences: tuple[str, ...] = (
                                   f"(a database login) or {KIND_JWT}")
         kinds[audience] = kind
 
+    upstreams = _upstreams(annotations, names, kinds)
+    dpop = _dpop(annotations.get(ANNOTATION_DPOP), names)
     return InjectionRequest(
-        audiences=tuple(AudienceRequest(n, scopes.get(n, ()), kinds.get(n, KIND_JWT)) for n in names),
+        audiences=tuple(AudienceRequest(n, scopes.get(n, ()), kinds.get(n, KIND_JWT), upstreams.get(n))
+                        for n in names),
         ttl=_ttl(annotations.get(ANNOTATION_TTL)),
         token_dir=_token_dir(annotations.get(ANNOTATION_TOKEN_DIR)),
         protect=protect,
+        dpop=dpop,
     )
+
+
+def _dpop(raw: str | None, names: tuple[str, ...]) -> bool:
+    if raw is None:
+        return False
+    if raw not in ("true", "false"):
+        raise AnnotationError(ANNOTATION_DPOP, f"{raw!r:.40} is neither \"true\" nor \"false\"")
+    if raw == "true" and not names:
+        raise AnnotationError(ANNOTATION_DPOP, f"needs {ANNOTATION_AUDIENCES}: DPoP binds the tokens the sidecar "
+                              "fetches, and this pod fetches none")
+    return raw == "true"
+
+
+def _upstream_url(key: str, raw: str) -> str:
+    url = raw.strip()
+    shown = without_userinfo(url)  # a refusal never repeats a password
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError as exc:
+        raise AnnotationError(key, f"{shown!r:.80} is not a valid URL ({exc}); expected e.g. "
+                              "https://payments.example:8443/api") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AnnotationError(key, f"{shown!r:.80} is not an absolute http or https URL with a host, e.g. "
+                              "https://payments.example:8443/api")
+    if parts.username is not None or parts.password is not None:
+        raise AnnotationError(key, f"{shown!r:.80} carries user information; the sidecar "
+                              "sends the audience's token, so give the URL without user@")
+    if "#" in url:
+        raise AnnotationError(key, f"{shown!r:.80} has a fragment; give the upstream's base URL without '#'")
+    if any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7e for c in url):
+        raise AnnotationError(key, f"{shown!r:.80} has spaces or characters outside printable ASCII; "
+                              "percent-encode them")
+    return url
+
+
+def _upstreams(annotations: Mapping[str, str], names: tuple[str, ...],
+               kinds: Mapping[str, str]) -> dict[str, UpstreamRequest]:
+    urls: dict[str, str] = {}
+    env_names: dict[str, str] = {}
+    for key in sorted(annotations):
+        if not key.startswith(ANNOTATION_UPSTREAM_PREFIX):
+            continue
+        audience = key[len(ANNOTATION_UPSTREAM_PREFIX):]
+        if audience not in names:
+            raise AnnotationError(key, f"names audience {audience!r}, which is not among the pod's audiences "
+                                  f"({', '.join(names) or 'none'}); add it to {ANNOTATION_AUDIENCES} or remove this")
+        if kinds.get(audience, KIND_JWT) != KIND_JWT:
+            raise AnnotationError(key, f"audience {audience!r} is a {kinds[audience]} login, not a token the "
+                                  "sidecar can send over HTTP; remove this or the kind")
+        env = upstream_env_name(audience)
+        if env in env_names:
+            raise AnnotationError(key, f"audiences {env_names[env]!r} and {audience!r} would both be announced "
+                                  f"as {env}; rename one")
+        env_names[env] = audience
+        urls[audience] = _upstream_url(key, annotations[key])
+    cas: dict[str, str] = {}
+    for key in sorted(annotations):
+        if not key.startswith(ANNOTATION_UPSTREAM_CA_PREFIX):
+            continue
+        audience = key[len(ANNOTATION_UPSTREAM_CA_PREFIX):]
+        if audience not in urls:
+            raise AnnotationError(key, f"names audience {audience!r}, which has no "
+                                  f"{ANNOTATION_UPSTREAM_PREFIX}{audience}; a CA only verifies an https upstream")
+        if urlsplit(urls[audience]).scheme != "https":
+            raise AnnotationError(key, f"the upstream of {audience!r} is plain http ({urls[audience]!r:.80}); "
+                                  "a CA only verifies an https upstream: use https or remove this")
+        path = annotations[key].strip()
+        if (not path.startswith("/") or posixpath.normpath(path) != path or path == "/" or ":" in path
+                or any(c.isspace() for c in path)):
+            raise AnnotationError(key, f"{annotations[key]!r:.80} is not a normalised absolute file path in the "
+                                  "pod, e.g. /etc/payments-ca/ca.crt")
+        cas[audience] = path
+    return {a: UpstreamRequest(u, cas.get(a)) for a, u in urls.items()}
 
 
 def _port(text: str, what: str) -> int:

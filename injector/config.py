@@ -14,6 +14,8 @@ from jitmesh.tls import pem_ca_problem
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/jitmesh/jitmesh:0.1.0"
 DEFAULT_AGENT_PORT = 8099  # the sidecar's own default for JITMESH_LISTEN
 DEFAULT_LISTEN = "0.0.0.0:8443"
+PROXY_METRICS_PORT = 15091  # /healthz, /readyz and /metrics of the proxy, apart from the traffic it guards
+UPSTREAM_BASE_PORT = 15100  # the sidecar's loopback ports for jitmesh.io/upstream.<audience> count up from here
 
 
 class InjectorConfigError(ValueError):

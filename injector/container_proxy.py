@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from injector.annotations import ProxyRequest
-from injector.config import InjectorConfig
+from injector.config import PROXY_METRICS_PORT, InjectorConfig
 from injector.container_sidecar import confinement, container_resources
 from injector.volumes import ATTESTATION_MOUNT_PATH, attestation_token_file
 from jitmesh.contract import ATTESTATION_VOLUME, ENV_BROKER_CA, PROXY_CONTAINER_NAME
 
-PROXY_METRICS_PORT = 15091  # /healthz, /readyz and /metrics of the proxy, apart from the traffic it guards
+__all__ = ["PROXY_METRICS_PORT", "proxy_container"]
 
 
 def proxy_container(want: ProxyRequest, config: InjectorConfig) -> dict[str, Any]:

@@ -7,21 +7,27 @@ from typing import Any
 
 from injector.annotations import InjectionRequest
 from injector.config import InjectorConfig
+from injector.upstreams import upstream_ports
 from injector.volumes import ATTESTATION_MOUNT_PATH, TOKEN_FILE_GID, attestation_token_file
 from jitmesh.contract import (
     ATTESTATION_VOLUME,
     ENV_AUDIENCES,
     ENV_BROKER_CA,
     ENV_BROKER_URL,
+    ENV_DPOP,
     ENV_LISTEN,
     ENV_SA_TOKEN_FILE,
     ENV_TOKEN_DIR,
     ENV_TOKEN_GROUP,
     ENV_TTL,
+    ENV_UPSTREAM_CA_PREFIX,
+    ENV_UPSTREAM_LISTEN_PREFIX,
+    ENV_UPSTREAM_URL_PREFIX,
     KIND_JWT,
     KIND_POSTGRESQL,
     SIDECAR_CONTAINER_NAME,
     TOKENS_VOLUME,
+    audience_env_suffix,
     kind_env_name,
     scopes_env_name,
 )
@@ -50,6 +56,17 @@ def sidecar_env(request: InjectionRequest, config: InjectorConfig, token_gid: in
     ]
     if config.broker_ca_pem:
         env.append({"name": ENV_BROKER_CA, "value": config.broker_ca_pem})
+    if request.dpop:
+        env.append({"name": ENV_DPOP, "value": "true"})
+    ports = upstream_ports(request, config)
+    for a in request.upstreams:
+        if a.upstream is None:
+            continue
+        suffix = audience_env_suffix(a.audience)
+        env.append({"name": ENV_UPSTREAM_URL_PREFIX + suffix, "value": a.upstream.url})
+        env.append({"name": ENV_UPSTREAM_LISTEN_PREFIX + suffix, "value": f"127.0.0.1:{ports[a.audience]}"})
+        if a.upstream.ca_file:
+            env.append({"name": ENV_UPSTREAM_CA_PREFIX + suffix, "value": a.upstream.ca_file})
     return env
 
 
@@ -142,8 +159,10 @@ def confinement(uid: int = SIDECAR_UID) -> dict[str, Any]:
 
 
 def sidecar_container(request: InjectionRequest, config: InjectorConfig, token_gid: int,
-                      uid: int | None = None) -> dict[str, Any]:
-    """`uid`: the app's user, for a pod with a database login (`login_reader_uid`)."""
+                      uid: int | None = None,
+                      ca_mounts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`uid`: the app's user, for a pod with a database login (`login_reader_uid`).
+    `ca_mounts`: the app's volumes holding upstream CA files, read-only at the same paths."""
     container: dict[str, Any] = {
         "name": SIDECAR_CONTAINER_NAME,
         "image": config.sidecar_image,
@@ -153,6 +172,7 @@ def sidecar_container(request: InjectionRequest, config: InjectorConfig, token_g
         "volumeMounts": [
             {"name": TOKENS_VOLUME, "mountPath": request.token_dir},
             {"name": ATTESTATION_VOLUME, "mountPath": ATTESTATION_MOUNT_PATH, "readOnly": True},
+            *(ca_mounts or []),
         ],
         # Passes once every audience has a token: later containers start with tokens present.
         "startupProbe": {

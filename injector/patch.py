@@ -13,14 +13,16 @@ from typing import Any
 from injector import annotations as pod_annotations
 from injector.annotations import AnnotationError, InjectionRequest
 from injector.config import InjectorConfig
-from injector.container_env import APP_ENV_NAMES, container_ops
+from injector.container_env import app_env_names, container_ops
 from injector.container_proxy import PROXY_METRICS_PORT, proxy_container
 from injector.container_sidecar import UnknownAppUser, login_reader_uid, sidecar_container
 from injector.review import AdmissionRequest
+from injector.upstreams import ca_mounts, upstream_ports
 from injector.volumes import attestation_volume, token_file_group, tokens_volume
 from jitmesh.contract import (
     ANNOTATION_PROTECT,
     ANNOTATION_STATUS,
+    ANNOTATION_UPSTREAM_PREFIX,
     ATTESTATION_VOLUME,
     LABEL_INJECT,
     NAMESPACE_LABEL_INJECTION,
@@ -111,6 +113,9 @@ def admit(request: AdmissionRequest, namespace_labels: Mapping[str, str] | None,
         want = pod_annotations.parse(meta.get("annotations") or {}, config.default_audiences)
     except AnnotationError as exc:
         return Refused(f"jitmesh injection refused: annotation {exc}")
+    _, ca_problems = ca_mounts(spec, want)
+    if ca_problems:
+        return Refused(f"jitmesh injection refused: annotation {ca_problems[0]}")
     conflicts = _conflicts(spec, want, config)
     if conflicts:
         return Refused("jitmesh injection refused: the pod already has " + "; ".join(conflicts)
@@ -125,6 +130,8 @@ def admit(request: AdmissionRequest, namespace_labels: Mapping[str, str] | None,
 
 def _conflicts(spec: Mapping[str, Any], want: InjectionRequest, config: InjectorConfig) -> list[str]:
     found: list[str] = []
+    env_names = app_env_names(want)
+    upstream_port_of = {port: audience for audience, port in upstream_ports(want, config).items()}
     for v in spec.get("volumes") or []:
         if v.get("name") in (TOKENS_VOLUME, ATTESTATION_VOLUME):
             found.append(f"a volume named {v['name']!r}")
@@ -140,9 +147,13 @@ def _conflicts(spec: Mapping[str, Any], want: InjectionRequest, config: Injector
                 elif m.get("mountPath", "").rstrip("/") == want.token_dir:
                     found.append(f"{where} mounting {m.get('name')!r} at the token directory {want.token_dir}")
             for e in c.get("env") or []:
-                if e.get("name") in APP_ENV_NAMES:
+                if e.get("name") in env_names:
                     found.append(f"{where} setting env {e['name']}")
             for p in c.get("ports") or []:
+                if p.get("containerPort") in upstream_port_of:
+                    audience = upstream_port_of[p["containerPort"]]
+                    found.append(f"{where} declaring port {p['containerPort']}, which the jitmesh agent forwards "
+                                 f"to the upstream of {audience!r} from ({ANNOTATION_UPSTREAM_PREFIX}{audience})")
                 if want.audiences and p.get("containerPort") == config.agent_port:
                     found.append(f"{where} declaring port {config.agent_port}, which the jitmesh agent "
                                  "listens on")
@@ -191,7 +202,7 @@ def _patch(pod: dict[str, Any], want: InjectionRequest, config: InjectorConfig,
             ops += container_ops(f"/spec/containers/{i}", c, want, config)
         token_gid, group_ops = token_file_group(spec)
         ops += group_ops
-        added.append(sidecar_container(want, config, token_gid, login_uid))
+        added.append(sidecar_container(want, config, token_gid, login_uid, ca_mounts(spec, want)[0]))
     if want.protect is not None:
         added.append(proxy_container(want.protect, config))
 

@@ -33,6 +33,10 @@ ANNOTATION_TOKEN_DIR: Final = "jitmesh.io/token-dir"
 # The receiving side (docs/contract.md §7): an access proxy in front of the pod's port
 ANNOTATION_PROTECT: Final = "jitmesh.io/protect"  # "<port>=<app-port>"
 ANNOTATION_SERVES: Final = "jitmesh.io/serves"  # the audiences the workload accepts
+# Proof of possession and credential injection (docs/contract.md §8)
+ANNOTATION_DPOP: Final = "jitmesh.io/dpop"  # "true": the sidecar asks for DPoP-bound tokens
+ANNOTATION_UPSTREAM_PREFIX: Final = "jitmesh.io/upstream."  # jitmesh.io/upstream.<audience>: <URL>
+ANNOTATION_UPSTREAM_CA_PREFIX: Final = "jitmesh.io/upstream-ca."  # jitmesh.io/upstream-ca.<audience>: <path>
 PROXY_CONTAINER_NAME: Final = "jitmesh-proxy"
 DEFAULT_TOKEN_DIR: Final = "/var/run/jitmesh"
 SIDECAR_CONTAINER_NAME: Final = "jitmesh-sidecar"
@@ -54,6 +58,13 @@ ENV_AGENT_URL: Final = "JITMESH_AGENT_URL"
 # and read by the sidecar, so an https broker signed by a private CA is verified.
 ENV_BROKER_CA: Final = "JITMESH_BROKER_CA"
 ENV_TOKEN_GROUP: Final = "JITMESH_TOKEN_GROUP"  # the group that may read token files (mode 0640)
+# What an app container gets per upstream: JITMESH_UPSTREAM_<AUDIENCE>=http://127.0.0.1:<port>
+ENV_UPSTREAM_PREFIX: Final = "JITMESH_UPSTREAM_"
+# The sidecar's side of the same: the upstream's URL, the loopback address to listen on, the CA file
+ENV_DPOP: Final = "JITMESH_DPOP"
+ENV_UPSTREAM_URL_PREFIX: Final = "JITMESH_UPSTREAM_URL_"
+ENV_UPSTREAM_LISTEN_PREFIX: Final = "JITMESH_UPSTREAM_LISTEN_"
+ENV_UPSTREAM_CA_PREFIX: Final = "JITMESH_UPSTREAM_CA_"
 
 
 def scopes_env_name(audience: str) -> str:
@@ -64,6 +75,17 @@ def scopes_env_name(audience: str) -> str:
 def kind_env_name(audience: str) -> str:
     """`JITMESH_KIND_<AUDIENCE>`, spelled like the scopes variable."""
     return ENV_KIND_PREFIX + audience.upper().replace("-", "_").replace(".", "_")
+
+
+def audience_env_suffix(audience: str) -> str:
+    """An audience as the tail of an environment variable name: upper case, every character
+    other than an ASCII letter or digit as `_` (`orders-api.v2` -> `ORDERS_API_V2`)."""
+    return re.sub(r"[^A-Z0-9]", "_", audience.upper())
+
+
+def upstream_env_name(audience: str) -> str:
+    """`JITMESH_UPSTREAM_<AUDIENCE>`: where an app container reaches the audience's upstream."""
+    return ENV_UPSTREAM_PREFIX + audience_env_suffix(audience)
 
 
 def serviceaccount_subject(namespace: str, service_account: str) -> str:

@@ -119,6 +119,8 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
                                        "access_requests.purge")),
             asyncio.create_task(_every(PURGE_EVERY, lambda: purge_audit(the_store, clock(), config.audit_retention),
                                        "audit.purge", at_start=True)),
+            asyncio.create_task(_every(PURGE_EVERY, lambda: the_store.purge_dpop_proofs(clock()),
+                                       "dpop_proofs.purge")),
             asyncio.create_task(auditor.run()),
             *([asyncio.create_task(shadow.run())] if shadow else []),
         ]

@@ -142,6 +142,15 @@ class Auditor:
             raise
         return run.record
 
+    async def write_with_dpop_proof(self, record: AuditRecord, jti: str, expires_at: float,
+                                    now: float) -> AuditRecord | None:
+        """Spend a DPoP proof's jti and append `record` (an issuance) together; None, and no
+        record, when the proof was used before. Raises StoreError like `write`."""
+        stored = await self.store.append_audit_with_dpop_proof(record, jti, expires_at, now)
+        if stored is not None:
+            self.log(stored)
+        return stored
+
     async def _append(self, record: AuditRecord) -> AuditRecord:
         stored = await self.store.append_audit(record)
         self.log(stored)

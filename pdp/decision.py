@@ -25,6 +25,7 @@ class Decision:
     reasons: tuple[str, ...] = ()
     approval_required: bool = False
     error: str | None = None  # on a deny: invalid_target (no such audience) or invalid_scope (no grant has it)
+    require_dpop: bool = False  # the token must be bound to a key by a DPoP proof (RFC 9449)
 
 
 DECISION_ERRORS = ("invalid_target", "invalid_scope")
@@ -52,8 +53,10 @@ def rfc3339(ts: float) -> str:
 
 
 def policy_input(subject: Subject, audience: str, scopes: Sequence[str], ttl_seconds: int | None,
-                 now: float, client_ip: str | None, approval: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The `input` document of docs/contract.md §3, exactly."""
+                 now: float, client_ip: str | None, approval: dict[str, Any] | None = None,
+                 dpop_jkt: str | None = None) -> dict[str, Any]:
+    """The `input` document of docs/contract.md §3, exactly; `request.dpop` is `{"jkt"}` of a
+    valid DPoP proof sent with the request, else null."""
     pod: dict[str, Any] | None = None
     if subject.pod is not None:
         pod = {"name": subject.pod.name, "uid": subject.pod.uid,
@@ -66,7 +69,8 @@ def policy_input(subject: Subject, audience: str, scopes: Sequence[str], ttl_sec
             "service_account": subject.service_account,
             "pod": pod,
         },
-        "request": {"audience": audience, "scopes": list(scopes), "ttl_seconds": ttl_seconds},
+        "request": {"audience": audience, "scopes": list(scopes), "ttl_seconds": ttl_seconds,
+                    "dpop": None if dpop_jkt is None else {"jkt": dpop_jkt}},
         "context": {"time": rfc3339(now), "client_ip": client_ip},
         "approval": approval,
     }
@@ -82,7 +86,7 @@ def _string_list(doc: dict[str, Any], key: str) -> tuple[str, ...]:
 def parse_decision(response: Any) -> Decision:
     """Read OPA's Data API answer (`{"result": {...}}`) strictly: `allow` a JSON bool,
     `scopes` and `reasons` lists of strings, `ttl_seconds` a positive integer (0 on a deny),
-    `approval_required` a bool, `error` absent or one of DECISION_ERRORS (read on a deny only).
+    `approval_required` and `require_dpop` bools, `error` absent or one of DECISION_ERRORS (read on a deny only).
     Absent optional fields take their empty value."""
     if not isinstance(response, dict) or "result" not in response:
         raise MalformedDecision("the decision is undefined (no policy at the policy path, or no rule matched)")
@@ -99,13 +103,16 @@ def parse_decision(response: Any) -> Decision:
     approval = doc.get("approval_required", False)
     if not isinstance(approval, bool):
         raise MalformedDecision(f"decision.approval_required must be true or false, got {approval!r:.200}")
+    require_dpop = doc.get("require_dpop", False)
+    if not isinstance(require_dpop, bool):
+        raise MalformedDecision(f"decision.require_dpop must be true or false, got {require_dpop!r:.200}")
     error = doc.get("error")
     if error is not None and error not in DECISION_ERRORS:
         raise MalformedDecision(f"decision.error must be one of {', '.join(DECISION_ERRORS)} or absent, "
                                 f"got {error!r:.200}")
     return Decision(allow=allow, scopes=_string_list(doc, "scopes"), ttl_seconds=ttl,
                     reasons=_string_list(doc, "reasons"), approval_required=approval,
-                    error=None if allow else error)
+                    error=None if allow else error, require_dpop=require_dpop)
 
 
 def grant(decision: Decision, requested_scopes: Sequence[str], requested_ttl: int | None,

@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
+from jitmesh import dpop
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, SCOPE_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_POSTGRESQL
 from jitmesh.log import get_logger
 from pdp.attestation.identity import AttestationError, AttestationUnavailable, Attestor, Subject
@@ -43,6 +44,7 @@ MAX_AUDIENCE_CHARS = 256
 MAX_SCOPES = 64
 PENDING_INTERVAL_SECONDS = 5
 PENDING_LIFETIME_SECONDS = 86400  # an unanswered access request lapses after a day; the next ask opens a new one
+DPOP_PROOF_WINDOW = 60.0  # seconds a DPoP proof's iat may be old; its jti is remembered this long
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
@@ -89,11 +91,13 @@ class Issued:
     decision_id: str
     issued_token_type: str = TOKEN_TYPE_JWT
     login: Mapping[str, Any] | None = None  # a database login: username, host, port, dbname, sslmode
+    dpop_bound: bool = False  # the token carries cnf.jkt (RFC 9449 section 5)
 
     def body(self) -> dict[str, Any]:
         # RFC 8693 section 2.2.1: N_A when what is issued is no access token (a password)
+        token_type = "N_A" if self.login is not None else dpop.TOKEN_TYPE_DPOP if self.dpop_bound else "Bearer"
         doc = {"access_token": self.access_token, "issued_token_type": self.issued_token_type,
-               "token_type": "N_A" if self.login is not None else "Bearer", "expires_in": self.expires_in,
+               "token_type": token_type, "expires_in": self.expires_in,
                "scope": self.scope, "decision_id": self.decision_id, **(self.login or {})}
         if not self.scope:  # nothing granted: no scope at all rather than an empty one (RFC 6749 section 5.1)
             del doc["scope"]
@@ -136,6 +140,28 @@ def parse_form(body: bytes, content_type: str | None) -> dict[str, list[str]]:
     for name, value in pairs:
         params.setdefault(name, []).append(value)
     return params
+
+
+def invalid_dpop_proof(description: str) -> OAuthError:
+    return OAuthError(400, "invalid_dpop_proof", description)
+
+
+def proof_expiry(now: float) -> float:
+    """Until when a proof accepted at `now` must be remembered: as long as its iat could pass."""
+    return now + DPOP_PROOF_WINDOW + dpop.CLOCK_SKEW
+
+
+def dpop_proof_of(headers: Sequence[str], token_endpoint: str, now: float) -> dpop.CheckedProof | None:
+    """The checked proof of a token request's `DPoP` headers (at most one, RFC 9449 section
+    4.3), None when there is none; `invalid_dpop_proof` naming the failed check otherwise."""
+    if not headers:
+        return None
+    if len(headers) > 1:
+        raise invalid_dpop_proof(f"{len(headers)} DPoP headers; a request carries exactly one proof")
+    try:
+        return dpop.check_proof(headers[0], htm="POST", htu=token_endpoint, now=now, window=DPOP_PROOF_WINDOW)
+    except dpop.ProofError as exc:
+        raise invalid_dpop_proof(f"the DPoP proof fails the check of {exc}") from None
 
 
 def target_audience(audience: str | None, resource: str | None, resources: Mapping[str, str]) -> str:
@@ -269,12 +295,33 @@ class TokenExchange:
                 return unavailable("the audit store cannot be written; nothing was issued", record.decision_id)
         return error
 
-    async def exchange(self, params: Mapping[str, list[str]], client_ip: str | None) -> Issued | OAuthError:
+    async def _spend(self, proof: dpop.CheckedProof, now: float, decision_id: str) -> OAuthError | None:
+        """Record the proof's jti in the store every replica shares: None the first time, the
+        refusal for a proof used before or a store that cannot say."""
+        try:
+            fresh = await self.auditor.store.remember_dpop_proof(proof.jti, proof_expiry(now), now)
+        except StoreError as exc:
+            self.metrics.errors.labels("store_unavailable").inc()
+            return unavailable(f"DPoP proofs cannot be recorded right now: {exc}", decision_id)
+        if not fresh:
+            return OAuthError(400, "invalid_dpop_proof", "the DPoP proof fails the check of jti: this proof was "
+                              "used already", decision_id)
+        return None
+
+    async def exchange(self, params: Mapping[str, list[str]], client_ip: str | None,
+                       dpop_proofs: Sequence[str] = ()) -> Issued | OAuthError:
+        """One token request; `dpop_proofs` are the values of its `DPoP` headers."""
         try:
             req = parse_token_request(params, self.config.resources)
         except OAuthError as bad:
             self.metrics.denied.labels(bad.error).inc()
             return bad
+        try:
+            proof = dpop_proof_of(dpop_proofs, f"{self.config.issuer}/token", self.clock())
+        except OAuthError as bad:
+            self.metrics.denied.labels(bad.error).inc()
+            return bad
+        dpop_jkt = proof.jkt if proof is not None else None
         if req.issued_token_type == TOKEN_TYPE_POSTGRESQL and (self.logins is None
                                                                or req.audience not in self.logins.targets):
             self.metrics.denied.labels("invalid_target").inc()
@@ -286,6 +333,8 @@ class TokenExchange:
         policy_path = self.config.policy_path
 
         def record(event: str, **kw: Any) -> AuditRecord:
+            if dpop_jkt is not None:  # the key the token is (or would have been) bound to
+                kw["extra"] = {"dpop_jkt": dpop_jkt, **(kw.get("extra") or {})}
             return decision_record(decision_id=decision_id, time=now, event=event, policy_path=policy_path,
                                    audience=req.audience, requested_scopes=req.scopes,
                                    requested_ttl=req.requested_ttl, client_ip=client_ip, **kw)
@@ -313,7 +362,7 @@ class TokenExchange:
             return refused
 
         # what does the policy say
-        doc = policy_input(subject, req.audience, req.scopes, req.requested_ttl, now, client_ip)
+        doc = policy_input(subject, req.audience, req.scopes, req.requested_ttl, now, client_ip, dpop_jkt=dpop_jkt)
         asked = await self._ask(doc, decision_id, now, subject_record)
         if isinstance(asked, OAuthError):
             return asked
@@ -326,7 +375,7 @@ class TokenExchange:
             if request.status == "pending":
                 return await self._pending(decision, request, decision_id, subject_record, doc, raw_decision)
             doc = policy_input(subject, req.audience, req.scopes, req.requested_ttl, now, client_ip,
-                               approval=approval_input(request))
+                               approval=approval_input(request), dpop_jkt=dpop_jkt)
             asked = await self._ask(doc, decision_id, now, subject_record)
             if isinstance(asked, OAuthError):
                 return asked
@@ -342,7 +391,8 @@ class TokenExchange:
                 subject_record("denied", error=err.error, error_description=reasons, reasons=decision.reasons,
                                policy_input=doc, raw_decision=raw_decision), err)
         if not decision.allow and self.config.enforcement == "dry-run":
-            return await self._dry_run(req, subject, decision, decision_id, now, subject_record, doc, raw_decision)
+            return await self._dry_run(req, subject, decision, decision_id, now, subject_record, doc, raw_decision,
+                                       proof)
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or "the policy did not allow this request"
             err = OAuthError(403, "access_denied", reasons, decision_id)
@@ -350,8 +400,15 @@ class TokenExchange:
             return await self._audit_refusal(
                 subject_record("denied", error=err.error, error_description=reasons, reasons=decision.reasons,
                                policy_input=doc, raw_decision=raw_decision), err)
+        if decision.require_dpop and dpop_jkt is None:
+            err = OAuthError(400, "invalid_request", "this audience requires DPoP: send a DPoP proof (RFC 9449) "
+                             "with the request, and the token will be bound to its key", decision_id)
+            self.metrics.denied.labels(err.error).inc()
+            return await self._audit_refusal(
+                subject_record("denied", error=err.error, error_description=err.description,
+                               reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision), err)
         return await self._issue(req, subject, decision, decision_id, now, subject_record, doc, raw_decision,
-                                 not_after=not_after)
+                                 not_after=not_after, proof=proof)
 
     async def _revoked(self, sub: str, pod_uid: str | None, audience: str, decision_id: str,
                        subject_record: Callable[..., AuditRecord]) -> OAuthError | None:
@@ -442,17 +499,28 @@ class TokenExchange:
 
     async def _dry_run(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
                        subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
-                       raw_decision: Any) -> Issued | OAuthError:
+                       raw_decision: Any, proof: dpop.CheckedProof | None) -> Issued | OAuthError:
         """--enforcement dry-run: what the policy denied is issued as requested, audited as such."""
         outcome = await self._issue(req, subject, dry_run_decision(decision, req.scopes), decision_id, now,
-                                    subject_record, doc, raw_decision, event=DRY_RUN_EVENT)
+                                    subject_record, doc, raw_decision, event=DRY_RUN_EVENT, proof=proof)
         if isinstance(outcome, Issued):
             self.metrics.dry_run_allowed.inc()
         return outcome
 
     async def _issue(self, req: TokenRequest, subject: Subject, decision: Decision, decision_id: str, now: float,
                      subject_record: Callable[..., AuditRecord], doc: dict[str, Any],
-                     raw_decision: Any, event: str = "issued", not_after: float | None = None) -> Issued | OAuthError:
+                     raw_decision: Any, event: str = "issued", not_after: float | None = None,
+                     proof: dpop.CheckedProof | None = None) -> Issued | OAuthError:
+        """Sign and audit; with a DPoP proof, its jti is spent in the audit record's transaction
+        (one durable write), and a proof used before stops the token there."""
+
+        async def refuse(spent: OAuthError) -> OAuthError:
+            self.metrics.denied.labels(spent.error).inc()
+            return await self._audit_refusal(
+                subject_record("error" if spent.status == 503 else "denied", error=spent.error,
+                               error_description=spent.description, policy_input=doc, raw_decision=raw_decision),
+                spent)
+        dpop_jkt = proof.jkt if proof is not None else None
         granted = grant(decision, req.scopes, req.requested_ttl, self.config.default_ttl, self.config.max_ttl)
         if not_after is not None:
             granted = replace(granted, ttl=max(1, min(granted.ttl, int(not_after - now))))
@@ -464,17 +532,24 @@ class TokenExchange:
             return refused
         dry_run = event == DRY_RUN_EVENT
         if req.issued_token_type == TOKEN_TYPE_POSTGRESQL:
+            spent = await self._spend(proof, now, decision_id) if proof is not None else None
+            if spent is not None:
+                return await refuse(spent)
             return await self._issue_login(req, subject, granted.scopes, granted.ttl, decision, decision_id, now,
                                            subject_record, doc, raw_decision, event)
         claims = access_token_claims(issuer=self.config.issuer, subject=subject, audience=req.audience,
                                      scopes=granted.scopes, ttl=granted.ttl, now=now, decision_id=decision_id,
-                                     dry_run=dry_run)
+                                     dry_run=dry_run, dpop_jkt=dpop_jkt)
         token = self.keys.sign(claims)
         rec = subject_record(event, jti=claims["jti"], granted_scopes=granted.scopes, ttl=granted.ttl,
                              reasons=decision.reasons, policy_input=doc, raw_decision=raw_decision,
                              extra={"kid": self.keys.current.record.kid, "exp": claims["exp"]})
         try:
-            await self.auditor.write(rec)
+            if proof is None:
+                await self.auditor.write(rec)
+            elif await self.auditor.write_with_dpop_proof(rec, proof.jti, proof_expiry(now), now) is None:
+                return await refuse(OAuthError(400, "invalid_dpop_proof", "the DPoP proof fails the check of jti: "
+                                               "this proof was used already", decision_id))
         except StoreError as exc:
             Auditor.log(decision_record(decision_id=decision_id, time=now, event="error",
                                         policy_path=self.config.policy_path,
@@ -488,7 +563,8 @@ class TokenExchange:
                         audience=req.audience, jti=claims["jti"], reasons=list(decision.reasons),
                         message="the policy denied this request; --enforcement dry-run issued it anyway")
         return Issued(access_token=token, expires_in=granted.ttl, scope=" ".join(granted.scopes),
-                      decision_id=decision_id, issued_token_type=req.issued_token_type)
+                      decision_id=decision_id, issued_token_type=req.issued_token_type,
+                      dpop_bound=dpop_jkt is not None)
 
     async def _issue_login(self, req: TokenRequest, subject: Subject, scopes: tuple[str, ...], ttl: int,
                            decision: Decision, decision_id: str, now: float,
@@ -554,8 +630,11 @@ class TokenExchange:
             return unavailable(f"the audit store cannot be written; no login was issued: {exc}", decision_id)
         self.logins.handed_out(req.audience, login.username, login.expires_at, refreshed)
         self.metrics.issued.inc()
+        # A password cannot be bound to a key: a DPoP proof sent along is checked and spent, and the
+        # answer's token_type N_A (not DPoP) tells the client that nothing is bound.
         log.info("dblogin.issued", decision_id=decision_id, subject=subject.sub, audience=req.audience,
-                 username=login.username, refreshed=refreshed, expires_in=ttl)
+                 username=login.username, refreshed=refreshed, expires_in=ttl,
+                 dpop_proof_ignored=bool(doc["request"]["dpop"]))
         return Issued(access_token=login.password, expires_in=ttl, scope=" ".join(scopes), decision_id=decision_id,
                       issued_token_type=TOKEN_TYPE_POSTGRESQL,
                       login={"username": login.username, "host": target.host, "port": target.port,

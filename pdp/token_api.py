@@ -11,6 +11,7 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from jitmesh import dpop
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_POSTGRESQL
 from jitmesh.log import get_logger
 from pdp.audit import decision_record
@@ -53,7 +54,7 @@ async def token_endpoint(request: Request) -> Response:
         except OAuthError as err:
             broker.metrics.denied.labels(err.error).inc()
             raise
-        outcome = await broker.exchange.exchange(params, client_ip(request))
+        outcome = await broker.exchange.exchange(params, client_ip(request), request.headers.getlist("dpop"))
     finally:
         broker.metrics.request_seconds.observe(time.perf_counter() - started)
     if isinstance(outcome, Issued):
@@ -132,7 +133,7 @@ async def introspect_endpoint(request: Request) -> Response:
     claims = await verify_token(broker, tokens[0])
     if claims is None or broker.revocations.token_revoked(claims) is not None:
         return oauth_response(200, {"active": False})
-    doc = {"active": True, "token_type": "Bearer"}
+    doc = {"active": True, "token_type": dpop.TOKEN_TYPE_DPOP if "cnf" in claims else "Bearer"}
     doc.update({k: v for k, v in claims.items()})
     return oauth_response(200, doc)
 
@@ -148,6 +149,7 @@ async def discovery_endpoint(request: Request) -> Response:
         "revocation_endpoint": f"{issuer}/revoke",
         "introspection_endpoint": f"{issuer}/introspect",
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
+        "dpop_signing_alg_values_supported": list(dpop.SUPPORTED_ALGS),  # RFC 9449 section 5.1
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         # Introspection takes an admin bearer token (RFC 6750), which no registered client

@@ -74,9 +74,10 @@ class LoadedKey:
 
 def access_token_claims(*, issuer: str, subject: Subject, audience: str, scopes: Sequence[str], ttl: int,
                         now: float, decision_id: str, jti: str | None = None,
-                        dry_run: bool = False) -> dict[str, Any]:
+                        dry_run: bool = False, dpop_jkt: str | None = None) -> dict[str, Any]:
     """The claims of an RFC 9068 access token, as docs/contract.md §2 lists them; a token the
-    policy denied and `--enforcement dry-run` issued anyway says so in `jitmesh.io/dry_run`."""
+    policy denied and `--enforcement dry-run` issued anyway says so in `jitmesh.io/dry_run`;
+    a token bound to a DPoP key carries its thumbprint in `cnf.jkt` (RFC 9449 section 6.1)."""
     k8s: dict[str, Any] = {"namespace": subject.namespace, "serviceaccount": {"name": subject.service_account}}
     if subject.pod is not None:
         k8s["pod"] = {"name": subject.pod.name, "uid": subject.pod.uid}
@@ -98,6 +99,8 @@ def access_token_claims(*, issuer: str, subject: Subject, audience: str, scopes:
         del claims["scope"]
     if dry_run:
         claims[DRY_RUN_CLAIM] = True
+    if dpop_jkt is not None:
+        claims["cnf"] = {"jkt": dpop_jkt}
     return claims
 
 

@@ -23,15 +23,24 @@ default decision := {
 }
 
 decision := object.union(
-	{
-		"allow": allow,
-		"scopes": granted_scopes,
-		"ttl_seconds": granted_ttl,
-		"reasons": decision_reasons,
-		"approval_required": approval_required,
-	},
-	error_field,
+	object.union(
+		{
+			"allow": allow,
+			"scopes": granted_scopes,
+			"ttl_seconds": granted_ttl,
+			"reasons": decision_reasons,
+			"approval_required": approval_required,
+		},
+		error_field,
+	),
+	dpop_field,
 )
+
+# An audience whose tokens must be bound to the workload's key (RFC 9449 DPoP): the broker
+# refuses a request for it that carries no DPoP proof.
+default dpop_field := {}
+
+dpop_field := {"require_dpop": true} if audience_config.require_dpop == true
 
 # A deny that is about the request rather than the subject names its OAuth error: an
 # audience no grant or audience entry knows is invalid_target, a scope no grant of the

@@ -564,3 +564,27 @@ test_serves_is_empty_for_an_unknown_workload if {
 test_serves_is_empty_for_malformed_input if {
 	authz.serves == [] with input as {"subject": "x"}
 }
+
+# --- DPoP: an audience may require tokens bound to the workload's key
+
+test_an_audience_requiring_dpop_says_so_in_the_decision if {
+	d := demo_asks({"audience": "orders-api", "scopes": ["read"]}) with data.jitmesh.audiences["orders-api"] as {"require_dpop": true}
+	d.allow == true
+	d.require_dpop == true
+}
+
+test_an_audience_requiring_dpop_says_so_whether_or_not_a_proof_came if {
+	d := demo_asks({"audience": "orders-api", "scopes": ["read"], "dpop": {"jkt": "k1"}}) with data.jitmesh.audiences["orders-api"] as {"require_dpop": true}
+	d.allow == true
+	d.require_dpop == true
+}
+
+test_an_audience_without_the_setting_has_no_require_dpop_field if {
+	d := demo_asks({"audience": "orders-api", "scopes": ["read"]})
+	not "require_dpop" in object.keys(d)
+}
+
+test_require_dpop_other_than_true_is_ignored if {
+	d := demo_asks({"audience": "orders-api", "scopes": ["read"]}) with data.jitmesh.audiences["orders-api"] as {"require_dpop": "yes"}
+	not "require_dpop" in object.keys(d)
+}

@@ -14,12 +14,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from jitmesh import dpop
 from jitmesh.log import get_logger
 from proxy.keys import KeysUnavailable
 from proxy.metrics import ProxyMetrics
 from proxy.policy import Policy, PolicyUnavailable
 from proxy.policy_input import build_input
-from proxy.verify import TokenRejected, TokenVerifier
+from proxy.verify import RequestTarget, TokenRejected, TokenVerifier
 
 log = get_logger("proxy.decision")
 
@@ -32,6 +33,11 @@ class RequestFacts:
     scheme: str
     headers: Sequence[tuple[str, str]]  # as received, names in any case
     client: tuple[str, int] | None
+
+    @property
+    def url(self) -> str:
+        """The URL the client sent the request to, as a DPoP proof names it (`htu`)."""
+        return f"{self.scheme}://{self.host}{self.path}"
 
 
 @dataclass
@@ -81,8 +87,9 @@ class Gate:
             why = "the revocation event stream from the broker is down; refusing rather than trust a revoked token"
             return self._unavailable(decision_id, why), None, None, [why]
         authorization = [v for k, v in facts.headers if k.lower() == "authorization"]
+        proofs = [v for k, v in facts.headers if k.lower() == "dpop"]
         try:
-            token = await self.verifier.verify(authorization)
+            token = await self.verifier.verify(authorization, proofs, RequestTarget(facts.method, facts.url))
         except TokenRejected as exc:
             body = {"error": exc.error or "invalid_token", "error_description": exc.description,
                     "decision_id": decision_id}
@@ -91,7 +98,7 @@ class Gate:
                 headers.append(("www-authenticate", exc.www_authenticate()))
             outcome = "bad_request" if exc.status == 400 else "unauthenticated"
             return Outcome(exc.status, outcome, decision_id, headers, _json(body)), None, None, [exc.description]
-        except KeysUnavailable as exc:
+        except (KeysUnavailable, dpop.ReplayCacheFull) as exc:
             return self._unavailable(decision_id, str(exc)), None, None, [str(exc)]
         input_doc = build_input(method=facts.method, path=facts.path, host=facts.host, scheme=facts.scheme,
                                 headers=facts.headers, client=facts.client, claims=token.claims,

@@ -12,7 +12,10 @@ pooled keep-alive session. docs/contract.md §7.
 - `/v1/check` (and `/v1/check/<path>`) answers for nginx `auth_request` (original request
   in `X-Original-Method` / `X-Original-URI`) and Envoy `ext_authz` over HTTP (original
   method, original path behind the `/v1/check` prefix): 200 with the `x-jitmesh-*` headers,
-  else the gate's 401/403/503.
+  else the gate's 401/403/503. A DPoP proof names the URL the client used: the forwarding
+  proxy takes it from the Host header and the listener's scheme; `/v1/check` from
+  `X-Forwarded-Host` and `X-Forwarded-Proto` when the asking proxy sends them (nginx:
+  `proxy_set_header X-Forwarded-Host $http_host`), else from its Host header.
 """
 
 from __future__ import annotations
@@ -218,7 +221,11 @@ class ProxyApp:
                            json.dumps({"error": "invalid_request", "error_description": problem}).encode())
             return
         kept = [(k, v) for k, v in headers if k not in ("x-original-method", "x-original-uri")]
-        facts = RequestFacts(method, path, host, scope.get("scheme", "http"), kept, client)
+        # the original request's host and scheme, as the asking proxy received them
+        host = next((v for k, v in headers if k == "x-forwarded-host"), host).split(",")[0].strip()
+        scheme = next((v for k, v in headers if k == "x-forwarded-proto"), scope.get("scheme", "http"))
+        scheme = scheme.split(",")[0].strip().lower()
+        facts = RequestFacts(method, path, host, scheme if scheme in ("http", "https") else "http", kept, client)
         outcome = await self.gate.decide(facts)
         if outcome.allowed:
             await _respond(send, 200, outcome.upstream_headers, b"")

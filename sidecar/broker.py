@@ -8,7 +8,7 @@ import binascii
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -77,6 +77,12 @@ class RevokeFailed(RuntimeError):
     pass
 
 
+class Prover(Protocol):
+    """Signs a DPoP proof (RFC 9449) for one request with the sidecar's key."""
+
+    def proof(self, htm: str, htu: str, access_token: str | None = None, nonce: str | None = None) -> str: ...
+
+
 def jwt_claims(token: str) -> dict[str, Any]:
     """The claims of a JWT, unverified: only to learn its own `exp` and `jti`. The sidecar
     trusts the broker it reached over its configured URL; the resource servers verify."""
@@ -89,8 +95,10 @@ def jwt_claims(token: str) -> dict[str, Any]:
 
 
 class BrokerClient:
-    def __init__(self, config: SidecarConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: SidecarConfig, transport: httpx.AsyncBaseTransport | None = None,
+                 prover: Prover | None = None) -> None:
         self._config = config
+        self._prover = prover  # with a key, every exchange carries a fresh proof: the token is bound to it
         self._http = httpx.AsyncClient(
             timeout=config.request_timeout, verify=config.tls_verify(), transport=transport,
             headers={"User-Agent": f"jitmesh-sidecar/{__version__}", "Accept": "application/json"},
@@ -119,12 +127,22 @@ class BrokerClient:
                 form["refresh_login"] = refresh_login
         sent_at = time.time()
         try:
-            resp = await self._http.post(self._config.token_endpoint, data=form)
+            resp = await self._http.post(self._config.token_endpoint, data=form, headers=self._proof_header())
+            nonce = resp.headers.get("DPoP-Nonce")
+            if self._prover is not None and resp.status_code == 400 and nonce and \
+                    _body(resp).get("error") == "use_dpop_nonce":  # RFC 9449 section 8: once more, with it
+                resp = await self._http.post(self._config.token_endpoint, data=form,
+                                             headers=self._proof_header(nonce))
         except httpx.TimeoutException as exc:
             return Failed("timeout", f"{type(exc).__name__} after {self._config.request_timeout:g}s")
         except httpx.HTTPError as exc:
             return Failed("unreachable", f"{type(exc).__name__}: {exc}")
-        return _outcome(resp, sent_at)
+        return _outcome(resp, sent_at, dpop=self._prover is not None)
+
+    def _proof_header(self, nonce: str | None = None) -> dict[str, str]:
+        if self._prover is None:
+            return {}
+        return {"DPoP": self._prover.proof("POST", self._config.token_endpoint, nonce=nonce)}
 
     async def revoke(self, token: str, login: DatabaseLogin | None = None) -> None:
         """RFC 7009; a database login is its password, named by its username."""
@@ -152,7 +170,7 @@ def _retry_after(resp: httpx.Response) -> float | None:
     return float(raw) if raw.strip().isdigit() else None
 
 
-def _outcome(resp: httpx.Response, sent_at: float) -> Outcome:
+def _outcome(resp: httpx.Response, sent_at: float, dpop: bool = False) -> Outcome:
     body = _body(resp)
     if resp.status_code == 200:
         token, expires_in = body.get("access_token"), body.get("expires_in")
@@ -161,7 +179,11 @@ def _outcome(resp: httpx.Response, sent_at: float) -> Outcome:
             return Failed("bad_response", "200 without access_token and a positive expires_in", 200)
         if body.get("issued_token_type") == TOKEN_TYPE_POSTGRESQL:
             return _login_outcome(body, token, sent_at + float(expires_in) - _NO_EXP_SLACK)
-        if str(body.get("token_type", "Bearer")).lower() != "bearer":
+        token_type = str(body.get("token_type", "Bearer")).lower()
+        if dpop and token_type != "dpop":  # asked with a proof; a token not bound to the key is refused
+            return Failed("bad_response", f"asked for a DPoP-bound token but got token_type "
+                          f"{body.get('token_type')!r}; the broker does not bind tokens to the sidecar's key", 200)
+        if not dpop and token_type != "bearer":
             return Failed("bad_response", f"unexpected token_type {body.get('token_type')!r}", 200)
         claims = jwt_claims(token)
         # The broker counted expires_in from some moment after we sent; the JWT's exp is exact.

@@ -17,18 +17,19 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from jitmesh.log import configure, get_logger
-    from sidecar.service import bind, check_token_dir, serve
+    from sidecar.service import bind, bind_upstreams, check_token_dir, serve
 
     configure(getattr(args, "log_level", "info"))
     try:
         config = SidecarConfig.from_env(args.environ)
         check_token_dir(config)
         sock = bind(config)
+        upstream_socks = bind_upstreams(config)
     except ConfigError as exc:
         get_logger("sidecar").error("sidecar.config_invalid", error=str(exc))
         print(f"jitmesh sidecar: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(config, sock))
+    return asyncio.run(serve(config, sock, upstream_socks))
 
 
 def register(sub: Any) -> None:

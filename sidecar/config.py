@@ -19,6 +19,13 @@ Extras of the sidecar's own (all optional):
 | JITMESH_SHUTDOWN_TIMEOUT | 1.5 | how long SIGTERM waits for the broker to revoke, seconds |
 | JITMESH_BROKER_CA_FILE | unset | PEM bundle to verify an https broker (default: system CAs) |
 | JITMESH_BROKER_CA | unset | the same bundle inline, as PEM text (what the injector sets with --broker-ca-file) |
+| JITMESH_DPOP | false | `true`: hold a P-256 key in memory and ask for DPoP-bound tokens (RFC 9449) |
+| JITMESH_UPSTREAM_URL_<AUDIENCE> | unset | forward plain requests to this http(s) URL with the audience's token |
+| JITMESH_UPSTREAM_LISTEN_<AUDIENCE> | unset | the loopback HOST:PORT to forward the upstream from (with the URL) |
+| JITMESH_UPSTREAM_CA_<AUDIENCE> | unset | PEM bundle that verifies an https upstream (default: system CAs) |
+| JITMESH_UPSTREAM_TIMEOUT | 30 | seconds an upstream may take to connect, or between two reads of its answer |
+
+`<AUDIENCE>` is the audience upper-cased, every character other than a letter or digit as `_`.
 
 The injector sets JITMESH_TOKEN_GROUP to the pod's fsGroup, or else to the sidecar's group,
 which it adds to the pod's supplementalGroups. JITMESH_FILE_GROUP is its older name.
@@ -39,17 +46,22 @@ from jitmesh.contract import (
     ENV_AUDIENCES,
     ENV_BROKER_CA,
     ENV_BROKER_URL,
+    ENV_DPOP,
     ENV_LISTEN,
     ENV_SA_TOKEN_FILE,
     ENV_TOKEN_DIR,
     ENV_TOKEN_GROUP,
     ENV_TTL,
+    ENV_UPSTREAM_CA_PREFIX,
+    ENV_UPSTREAM_LISTEN_PREFIX,
+    ENV_UPSTREAM_URL_PREFIX,
     KIND_JWT,
     KIND_POSTGRESQL,
+    audience_env_suffix,
     kind_env_name,
     scopes_env_name,
 )
-from jitmesh.hostport import split_host_port
+from jitmesh.hostport import split_host_port, without_userinfo
 from jitmesh.tls import pem_ca_problem
 
 ENV_FILE_MODE = "JITMESH_FILE_MODE"
@@ -62,6 +74,7 @@ ENV_REASK_JITTER = "JITMESH_REASK_JITTER"
 ENV_REQUEST_TIMEOUT = "JITMESH_REQUEST_TIMEOUT"
 ENV_SHUTDOWN_TIMEOUT = "JITMESH_SHUTDOWN_TIMEOUT"
 ENV_BROKER_CA_FILE = "JITMESH_BROKER_CA_FILE"
+ENV_UPSTREAM_TIMEOUT = "JITMESH_UPSTREAM_TIMEOUT"
 
 DEFAULT_LISTEN = "127.0.0.1:8099"
 
@@ -74,6 +87,24 @@ _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 class ConfigError(ValueError):
     """Bad sidecar configuration; the message names the variable and what would be right."""
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """Where the sidecar forwards an audience's requests: it listens on `listen_host:listen_port`
+    (loopback) and sends each request on to `url` with the audience's token."""
+
+    audience: str
+    url: str
+    listen_host: str
+    listen_port: int
+    ca_file: Path | None = None
+
+    def tls_verify(self) -> ssl.SSLContext | bool:
+        """What verifies an https upstream: its CA file, else the system's CAs."""
+        if self.ca_file is not None:
+            return ssl.create_default_context(cafile=str(self.ca_file))
+        return True
 
 
 @dataclass(frozen=True)
@@ -107,6 +138,9 @@ class SidecarConfig:
     shutdown_timeout: float = 1.5
     broker_ca_file: Path | None = None
     broker_ca_pem: str | None = None
+    dpop: bool = False  # a P-256 key in memory; every token asked for is bound to it
+    upstreams: tuple[UpstreamSpec, ...] = ()
+    upstream_timeout: float = 30.0
 
     def tls_verify(self) -> ssl.SSLContext | bool:
         """What verifies an https broker: the JITMESH_BROKER_CA_FILE or JITMESH_BROKER_CA bundle,
@@ -124,6 +158,9 @@ class SidecarConfig:
     @property
     def revocation_endpoint(self) -> str:
         return self.broker_url + "/revoke"
+
+    def upstream(self, name: str) -> UpstreamSpec | None:
+        return next((u for u in self.upstreams if u.audience == name), None)
 
     def audience(self, name: str) -> AudienceSpec | None:
         return next((a for a in self.audiences if a.audience == name), None)
@@ -156,7 +193,85 @@ class SidecarConfig:
             shutdown_timeout=_seconds(environ, ENV_SHUTDOWN_TIMEOUT, 1.5),
             broker_ca_file=_ca_file(environ.get(ENV_BROKER_CA_FILE)),
             broker_ca_pem=_ca_pem(environ.get(ENV_BROKER_CA), environ.get(ENV_BROKER_CA_FILE)),
+            dpop=_dpop(environ.get(ENV_DPOP)),
+            upstreams=_upstreams(environ, audiences, (host, port)),
+            upstream_timeout=_seconds(environ, ENV_UPSTREAM_TIMEOUT, 30.0),
         )
+
+
+def _dpop(raw: str | None) -> bool:
+    if raw is None or not raw.strip():
+        return False
+    if raw.strip() not in ("true", "false"):
+        raise ConfigError(f"{ENV_DPOP}={raw!r:.40} is neither true nor false")
+    return raw.strip() == "true"
+
+
+def upstream_url_problem(raw: str) -> str | None:
+    """What is wrong with an upstream's URL, or None: an absolute http(s) URL with a host,
+    without user information or a fragment."""
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an absolute http or https URL with a host"
+    if parts.username is not None or parts.password is not None or "#" in raw:
+        return "must not carry user information or a fragment"
+    if any(c.isspace() or not 0x21 <= ord(c) <= 0x7e for c in raw):
+        return "has spaces or characters outside printable ASCII"
+    return None
+
+
+def _upstreams(environ: Mapping[str, str], audiences: tuple[AudienceSpec, ...],
+               api: tuple[str, int]) -> tuple[UpstreamSpec, ...]:
+    known = {audience_env_suffix(a.audience): a for a in audiences}
+    for name in sorted(environ):
+        for prefix in (ENV_UPSTREAM_URL_PREFIX, ENV_UPSTREAM_LISTEN_PREFIX, ENV_UPSTREAM_CA_PREFIX):
+            if name.startswith(prefix) and name[len(prefix):] not in known:
+                raise ConfigError(f"{name} names no audience of {ENV_AUDIENCES}; expected {prefix}<AUDIENCE> "
+                                  f"with one of {', '.join(sorted(known))}")
+    specs: list[UpstreamSpec] = []
+    taken: dict[tuple[str, int], str] = {api: ENV_LISTEN}
+    for suffix, spec in known.items():
+        url_env, listen_env, ca_env = (ENV_UPSTREAM_URL_PREFIX + suffix, ENV_UPSTREAM_LISTEN_PREFIX + suffix,
+                                       ENV_UPSTREAM_CA_PREFIX + suffix)
+        url = environ.get(url_env, "").strip()
+        listen = environ.get(listen_env, "").strip()
+        ca = environ.get(ca_env, "").strip()
+        if not url:
+            for env, value in ((listen_env, listen), (ca_env, ca)):
+                if value:
+                    raise ConfigError(f"{env} is set but {url_env} is not; give the upstream's URL")
+            continue
+        problem = upstream_url_problem(url)
+        if problem:
+            raise ConfigError(f"{url_env}={without_userinfo(url)!r:.100} {problem}, e.g. "
+                              "https://payments.example:8443/api")
+        if spec.kind != KIND_JWT:
+            raise ConfigError(f"{url_env}: audience {spec.audience!r} is a {spec.kind} login, not a token the "
+                              "sidecar can send over HTTP")
+        if not listen:
+            raise ConfigError(f"{listen_env} is not set; expected the loopback HOST:PORT to forward "
+                              f"{spec.audience!r} from, e.g. 127.0.0.1:15100")
+        parsed = split_host_port(listen)
+        if parsed is None:
+            raise ConfigError(f"{listen_env}={listen!r} is not HOST:PORT, e.g. 127.0.0.1:15100")
+        if parsed[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise ConfigError(f"{listen_env}={listen!r}: the forwarder adds a credential to what it is sent, "
+                              "so it listens on loopback only, e.g. 127.0.0.1:15100")
+        if parsed in taken:
+            raise ConfigError(f"{listen_env}={listen!r} is also {taken[parsed]}; give each its own port")
+        taken[parsed] = listen_env
+        ca_file: Path | None = None
+        if ca:
+            if urlsplit(url).scheme != "https":
+                raise ConfigError(f"{ca_env} is set but {url_env}={url!r:.100} is plain http; a CA only "
+                                  "verifies an https upstream")  # url has passed: no user information
+            ca_file = _pem_file(ca_env, ca)
+        specs.append(UpstreamSpec(spec.audience, url, parsed[0], parsed[1], ca_file))
+    return tuple(specs)
 
 
 def _broker_url(raw: str) -> str:
@@ -324,12 +439,16 @@ def _ca_pem(raw: str | None, file: str | None) -> str | None:
 def _ca_file(raw: str | None) -> Path | None:
     if raw is None or not raw.strip():
         return None
+    return _pem_file(ENV_BROKER_CA_FILE, raw)
+
+
+def _pem_file(name: str, raw: str) -> Path:
     path = Path(raw.strip())
     try:
         pem = path.read_text()
     except (OSError, UnicodeDecodeError):
-        raise ConfigError(f"{ENV_BROKER_CA_FILE}={raw!r} is not a readable PEM file") from None
+        raise ConfigError(f"{name}={raw!r} is not a readable PEM file") from None
     problem = pem_ca_problem(pem)
     if problem:
-        raise ConfigError(f"{ENV_BROKER_CA_FILE}={raw!r} {problem}")
+        raise ConfigError(f"{name}={raw!r} {problem}")
     return path

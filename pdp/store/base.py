@@ -240,6 +240,24 @@ class Store(abc.ABC):
                                    limit: int = 100) -> list[AccessRequest]:
         """Newest first; pending ones only while they have not lapsed."""
 
+    # DPoP proofs seen at the token endpoint
+    @abc.abstractmethod
+    async def remember_dpop_proof(self, jti: str, expires_at: float, now: float) -> bool:
+        """Record a proof's `jti` until `expires_at`, atomically: True when it was new (or its
+        earlier record had expired by `now`), False when it is a replay."""
+
+    @abc.abstractmethod
+    async def purge_dpop_proofs(self, before: float) -> int:
+        """Drop the proof records that expired by `before`; how many went."""
+
+    async def append_audit_with_dpop_proof(self, record: AuditRecord, jti: str, expires_at: float,
+                                           now: float) -> AuditRecord | None:
+        """`remember_dpop_proof`, then `append_audit` only when the proof was new (None when it
+        was a replay). A store that can do both in one transaction does (one durable write)."""
+        if not await self.remember_dpop_proof(jti, expires_at, now):
+            return None
+        return await self.append_audit(record)
+
     # shadow mode (pdp/shadow/, SQL in pdp/store/shadow.py)
     async def record_shadow(self, counts: list[ShadowCount], samples: list[ShadowSample],
                             samples_per_class: int) -> None:

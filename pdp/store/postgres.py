@@ -103,6 +103,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     records.ACCESS_REQUESTS_MIGRATION,
     records.STORE_EPOCH_MIGRATION_POSTGRES,
     records.AUDIT_JTI_MIGRATION,
+    records.DPOP_PROOFS_MIGRATION,
 )
 
 # advisory lock keys (arbitrary, fixed): "jitm" followed by a small number
@@ -547,6 +548,18 @@ class PostgresStore(Store):
     async def purge_access_requests(self, before: float) -> int:
         async with self._conn("purging access requests") as conn:
             cur = await conn.execute(records.PURGE_ACCESS_REQUESTS.format(p="%s"), (before,))
+            return cur.rowcount
+
+    @bounded
+    async def remember_dpop_proof(self, jti: str, expires_at: float, now: float) -> bool:
+        async with self._conn("remembering a DPoP proof") as conn:
+            cur = await conn.execute(records.REMEMBER_DPOP_PROOF.format(p="%s"), (jti, expires_at, now))
+            return cur.rowcount == 1
+
+    @bounded
+    async def purge_dpop_proofs(self, before: float) -> int:
+        async with self._conn("purging expired DPoP proofs") as conn:
+            cur = await conn.execute(records.PURGE_DPOP_PROOFS.format(p="%s"), (before,))
             return cur.rowcount
 
     @bounded

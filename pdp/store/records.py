@@ -169,6 +169,17 @@ SELECT_STORE_EPOCH = "SELECT value FROM store_meta WHERE key = 'epoch'"
 # The issuance of a jti is found by it (a revocation by jti takes the token's expiry and audience).
 AUDIT_JTI_MIGRATION: tuple[str, ...] = ("CREATE INDEX audit_jti ON audit (jti) WHERE jti IS NOT NULL",)
 
+# DPoP proofs accepted at the token endpoint (RFC 9449 section 11.1): a jti once per window, across
+# replicas. The insert succeeds for a new jti or one whose window has passed, and for no other.
+DPOP_PROOFS_MIGRATION: tuple[str, ...] = (
+    "CREATE TABLE dpop_proofs (jti text PRIMARY KEY, expires_at double precision NOT NULL)",
+    "CREATE INDEX dpop_proofs_expires ON dpop_proofs (expires_at)",
+)
+REMEMBER_DPOP_PROOF = ("INSERT INTO dpop_proofs (jti, expires_at) VALUES ({p}, {p}) "
+                       "ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at "
+                       "WHERE dpop_proofs.expires_at <= {p}")
+PURGE_DPOP_PROOFS = "DELETE FROM dpop_proofs WHERE expires_at <= {p}"
+
 
 def purge_sql(template: str, placeholder: str) -> str:
     """A purge statement with the driver's placeholder (`?` for sqlite3, `%s` for psycopg)."""

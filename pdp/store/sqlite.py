@@ -95,6 +95,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     records.ACCESS_REQUESTS_MIGRATION,
     records.STORE_EPOCH_MIGRATION_SQLITE,
     records.AUDIT_JTI_MIGRATION,
+    records.DPOP_PROOFS_MIGRATION,
 )
 
 MAX_BATCH = 512            # writes per transaction
@@ -419,6 +420,22 @@ class SQLiteStore(Store):
         seq = await self._write(insert, one_statement=True)
         return replace(record, seq=seq)
 
+    async def append_audit_with_dpop_proof(self, record: AuditRecord, jti: str, expires_at: float,
+                                           now: float) -> AuditRecord | None:
+        details = encode_details(record)
+        values = (record.decision_id, record.time, record.event, record.subject, record.audience,
+                  record.policy_path, record.jti, record.pod_uid, details)
+        remember = records.REMEMBER_DPOP_PROOF.format(p="?")
+
+        def insert(c: sqlite3.Connection) -> int | None:
+            if c.execute(remember, (jti, expires_at, now)).rowcount != 1:
+                return None
+            cur = c.execute("INSERT INTO audit (decision_id, time, event, subject, audience, policy_path, jti, "
+                            "pod_uid, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            return int(cast(int, cur.lastrowid))
+        seq = await self._write(insert)
+        return None if seq is None else replace(record, seq=seq)
+
     async def query_audit(self, *, since: float | None = None, until: float | None = None,
                           subject: str | None = None, event: str | None = None,
                           audience: str | None = None, decision_id: str | None = None,
@@ -541,6 +558,13 @@ class SQLiteStore(Store):
 
     async def purge_access_requests(self, before: float) -> int:
         return await self._write(lambda c: c.execute(records.PURGE_ACCESS_REQUESTS.format(p="?"), (before,)).rowcount)
+
+    async def remember_dpop_proof(self, jti: str, expires_at: float, now: float) -> bool:
+        statement = records.REMEMBER_DPOP_PROOF.format(p="?")
+        return await self._write(lambda c: c.execute(statement, (jti, expires_at, now)).rowcount == 1)
+
+    async def purge_dpop_proofs(self, before: float) -> int:
+        return await self._write(lambda c: c.execute(records.PURGE_DPOP_PROOFS.format(p="?"), (before,)).rowcount)
 
     async def list_access_requests(self, status: AccessRequestStatus | None, now: float,
                                    limit: int = 100) -> list[AccessRequest]:

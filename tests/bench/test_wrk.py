@@ -62,3 +62,9 @@ def test_rotating_script_reads_one_body_per_line_from_its_argument():
 
 def test_rotating_script_takes_the_bodies_in_turn_and_starts_over():
     assert "next_body = next_body % #bodies + 1" in wrk.lua_rotating_script("text/plain")
+
+
+def test_rotating_script_with_a_header_sends_each_lines_value_in_it():
+    script = wrk.lua_rotating_script("application/x-www-form-urlencoded", header="DPoP")
+    assert 'string.find(line, " ", 1, true)' in script
+    assert '["DPoP"] = values[next_body]' in script

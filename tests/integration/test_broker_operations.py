@@ -61,7 +61,8 @@ def test_audit_record_of_an_issuance_carries_the_decision_in_full(broker: Broker
     d = rec["details"]
     assert rec["jti"] and rec["audience"] == "orders-db"
     assert d["requested_scopes"] == ["read", "admin"] and d["granted_scopes"] == ["read"] and d["ttl"] == 30
-    assert d["input"]["request"] == {"audience": "orders-db", "scopes": ["read", "admin"], "ttl_seconds": 30}
+    assert d["input"]["request"] == {"audience": "orders-db", "scopes": ["read", "admin"], "ttl_seconds": 30,
+                                      "dpop": None}
     assert d["decision"]["allow"] is True
 
 

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import yaml
 
+from jitmesh import dpop
 from jitmesh.devissuer import PodRef
 from tests.fixtures.broker import BrokerHandle
 from tests.fixtures.postgres import PostgresServer
@@ -217,3 +218,18 @@ def test_a_bad_targets_file_stops_the_broker_at_start_naming_the_key(
     bad.write_text(yaml.safe_dump(doc))
     with pytest.raises(RuntimeError, match=r"targets\.orders-db\.connection_limit"):
         broker_factory(module_make_opa(SHIPPED).url, targets_file=str(bad), timeout=15)
+
+
+def test_a_dpop_proof_with_a_login_request_binds_nothing_and_says_so(broker: BrokerHandle) -> None:
+    # a password cannot be bound to a key: the proof is checked and spent, the answer stays N_A
+    key = dpop.new_key()
+    data = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token_type":
+            "urn:ietf:params:oauth:token-type:jwt", "subject_token": broker.mint("orders", "api", pod=POD),
+            "audience": "orders-db", "scope": "read", "requested_token_type": PG}
+    proof = dpop.make_proof(key, "POST", f"{broker.url}/token")
+    r = httpx.post(f"{broker.url}/token", data=data, headers={"DPoP": proof}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["token_type"] == "N_A" and r.json()["issued_token_type"] == PG
+    again = httpx.post(f"{broker.url}/token", data={**data, "subject_token": broker.mint("orders", "api", pod=POD)},
+                       headers={"DPoP": proof}, timeout=10)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_dpop_proof"

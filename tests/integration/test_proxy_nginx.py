@@ -37,6 +37,7 @@ http {{
       auth_request_set $jitmesh_scope $upstream_http_x_jitmesh_scope;
       auth_request_set $jitmesh_decision $upstream_http_x_jitmesh_decision_id;
       proxy_set_header Authorization "";
+      proxy_set_header DPoP "";
       proxy_set_header X-Jitmesh-Subject $jitmesh_subject;
       proxy_set_header X-Jitmesh-Scope $jitmesh_scope;
       proxy_set_header X-Jitmesh-Decision-Id $jitmesh_decision;
@@ -49,6 +50,8 @@ http {{
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Forwarded-Proto $scheme;
     }}
   }}
 }}

@@ -473,6 +473,44 @@ def test_purge_drops_access_requests_that_ran_out_before_the_cut(store_url: str)
     assert count == 1 and old is None and edge is not None and live is not None
 
 
+# DPoP proofs seen at the token endpoint
+
+def test_a_dpop_proof_jti_is_remembered_once_until_it_expires(store_url: str) -> None:
+    async def body(s: Store) -> tuple[bool, ...]:
+        return (await s.remember_dpop_proof("j1", 1100.0, 1000.0), await s.remember_dpop_proof("j1", 1150.0, 1050.0),
+                await s.remember_dpop_proof("j2", 1100.0, 1050.0), await s.remember_dpop_proof("j1", 1200.0, 1100.0),
+                await s.remember_dpop_proof("j1", 1250.0, 1150.0))
+    assert with_store(store_url, body) == (True, False, True, True, False)
+
+
+def test_two_store_instances_remembering_one_dpop_jti_at_once_accept_it_once(store_url: str) -> None:
+    async def main() -> list[bool]:
+        async with opened(store_url) as a, opened(store_url) as b:
+            results = await asyncio.gather(*(s.remember_dpop_proof(f"j{n}", 2000.0, 1000.0)
+                                             for n in range(20) for s in (a, b)))
+            return list(results)
+    results = run(main())
+    assert all(results[i] != results[i + 1] for i in range(0, 40, 2))
+
+
+def test_an_audit_record_with_a_dpop_proof_is_appended_only_when_the_proof_is_new(store_url: str) -> None:
+    async def body(s: Store) -> tuple[Any, ...]:
+        first = await s.append_audit_with_dpop_proof(record(1), "p1", 2000.0, 1000.0)
+        replay = await s.append_audit_with_dpop_proof(record(2), "p1", 2000.0, 1001.0)
+        return first, replay, [r.decision_id for r in await s.query_audit()]
+    first, replay, ids = with_store(store_url, body)
+    assert first is not None and first.seq and replay is None and ids == ["d-1"]
+
+
+def test_purge_drops_the_dpop_proofs_that_expired(store_url: str) -> None:
+    async def body(s: Store) -> tuple[Any, ...]:
+        await s.remember_dpop_proof("old", 1500.0, 1000.0)
+        await s.remember_dpop_proof("live", 2500.0, 1000.0)
+        return (await s.purge_dpop_proofs(2000.0), await s.remember_dpop_proof("live", 3000.0, 1000.0),
+                await s.remember_dpop_proof("old", 3000.0, 1000.0))
+    assert with_store(store_url, body) == (1, False, True)
+
+
 def test_access_requests_are_listed_newest_first_by_status_without_lapsed_pending_ones(store_url: str) -> None:
     async def body(s: Store) -> tuple[Any, ...]:
         await s.add_access_request(access("p1", created_at=1000.0))
@@ -547,7 +585,8 @@ def test_every_call_on_a_closed_store_is_a_store_error(store_url: str) -> None:
             lambda: store.add_revocation(revocation()), lambda: store.get_revocation("x"),
             store.active_revocations, store.revocation_events, store.store_epoch,
             lambda: store.revocations_in_force(0.0),
-            lambda: store.wait_revocation_events(0, 0.1)]
+            lambda: store.wait_revocation_events(0, 0.1),
+            lambda: store.remember_dpop_proof("j", 2.0, 1.0), lambda: store.purge_dpop_proofs(1.0)]
         for call in calls:
             with pytest.raises(StoreError):
                 await call()

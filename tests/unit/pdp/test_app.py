@@ -171,7 +171,8 @@ def test_opa_is_asked_at_the_configured_policy_path_with_the_contract_input(stor
         exchange(c)
     (path, doc), = seen
     assert path == "a/b/decision"
-    assert doc["request"] == {"audience": "orders-db", "scopes": ["read"], "ttl_seconds": None}
+    assert doc["request"] == {"audience": "orders-db", "scopes": ["read"], "ttl_seconds": None,
+                              "dpop": None}
     assert doc["subject"]["sub"] == "system:serviceaccount:payments:api"
 
 

@@ -22,7 +22,7 @@ def test_policy_input_has_exactly_the_contract_shape() -> None:
         "subject": {"sub": "system:serviceaccount:payments:api", "issuer": "https://kubernetes.default.svc",
                     "namespace": "payments", "service_account": "api",
                     "pod": {"name": "api-7d9c", "uid": "5d1e", "labels": {"app": "api"}, "images": ["img@sha256:ab"]}},
-        "request": {"audience": "orders-db", "scopes": ["read"], "ttl_seconds": 300},
+        "request": {"audience": "orders-db", "scopes": ["read"], "ttl_seconds": 300, "dpop": None},
         "context": {"time": "2026-11-22T08:00:00Z", "client_ip": "10.0.0.7"},
         "approval": None,
     }
@@ -34,7 +34,21 @@ def test_policy_input_pod_is_null_when_the_token_is_not_pod_bound() -> None:
 
 def test_policy_input_scopes_empty_and_ttl_null_when_none_asked() -> None:
     assert policy_input(SUBJECT, "a", [], None, NOW, None)["request"] == {"audience": "a", "scopes": [],
-                                                                         "ttl_seconds": None}
+                                                                         "ttl_seconds": None, "dpop": None}
+
+
+def test_policy_input_request_dpop_names_the_proof_key() -> None:
+    assert policy_input(SUBJECT, "a", [], None, NOW, None, dpop_jkt="k1")["request"]["dpop"] == {"jkt": "k1"}
+
+
+def test_decision_require_dpop_is_read() -> None:
+    assert parse_decision({"result": {"allow": True, "require_dpop": True}}).require_dpop
+    assert not parse_decision({"result": {"allow": True}}).require_dpop
+
+
+def test_decision_require_dpop_that_is_no_bool_is_malformed() -> None:
+    with pytest.raises(MalformedDecision, match="require_dpop"):
+        parse_decision({"result": {"allow": True, "require_dpop": "yes"}})
 
 
 def test_full_decision_is_read() -> None:

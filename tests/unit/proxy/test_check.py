@@ -99,3 +99,29 @@ def test_nginx_original_uri_with_dot_segments_is_400() -> None:
     status, _ = call(gate, "GET", "/v1/check", headers=[("x-original-method", "GET"),
                                                          ("x-original-uri", "/orders/%2e%2e/admin")])
     assert status == 400 and gate.seen == []
+
+
+def test_envoy_ext_authz_gives_the_url_a_dpop_proof_names_from_host_and_forwarded_proto() -> None:
+    gate = FakeGate()
+    call(gate, "DELETE", "/v1/check/orders/7", b"force=1", ISTIO_HEADERS)
+    assert gate.seen[0].url == "https://orders.demo.svc.cluster.local/orders/7?force=1"
+
+
+def test_nginx_auth_request_gives_the_url_a_dpop_proof_names_from_forwarded_host() -> None:
+    gate = FakeGate()
+    call(gate, "GET", "/v1/check", headers=[("host", "127.0.0.1:9000"), ("x-original-uri", "/orders?a=1"),
+                                            ("x-original-method", "POST"), ("x-forwarded-host", "shop.example:8443"),
+                                            ("x-forwarded-proto", "https")])
+    assert (gate.seen[0].method, gate.seen[0].url) == ("POST", "https://shop.example:8443/orders?a=1")
+
+
+def test_check_without_forwarded_headers_names_its_own_host_and_scheme() -> None:
+    gate = FakeGate()
+    call(gate, "GET", "/v1/check", headers=[("host", "proxy.local:9000"), ("x-original-uri", "/orders")])
+    assert gate.seen[0].url == "http://proxy.local:9000/orders"
+
+
+def test_forwarding_names_the_host_header_and_the_listener_scheme() -> None:
+    gate = FakeGate(allow=False)
+    call(gate, "GET", "/orders/7", b"x=1", [("host", "orders-api.shop.svc:8080"), ("x-forwarded-host", "evil")])
+    assert gate.seen[0].url == "http://orders-api.shop.svc:8080/orders/7?x=1"
