@@ -106,7 +106,7 @@ async def serve(config: SidecarConfig, sock: socket.socket) -> int:
 
     agent = Agent(config, BrokerClient(config))
     server = _EmbeddedServer(uvicorn.Config(build_app(agent), log_config=None, access_log=False,
-                                            lifespan="off", ws="none", server_header=False,
+                                            lifespan="off", ws="none", http="h11", server_header=False,
                                             timeout_graceful_shutdown=_API_GRACE))
     # revocation events remove a revoked token's file at once (sidecar/events.py)
     subscriber = RevocationSubscriber(config, agent)
