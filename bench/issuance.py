@@ -221,13 +221,13 @@ def remember_sqlite(ctx: Context, run: LoadRun, issued: dict[str, Any]) -> None:
 def load_figures(run: LoadRun, base: LoadRun | None, base_label: str, rate_name: str,
                  rate_aim: Aim | None = AIM_RATE, clients: int = Options.connections) -> list[Figure]:
     """The closed-loop run's figures. Its percentiles are queueing at saturation (each client
-    asks again as soon as it is answered), not latency at a load: section 8 measures that."""
+    asks again as soon as it is answered), not latency at a load: section 7b measures that."""
     r, b = run.result, (base.result if base else None)
     return [
         Figure(rate_name, r.ok_per_second, "/s", b.ok_per_second if b else None, base_label, rate_aim),
         Figure(f"p50 at {clients} clients (queueing)", r.p50_ms, "ms", b.p50_ms if b else None, base_label),
         Figure(f"p99 at {clients} clients (queueing at saturation)", r.p99_ms, "ms", b.p99_ms if b else None,
-               base_label, AIM_P99_MS, note="closed loop, not latency: see section 8 for latency at a fixed rate"),
+               base_label, AIM_P99_MS, note="closed loop, not latency: see section 7b for latency at a fixed rate"),
         Figure("errors", r.errors, "", b.errors if b else None, base_label,
                note=f"of {r.requests:,} requests" if r.errors else ""),
     ]

@@ -22,7 +22,7 @@ from bench.stack import POLICIES, Cluster, fresh_dir, sqlite_url, start_broker, 
 from jitmesh.procs import ManagedProcess, free_port, wait_http
 from proxy.process import ProxyProcess
 
-TITLE = "8. Latency at a fixed rate (open loop): issuance, webhook, proxy"
+TITLE = "7b. Latency at a fixed rate (open loop): issuance, webhook, proxy"
 
 
 def figures_of(name: str, runs: dict[str, openloop.RunSummary]) -> list[Figure]:
