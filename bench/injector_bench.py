@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from bench.procstat import group_cpu_seconds
-from injector.certs import write_webhook_certs
+from injector.certs import WebhookCerts, write_webhook_certs
 from jitmesh.procs import ManagedProcess, free_port, wait_http
 
 WARMUP_REQUESTS = 200
@@ -146,8 +146,8 @@ class Endpoint:
                 "mean_ms": round(statistics.fmean(s), 3)}
 
 
-def run(workdir: Path, duration: float = 5.0, say: Callable[[str], None] = print) -> dict[str, Any]:
-    workdir.mkdir(parents=True, exist_ok=True)
+def start_injector(workdir: Path) -> tuple[ManagedProcess, int, WebhookCerts]:
+    """A real `jitmesh injector` on a free loopback port with a serving certificate of its own CA."""
     certs = write_webhook_certs(workdir / "certs", [], ["127.0.0.1"], replace_ca=True)
     # Never used for a pod that opts in by its own label; the injector only needs API access configured.
     kubeconfig = workdir / "kubeconfig"
@@ -157,14 +157,22 @@ def run(workdir: Path, duration: float = 5.0, say: Callable[[str], None] = print
         "users": [{"name": "none", "user": {"token": "unused"}}],
         "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}]}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("JITMESH_")}
-    pod = realistic_pod()
-    bodies = [json.dumps(admission_review(pod)).encode() for _ in range(64)]
-    port, floor_port = free_port(), free_port()
+    port = free_port()
     injector = ManagedProcess("injector", [
         sys.executable, "-m", "jitmesh.cli", "--log-level", "warning", "injector", "--listen", f"127.0.0.1:{port}",
         "--tls-cert-file", str(certs.cert_file), "--tls-key-file", str(certs.key_file),
         "--broker-url", "http://jitmesh-broker.jitmesh.svc:8080", "--kubeconfig", str(kubeconfig),
     ], workdir / "injector.log", env=env).start()
+    return injector, port, certs
+
+
+def run(workdir: Path, duration: float = 5.0, say: Callable[[str], None] = print) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    injector, port, certs = start_injector(workdir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JITMESH_")}
+    pod = realistic_pod()
+    bodies = [json.dumps(admission_review(pod)).encode() for _ in range(64)]
+    floor_port = free_port()
     floor = ManagedProcess("floor", [sys.executable, "-c", FLOOR_APP, str(floor_port), str(certs.cert_file),
                                      str(certs.key_file), "5200"], workdir / "floor.log", env=env).start()
     try:

@@ -39,6 +39,7 @@ def sections() -> list[SectionSpec]:
         dblogins,
         injector_section,
         issuance,
+        latency_section,
         profile,
         proxy_section,
         revocation,
@@ -55,6 +56,7 @@ def sections() -> list[SectionSpec]:
         SectionSpec("webhook", injector_section.TITLE, injector_section.run),
         SectionSpec("revocation", revocation.TITLE, revocation.run),
         SectionSpec("proxy", proxy_section.TITLE, proxy_section.run),
+        SectionSpec("latency", latency_section.TITLE, latency_section.run),
         SectionSpec("cluster", cluster_section.TITLE, cluster_section.run),
         SectionSpec("dblogins", dblogins.TITLE, dblogins.run),
     ]

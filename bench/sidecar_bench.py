@@ -60,11 +60,18 @@ def proc_cpu_seconds(pid: int) -> float:
 
 
 def heavy_imports(python: str = sys.executable) -> list[str]:
-    """Top-level packages from HEAVY that `jitmesh sidecar` has loaded by the time its command runs."""
-    code = ("import sys, jitmesh.cli, sidecar.service; jitmesh.cli.build_parser(); import json; "
-            f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r}))))")
+    """Top-level packages from HEAVY that `jitmesh sidecar` has loaded by the time it checks its
+    configuration (an empty environment stops it there, after its imports)."""
+    code = ("import atexit, json, sys\n"
+            f"atexit.register(lambda: print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} "
+            f"& set({list(HEAVY)!r})))))\n"
+            "from jitmesh import cli\n"
+            "sys.exit(cli.main(['sidecar'], environ={}))\n")
     done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-    return list(json.loads(done.stdout)) if done.returncode == 0 else [f"probe failed: {done.stderr[-200:]}"]
+    try:
+        return list(json.loads(done.stdout.splitlines()[-1]))
+    except (IndexError, ValueError):
+        return [f"probe failed: {done.stderr[-200:]}"]
 
 
 def run(workdir: Path | None = None, audiences: int = 3, duration: float = 10.0,

@@ -16,7 +16,7 @@ def percentile(samples: Sequence[float], q: float) -> float:
     if not 0 <= q <= 100:
         raise ValueError(f"percentile {q} is outside 0..100")
     ordered = sorted(samples)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    rank = max(1, math.ceil(round(q * len(ordered) / 100, 9)))  # 99.9% of 1000 is 999, not 999.0000000000001
     return ordered[rank - 1]
 
 

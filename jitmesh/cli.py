@@ -100,13 +100,27 @@ def _give_environ(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
                 _give_environ(sub, environ)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from injector import cli as injector_cli
-    from jitmesh import policy_cli, up
-    from pdp import cli as pdp_cli
-    from proxy import cli as proxy_cli
-    from sidecar import cli as sidecar_cli
+# The commands that run inside a pod, each with the module that registers it: started as one of
+# these, the console script imports that module alone, not every package's command line.
+_POD_COMMANDS = {"sidecar": "sidecar.cli", "proxy": "proxy.cli", "injector": "injector.cli"}
 
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in `argv` (after the root's own `--log-level LEVEL`), or None."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--log-level":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+        elif arg == "--":
+            return next(args, None)
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; or, for a command run inside a pod (`sidecar`, `proxy`,
+    `injector`), only that command's package, so the process loads nothing it does not use."""
     parser = EnvArgumentParser(
         prog="jitmesh",
         description="Just-in-time credentials for Kubernetes workloads. "
@@ -115,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jitmesh {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    if command in _POD_COMMANDS:
+        import importlib
+
+        importlib.import_module(_POD_COMMANDS[command]).register(sub)
+        return parser
+
+    from injector import cli as injector_cli
+    from jitmesh import policy_cli, up
+    from pdp import cli as pdp_cli
+    from proxy import cli as proxy_cli
+    from sidecar import cli as sidecar_cli
+
     # Registering must stay light: `jitmesh sidecar` runs in every pod, and the other
     # commands load their heavy libraries (jwt, cryptography, aiohttp, kubernetes) when run.
     up.register(sub)
@@ -128,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    parser = build_parser()
+    parser = build_parser(chosen_command(sys.argv[1:] if argv is None else argv))
     _give_environ(parser, environ)
     args = parser.parse_args(argv)
     args.environ = dict(environ)

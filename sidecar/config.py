@@ -33,6 +33,7 @@ which it adds to the pod's supplementalGroups. JITMESH_FILE_GROUP is its older n
 
 from __future__ import annotations
 
+import functools
 import grp
 import re
 import ssl
@@ -142,14 +143,12 @@ class SidecarConfig:
     upstreams: tuple[UpstreamSpec, ...] = ()
     upstream_timeout: float = 30.0
 
-    def tls_verify(self) -> ssl.SSLContext | bool:
+    def tls_verify(self) -> ssl.SSLContext:
         """What verifies an https broker: the JITMESH_BROKER_CA_FILE or JITMESH_BROKER_CA bundle,
-        else the system's CAs."""
-        if self.broker_ca_file:
-            return ssl.create_default_context(cafile=str(self.broker_ca_file))
-        if self.broker_ca_pem:
-            return ssl.create_default_context(cadata=self.broker_ca_pem)
-        return True
+        else the CAs httpx trusts by default (certifi's). One context, shared by every client of
+        the broker (each context holds its own copy of the CAs); a plain-http broker gets one
+        that trusts nothing, so no CA bundle is loaded for TLS the sidecar never speaks."""
+        return _tls_context(self.broker_url.startswith("https:"), self.broker_ca_file, self.broker_ca_pem)
 
     @property
     def token_endpoint(self) -> str:
@@ -452,3 +451,16 @@ def _pem_file(name: str, raw: str) -> Path:
     if problem:
         raise ConfigError(f"{name}={raw!r} {problem}")
     return path
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(https: bool, ca_file: Path | None, ca_pem: str | None) -> ssl.SSLContext:
+    if ca_file:
+        return ssl.create_default_context(cafile=str(ca_file))
+    if ca_pem:
+        return ssl.create_default_context(cadata=ca_pem)
+    if not https:
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names; trusts no CA
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())

@@ -158,7 +158,7 @@ async def serve(config: SidecarConfig, sock: socket.socket,
     key = proof_key(config)
     agent = Agent(config, BrokerClient(config, prover=key))
     server = _EmbeddedServer(uvicorn.Config(build_app(agent, key), log_config=None, access_log=False,
-                                            lifespan="off", ws="none", server_header=False,
+                                            lifespan="off", ws="none", http="h11", server_header=False,
                                             timeout_graceful_shutdown=_API_GRACE))
     # revocation events remove a revoked token's file at once (sidecar/events.py)
     subscriber = RevocationSubscriber(config, agent)

@@ -32,7 +32,7 @@ def test_a_section_that_works_keeps_its_figures(tmp_path):
 def test_every_section_has_a_name_to_run_it_on_its_own():
     keys = [s.key for s in sections()]
     assert keys == ["issuance", "postgres", "shadow", "strangers", "profile", "sidecar", "webhook", "revocation",
-                    "proxy", "cluster", "dblogins"]
+                    "proxy", "latency", "cluster", "dblogins"]
 
 
 def test_unknown_section_names_are_refused(capsys):

@@ -18,7 +18,7 @@ def test_output_piped_into_a_reader_that_stops_ends_without_a_traceback() -> Non
               "        print('record ' * 10)\n"
               "    return 0\n"
               "parser_of = cli.build_parser\n"
-              "def build():\n"
+              "def build(*args):\n"
               "    p = parser_of()\n"
               "    for action in p._subparsers._group_actions:\n"
               "        action.choices['up'].set_defaults(func=spam)\n"

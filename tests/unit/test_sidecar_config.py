@@ -196,3 +196,19 @@ def test_an_unknown_kind_is_refused_naming_the_variable(env: dict[str, str]) -> 
     env["JITMESH_KIND_ORDERS_DB"] = "mysql"
     with pytest.raises(ConfigError, match="JITMESH_KIND_ORDERS_DB"):
         SidecarConfig.from_env(env)
+
+
+def test_every_client_of_the_broker_shares_one_tls_context(env: dict[str, str]) -> None:
+    c = SidecarConfig.from_env(env)
+    assert c.tls_verify() is c.tls_verify()
+    assert c.tls_verify() is SidecarConfig.from_env(env).tls_verify()
+    assert c.tls_verify().get_ca_certs() or c.tls_verify().cert_store_stats()["x509_ca"] > 0
+
+
+def test_a_plain_http_broker_loads_no_ca_and_its_context_trusts_nothing(env: dict[str, str]) -> None:
+    import ssl
+
+    env["JITMESH_BROKER_URL"] = "http://127.0.0.1:8080"
+    context = SidecarConfig.from_env(env).tls_verify()
+    assert context.cert_store_stats()["x509_ca"] == 0
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
