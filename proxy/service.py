@@ -74,8 +74,9 @@ async def serve(config: ProxyConfig) -> int:
     while not stop.is_set() and not await keys.refresh():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), START_RETRY_SECONDS)
-    follower = EventFollower(broker, config.sa_token_file, config.audiences, revocations, config.stream_max_down)
     policy = build_policy(config, broker)
+    follower = EventFollower(broker, config.sa_token_file, config.audiences, revocations, config.stream_max_down,
+                             on_policy=policy.wake if isinstance(policy, WasmPolicy) else None)
     if isinstance(policy, WasmPolicy):
         while not stop.is_set() and not await policy.load():
             with contextlib.suppress(TimeoutError):
