@@ -79,6 +79,7 @@ def build(opa_bin: str, policy_dir: Path, entrypoint: str) -> bytes:
         out = Path(tmp) / "bundle.tar.gz"
         try:
             done = subprocess.run([opa_bin, "build", "-t", "wasm", "-e", entrypoint, "--ignore", "*_test.rego",
+                                   "--ignore", ".*",  # a ConfigMap volume's ..data/ and ..<timestamp>/ copies
                                    "-o", str(out), str(policy_dir)], capture_output=True, timeout=BUILD_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BuildFailed(f"opa build could not run: {exc}") from None

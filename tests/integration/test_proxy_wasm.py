@@ -175,3 +175,17 @@ def test_a_policy_that_fails_to_build_keeps_the_one_in_force_and_is_audited(
     write_access_data(policy_dir, DELETE_WITH_READ)
     wait_for(lambda: httpx.delete(proxy.url + "/orders/1", headers=headers).status_code == 200, timeout=15,
              what="the fixed policy in force at the proxy")
+
+
+def test_the_bundle_builds_from_a_config_map_volume_without_its_hidden_copies(opa_bin: str, tmp_path: Path) -> None:
+    from pdp.access_bundle import build
+
+    volume = tmp_path / "policies"
+    stamped = volume / "..2026_01_01_00_00_00.000000001"
+    stamped.mkdir(parents=True)
+    for name in ("access.rego", "data.json"):
+        (stamped / name).write_bytes((POLICIES / name).read_bytes())
+        (volume / name).symlink_to(Path("..data") / name)
+    (volume / "..data").symlink_to(stamped.name)
+    wasm, data = bundle_parts(build(opa_bin, volume, "jitmesh/access/decision"))
+    assert wasm.startswith(b"\0asm") and "access" in data["jitmesh"]  # type: ignore[index,operator]
