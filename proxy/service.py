@@ -103,8 +103,10 @@ async def serve(config: ProxyConfig) -> int:
     common: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "off", "ws": "none",
                               "server_header": False, "timeout_graceful_shutdown": 2, "timeout_keep_alive": 30}
     host, port = config.listen
+    # proxy_headers off: the source of a request is its peer, never what an X-Forwarded-* header
+    # claims (it reaches the policy input); that also spares a middleware on every request
     servers = [_EmbeddedServer(uvicorn.Config(app, host=host, port=port, http=_protocol(config),
-                                              **common))]
+                                              proxy_headers=False, **common))]
     if config.metrics_listen is not None:
         mhost, mport = config.metrics_listen
         servers.append(_EmbeddedServer(uvicorn.Config(metrics_app(metrics, ready), host=mhost, port=mport,
