@@ -34,7 +34,9 @@ from proxy.revocations import RevocationSet
 log = get_logger("proxy.broker")
 
 EVENTS_PATH = "/v1/revocations/events"
-READ_TIMEOUT = 15.0  # the broker sends a keep-alive every 10 s
+# The broker sends a keep-alive after 15 s of silence (pdp/revocation/events.py): a read
+# timeout of exactly that lost the race and dropped a healthy stream every 15 s.
+READ_TIMEOUT = 20.0
 
 
 class BrokerError(Exception):
