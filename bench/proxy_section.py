@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from bench.stack import ADMIN_TOKEN, POLICIES, Cluster, start_broker, start_opa
 from bench.stats import percentile
 from jitmesh import dpop
 from jitmesh.contract import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from jitmesh.devissuer import PodRef
 from jitmesh.procs import ManagedProcess, free_port, wait_http
 from proxy.process import ProxyProcess
 
@@ -282,7 +284,12 @@ def run(ctx: Context) -> SectionResult:
         ctx.say(f"   starting {PROXIES_FOR_REVOCATION} proxies for the revocation run")
         fleet = []
         for i in range(PROXIES_FOR_REVOCATION):
-            p = ProxyProcess(broker_url=broker.url, audiences=["orders-api"], sa_token_file=sa,
+            # each proxy with its own pod's token, as in a cluster: the broker bounds event streams
+            # per pod, and per subject only for tokens bound to no pod
+            own_sa = work / f"proxy-sa-{i}"
+            own_sa.write_text(cluster.issuer.mint("demo", "orders", ttl=3600,
+                                                  pod=PodRef(f"orders-{i}", str(uuid.uuid4()))))
+            p = ProxyProcess(broker_url=broker.url, audiences=["orders-api"], sa_token_file=own_sa,
                              log_path=work / f"proxy-{i}.log", upstream=upstream)
             started.append(p)
             fleet.append(p.start(timeout=120))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's images as OCI archives, built without a registry or a container engine:
 #   jitmesh  a Debian rootfs (mmdebstrap, Debian's python3) and a venv with requirements.lock
-#            and the project's wheel; user 65532, entrypoint `jitmesh` (as Dockerfile)
+#            and the project's wheel, and the pinned OPA as $OPA_IN_IMAGE (the broker builds the
+#            proxies' access policy as Wasm with it); user 65532, entrypoint `jitmesh` (as Dockerfile)
 #   opa      the pinned static OPA build alone
 #   pause    the pod sandbox process (image/pause.c, static)
 #   coredns  the pinned CoreDNS build alone
@@ -24,6 +25,7 @@ LOCK="requirements.lock"
 IMAGE_USER="65532:65532"
 ENTRYPOINT="jitmesh"
 VENV="/opt/jitmesh"
+OPA_IN_IMAGE="/usr/local/bin/opa"
 APP_VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/pyproject.toml" | head -1)"
 JITMESH_REF="ghcr.io/jitmesh/jitmesh:$APP_VERSION"     # the chart's default image
 OPA_REF="docker.io/openpolicyagent/opa:$(basename "$("$TOOLS" path opa)" | sed 's/^opa-v//')-static"
@@ -90,7 +92,8 @@ base_rootfs() {
 project_key() {
   (cd "$REPO" && {
     sha256sum image/build.sh "$LOCK" pyproject.toml README.md
-    find jitmesh pdp injector sidecar -name '*.py' -type f | LC_ALL=C sort | xargs sha256sum
+    find jitmesh pdp injector sidecar proxy -name '*.py' -type f | LC_ALL=C sort | xargs sha256sum
+    sha256sum "$("$TOOLS" path opa)" | cut -d' ' -f1
   } | key)
 }
 
@@ -109,6 +112,7 @@ wheelhouse() {
 
 build_jitmesh() {
   local base k archive
+  "$TOOLS" opa
   base=$(base_rootfs)
   k=$(printf '%s %s\n' "$(basename "$base")" "$(project_key)" | key)
   archive="$OUT/jitmesh-$APP_VERSION-$k.tar"
@@ -134,6 +138,7 @@ build_jitmesh() {
       "/tmp/wheels/$project_wheel"
     "${in_root[@]}" "$VENV/bin/python" -m pip uninstall -q -y pip setuptools
     rm -rf "$rootfs/tmp/wheels" "$rootfs/root/.cache"
+    install -m 0755 "$("$TOOLS" path opa)" "$rootfs$OPA_IN_IMAGE"
     printf 'jitmesh:x:65532:65532:jitmesh:/nonexistent:/usr/sbin/nologin\n' >> "$rootfs/etc/passwd"
     printf 'jitmesh:x:65532:\n' >> "$rootfs/etc/group"
     oci_pack jitmesh "$JITMESH_REF" "$rootfs" "$archive" \

@@ -26,10 +26,17 @@ def _redact(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 class JSONFormatter(logging.Formatter):
+    _second: tuple[int, str] = (-1, "")  # the last second formatted: one line per request at load
+
+    def _stamp(self, created: float, msecs: float) -> str:
+        second = int(created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int(msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._stamp(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -72,6 +79,12 @@ def get_logger(name: str) -> EventLogger:
 
 def configure(level: str = "info", stream: Any = None) -> None:
     """Route jitmesh, uvicorn and library logs through the JSON formatter."""
+    # The JSON lines carry none of the caller's file and line, thread or process, which
+    # logging would otherwise look up for every record (the logging HOWTO, "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()

@@ -7,6 +7,11 @@ on SQLite and a demo workload's real sidecar (tokens under `./.jitmesh/tokens/`)
 processes, prints each step, each issuance, refresh and denial as it happens, and a
 ready-to-paste `jitmesh token` command, and stops everything on Ctrl-C or SIGTERM.
 
+A second demo workload, `demo/orders`, serves the audience orders-api behind a real
+`jitmesh proxy` (the broker builds the access policy from `policies/` as Wasm); the first one
+calls it every few seconds with its sidecar's token, and the console tells each call's fate:
+allowed, denied by the access policy, and once, refused after its token was revoked.
+
 The run loop is a `Stack`: child processes it watches and periodic jobs it runs. A demo
 sidecar joins as one more `stack.start(...)` and, if it needs one, a `stack.every(...)`.
 """
@@ -30,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from jitmesh.opa_server import OPANotFound, OPAServer
+from jitmesh.opa_server import OPANotFound, OPAServer, find_opa
 from jitmesh.procs import ManagedProcess
 
 if TYPE_CHECKING:  # jwt and cryptography load only when `up` runs, not for every subcommand
@@ -46,6 +51,9 @@ DEMO_SCOPE = "read"
 SHADOW_CANDIDATE_PATH = "jitmesh/candidate/authz/decision"
 # Asked once at start, to show a denial: the shipped policy gives demo/demo-app no grant for it.
 DEMO_DENIED_AUDIENCE = "orders-db"
+DEMO_SERVER_ACCOUNT = "orders"  # the shipped policy lets demo/orders serve orders-api
+DEMO_SERVER_POD = "orders-0"
+DEMO_CALL_EVERY = 3.0
 SUBJECT_TOKEN_TTL = 600
 SUBJECT_TOKEN_REFRESH = 300
 
@@ -84,12 +92,20 @@ class DevCluster:
     def subject_token_file(self) -> Path:
         return self.home / f"{DEMO_SERVICE_ACCOUNT}.jwt"
 
+    @property
+    def server_token_file(self) -> Path:
+        return self.home / f"{DEMO_SERVER_ACCOUNT}.jwt"
+
     def refresh_subject_token(self) -> None:
         from jitmesh.devissuer import PodRef
 
         token = self.issuer.mint(DEMO_NAMESPACE, DEMO_SERVICE_ACCOUNT, pod=PodRef(DEMO_POD_NAME, DEMO_POD_UID),
                                  ttl=SUBJECT_TOKEN_TTL)
         write_private(self.subject_token_file, token + "\n")
+        server_uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"jitmesh-up/{DEMO_NAMESPACE}/{DEMO_SERVER_POD}"))
+        token = self.issuer.mint(DEMO_NAMESPACE, DEMO_SERVER_ACCOUNT, pod=PodRef(DEMO_SERVER_POD, server_uid),
+                                 ttl=SUBJECT_TOKEN_TTL)
+        write_private(self.server_token_file, token + "\n")
 
 
 def ensure_admin_token(path: Path) -> None:
@@ -182,6 +198,8 @@ def show_denial(broker_url: str, subject_token_file: Path) -> None:
 
 def run_up(args: argparse.Namespace) -> int:
     from pdp.process import BrokerProcess
+    from proxy.demo import DemoCaller, OrdersService
+    from proxy.process import ProxyProcess
     from sidecar.process import DEMO_AUDIENCES, LogNarrator, demo_sidecar
 
     home = Path(args.home).resolve()
@@ -191,7 +209,7 @@ def run_up(args: argparse.Namespace) -> int:
               "or pass --policies)", file=sys.stderr)
         return 2
     for flag, port in (("--broker-port", args.broker_port), ("--opa-port", args.opa_port),
-                       ("--sidecar-port", args.sidecar_port)):
+                       ("--sidecar-port", args.sidecar_port), ("--proxy-port", args.proxy_port)):
         if not port_free(port):
             print(f"jitmesh up: 127.0.0.1:{port} is in use; pass another {flag}", file=sys.stderr)
             return 2
@@ -207,6 +225,7 @@ def run_up(args: argparse.Namespace) -> int:
         f"{cluster.subject_token_file}, renewed every {SUBJECT_TOKEN_REFRESH}s")
 
     stack = Stack()
+    orders: OrdersService | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stack.stopping.set()
@@ -214,7 +233,8 @@ def run_up(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, on_signal)
     try:
         try:
-            opa = OPAServer([policies], home / "opa.log", opa_bin=args.opa_bin, port=args.opa_port)
+            opa_bin = find_opa(args.opa_bin)
+            opa = OPAServer([policies], home / "opa.log", opa_bin=opa_bin, port=args.opa_port)
         except OPANotFound as exc:
             print(f"jitmesh up: {exc}", file=sys.stderr)
             return 2
@@ -225,6 +245,7 @@ def run_up(args: argparse.Namespace) -> int:
             "opa_url": opa.url, "jwks_file": cluster.jwks_file, "subject_issuer": cluster.issuer.issuer,
             "store": store, "admin_token_file": admin_file,
             "shadow_policy_path": SHADOW_CANDIDATE_PATH if args.shadow else None,
+            "access_policy_dir": policies, "opa_bin": opa_bin,
         })
         say(f"starting the broker at {broker.url} (store {store}, log {broker.log_path})")
         if args.shadow:
@@ -239,6 +260,18 @@ def run_up(args: argparse.Namespace) -> int:
         stack.start(sidecar)
         stack.every(0.5, LogNarrator(sidecar.log_path, say).poll)
         show_denial(broker.url, cluster.subject_token_file)
+        orders = OrdersService().start()
+        proxy = ProxyProcess(broker_url=broker.url, audiences=[DEMO_AUDIENCE], sa_token_file=cluster.server_token_file,
+                             log_path=home / "proxy.log", upstream=orders.url, port=args.proxy_port)
+        say(f"starting the second demo workload, {DEMO_NAMESPACE}/{DEMO_SERVER_ACCOUNT} (an orders service at "
+            f"{orders.url}), behind a jitmesh proxy at {proxy.url} serving {DEMO_AUDIENCE}: the access policy "
+            f"from {policies / 'access.rego'}, built as Wasm by the broker (log {proxy.log_path})")
+        stack.start(proxy, lambda: proxy.start(timeout=60))
+        caller = DemoCaller(proxy_url=proxy.url, token_file=sidecar.token_dir / DEMO_AUDIENCE, broker_url=broker.url,
+                            admin_token_file=admin_file, caller=f"{DEMO_NAMESPACE}/{DEMO_SERVICE_ACCOUNT}", say=say)
+        say(f"{DEMO_NAMESPACE}/{DEMO_SERVICE_ACCOUNT} calls the orders service through its proxy every "
+            f"{DEMO_CALL_EVERY:.0f}s with its {DEMO_AUDIENCE} token")
+        stack.every(DEMO_CALL_EVERY, caller.call)
         jm = jitmesh_command()
         say("ready. In another shell, point the CLI at this broker (admin commands read the token file):")
         print(f"\n  export JITMESH_BROKER_URL={broker.url}"
@@ -259,6 +292,8 @@ def run_up(args: argparse.Namespace) -> int:
         code = 1
     finally:
         stack.stop()
+        if orders is not None:
+            orders.stop()
         signal.signal(signal.SIGTERM, previous)
     say("stopped")
     return code
@@ -273,6 +308,8 @@ def register(sub: Any) -> None:
     p.add_argument("--opa-port", type=int, default=8181, help="OPA port on 127.0.0.1 (default %(default)s)")
     p.add_argument("--sidecar-port", type=int, default=8099,
                    help="the demo sidecar's local API port on 127.0.0.1 (default %(default)s)")
+    p.add_argument("--proxy-port", type=int, default=8098,
+                   help="the demo orders service's access proxy port on 127.0.0.1 (default %(default)s)")
     p.add_argument("--demo-ttl", type=int, default=20,
                    help="TTL the demo sidecar asks for, in seconds, so refreshes show quickly (default %(default)s)")
     p.add_argument("--opa-bin", default=None, help="path to the opa binary (default: the cached build)")

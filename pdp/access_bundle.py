@@ -4,11 +4,17 @@ policy built by the pinned OPA as Wasm (`opa build -t wasm -e <entrypoint>` on
 `/policy.wasm` and `/data.json`) with a strong ETag so a proxy re-fetches only what changed
 (docs/contract.md §7).
 
-Built on first request and again when a file under the directory changes. A policy that
-needs a builtin the Wasm target lacks is refused when built, loudly: logged as an error and
-answered 503 naming the builtins, with OPA's REST API (`jitmesh proxy --opa-url`) as the way
-to run it. Callers authenticate like event-stream subscribers: an admin, or a workload's
-ServiceAccount token.
+Built on first request. While the broker runs, `AccessBundles.watch` looks at the directory
+every `CHECK_SECONDS` (names, sizes and modification times of the policy files) and rebuilds
+each entrypoint once something changed; a new module is announced on the verifiers' event
+stream (`event: policy`) so proxies fetch it at once instead of at their next poll. A build
+that fails keeps the module in force, is logged as an error and audited
+(`access_policy_build_failed`), and is not retried until the files change again.
+
+A policy that needs a builtin the Wasm target lacks is refused when built, loudly: logged as
+an error and answered 503 naming the builtins, with OPA's REST API (`jitmesh proxy --opa-url`)
+as the way to run it. Callers authenticate like event-stream subscribers: an admin, or a
+workload's ServiceAccount token.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import asyncio
 import hashlib
 import subprocess
 import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +38,16 @@ from jitmesh.opa_wasm import OPAWasm, WasmPolicyError, bundle_parts
 from pdp.attestation.identity import AttestationError, AttestationUnavailable
 from pdp.http.errors import OAuthError, invalid_request, unavailable
 from pdp.http.services import broker_of
+from pdp.store.base import AuditRecord
 
 log = get_logger("pdp.access_bundle")
 
 DEFAULT_ENTRYPOINT = "jitmesh/access/decision"
 BUILD_TIMEOUT = 60.0
+CHECK_SECONDS = 1.0
+BUILD_FAILED = "access_policy_build_failed"
+
+Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 class BuildFailed(Exception):
@@ -44,12 +58,19 @@ class BuildFailed(Exception):
 class Built:
     bundle: bytes
     etag: str
-    fingerprint: tuple[tuple[str, int, int], ...]
+    fingerprint: Fingerprint
 
 
-def fingerprint(policy_dir: Path) -> tuple[tuple[str, int, int], ...]:
+def fingerprint(policy_dir: Path) -> Fingerprint:
     files = sorted(p for p in policy_dir.rglob("*") if p.is_file() and p.suffix in (".rego", ".json", ".yaml"))
-    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    seen = []
+    for p in files:
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # removed while listed: the next look sees the directory as it is
+        seen.append((str(p), st.st_mtime_ns, st.st_size))
+    return tuple(seen)
 
 
 def build(opa_bin: str, policy_dir: Path, entrypoint: str) -> bytes:
@@ -58,11 +79,13 @@ def build(opa_bin: str, policy_dir: Path, entrypoint: str) -> bytes:
         out = Path(tmp) / "bundle.tar.gz"
         try:
             done = subprocess.run([opa_bin, "build", "-t", "wasm", "-e", entrypoint, "--ignore", "*_test.rego",
+                                   "--ignore", ".*",  # a ConfigMap volume's ..data/ and ..<timestamp>/ copies
                                    "-o", str(out), str(policy_dir)], capture_output=True, timeout=BUILD_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BuildFailed(f"opa build could not run: {exc}") from None
         if done.returncode != 0:
-            raise BuildFailed(f"opa build failed: {done.stderr.decode(errors='replace')[:600]}")
+            said = (done.stderr or done.stdout).decode(errors="replace").strip()  # opa prints errors to stdout
+            raise BuildFailed(f"opa build failed: {said[:600]}")
         bundle = out.read_bytes()
     try:
         wasm, data = bundle_parts(bundle)
@@ -73,29 +96,99 @@ def build(opa_bin: str, policy_dir: Path, entrypoint: str) -> bytes:
     return bundle
 
 
+Announce = Callable[[str, str], None]
+AuditFailure = Callable[[AuditRecord], Awaitable[object]]
+
+
 class AccessBundles:
-    def __init__(self, policy_dir: Path, opa_bin: str) -> None:
+    """The built bundle of each entrypoint asked for, rebuilt when the directory changes."""
+
+    def __init__(self, policy_dir: Path, opa_bin: str, announce: Announce | None = None,
+                 audit: AuditFailure | None = None, clock: Callable[[], float] = time.time) -> None:
         self.policy_dir = policy_dir
         self.opa_bin = opa_bin
+        self.announce = announce
+        self.audit = audit
+        self.clock = clock
         self._built: dict[str, Built] = {}
+        self._failed: dict[str, tuple[Fingerprint, str]] = {}  # the files a build failed on, and why
         self._lock = asyncio.Lock()
 
     async def get(self, entrypoint: str) -> Built:
+        """The bundle in force for `entrypoint`, built first if the files changed since;
+        BuildFailed only while none was ever built."""
+        async with self._lock:
+            return await self._refresh(entrypoint, fingerprint(self.policy_dir))
+
+    async def check(self) -> None:
+        """Rebuild every entrypoint built so far whose files changed."""
         async with self._lock:
             current = fingerprint(self.policy_dir)
-            cached = self._built.get(entrypoint)
-            if cached is not None and cached.fingerprint == current:
-                return cached
+            for entrypoint in list(self._built):
+                try:
+                    await self._refresh(entrypoint, current)
+                except BuildFailed:
+                    pass  # logged and audited by _refresh
+
+    async def watch(self, every: float = CHECK_SECONDS) -> None:
+        while True:
+            await asyncio.sleep(every)
             try:
-                bundle = await asyncio.to_thread(build, self.opa_bin, self.policy_dir, entrypoint)
-            except BuildFailed as exc:
-                log.error("access_policy.build_failed", entrypoint=entrypoint, policy_dir=str(self.policy_dir),
-                          error=str(exc))
-                raise
-            built = Built(bundle, '"' + hashlib.sha256(bundle).hexdigest()[:32] + '"', current)
-            self._built[entrypoint] = built
-            log.info("access_policy.built", entrypoint=entrypoint, etag=built.etag, bytes=len(bundle))
-            return built
+                await self.check()
+            except Exception:  # one bad look must not end the watch
+                log.error("access_policy.check_failed", policy_dir=str(self.policy_dir), exc_info=True)
+
+    async def _refresh(self, entrypoint: str, current: Fingerprint) -> Built:
+        cached = self._built.get(entrypoint)
+        if cached is not None and cached.fingerprint == current:
+            return cached
+        failed = self._failed.get(entrypoint)
+        if failed is not None and failed[0] == current:  # already tried on these very files
+            if cached is not None:
+                return cached
+            raise BuildFailed(failed[1])
+        try:
+            bundle = await asyncio.to_thread(build, self.opa_bin, self.policy_dir, entrypoint)
+        except BuildFailed as exc:
+            self._failed[entrypoint] = (current, str(exc))
+            await self._report_failure(entrypoint, str(exc), kept=cached)
+            if cached is not None:
+                return cached
+            raise
+        self._failed.pop(entrypoint, None)
+        built = Built(bundle, '"' + hashlib.sha256(bundle).hexdigest()[:32] + '"', current)
+        self._built[entrypoint] = built
+        log.info("access_policy.built", entrypoint=entrypoint, etag=built.etag, bytes=len(bundle),
+                 replaced=None if cached is None else cached.etag)
+        if cached is not None and cached.etag != built.etag and self.announce is not None:
+            self.announce(entrypoint, built.etag)
+        return built
+
+    async def _report_failure(self, entrypoint: str, error: str, kept: Built | None) -> None:
+        log.error("access_policy.build_failed", entrypoint=entrypoint, policy_dir=str(self.policy_dir), error=error,
+                  kept_etag=None if kept is None else kept.etag)
+        if self.audit is None:
+            return
+        record = AuditRecord(decision_id=str(uuid.uuid4()), time=self.clock(), event="error", policy_path=entrypoint,
+                             details={"error": BUILD_FAILED, "error_description": error[:2000],
+                                      "policy_dir": str(self.policy_dir),
+                                      "kept_etag": None if kept is None else kept.etag})
+        try:
+            await self.audit(record)
+        except Exception as exc:  # the log line above stands; the store being down changes nothing here
+            log.warning("access_policy.audit_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+
+
+def bundles_for(policy_dir: Path, opa_bin: str | None, announce: Announce | None,
+                audit: AuditFailure | None) -> AccessBundles | None:
+    """The started broker's bundles, or None when no OPA binary can be found (the endpoint
+    then answers 503 naming the problem)."""
+    try:
+        found = find_opa(opa_bin)
+    except OPANotFound as exc:
+        log.error("access_policy.no_opa", policy_dir=str(policy_dir), error=str(exc))
+        return None
+    return AccessBundles(policy_dir, found, announce=announce, audit=audit)
 
 
 async def _authenticate(request: Request) -> None:

@@ -30,7 +30,7 @@ from pdp.metrics import BrokerMetrics
 from pdp.opa import OPAClient
 from pdp.revocation import api as revocation_api
 from pdp.revocation import wiring as revocation_wiring
-from pdp.revocation.events import Viewer
+from pdp.revocation.events import Announcement, Viewer
 from pdp.revocation.index import PURGE_EVERY, RevocationIndex
 from pdp.shadow import api as shadow_api
 from pdp.shadow.live import LiveShadow
@@ -126,6 +126,18 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
         ]
         app.state.broker = broker
         broker.tasks += revocation_wiring.start(broker)  # event stream, pod watcher, Kubernetes admins
+        if config.access_policy_dir is not None:
+            hub = broker.hub
+
+            def announce(entrypoint: str, etag: str) -> None:
+                told = 0 if hub is None else hub.announce(Announcement(
+                    "policy", {"entrypoint": entrypoint, "etag": etag, "time": clock()}))
+                log.info("access_policy.announced", entrypoint=entrypoint, etag=etag, streams=told)
+
+            bundles = access_bundle.bundles_for(config.access_policy_dir, config.opa_bin, announce, auditor.write)
+            if bundles is not None:
+                app.state.access_bundles = bundles
+                broker.tasks.append(asyncio.create_task(bundles.watch(), name="access-policy-watch"))
         if logins is not None and broker.hub is not None:
             revoked = broker.hub.open(Viewer(admin=True, name="dblogins"))  # held for the broker's life
             broker.tasks += [asyncio.create_task(logins.follow(revoked), name="dblogins-revocations"),

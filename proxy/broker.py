@@ -7,6 +7,10 @@ the broker checks against its `serves` policy. The first connection replays the 
 (`Last-Event-ID: 0`) so that revocations made before the proxy started are known; later
 ones resume from the last event seen. While no stream is open for longer than
 `max_down`, `current()` is False and the proxy answers 503.
+
+The broker also announces a newly built access policy on this stream (`event: policy`);
+`on_policy` is called for it and on every (re)connection, when an announcement may have
+been missed, so the in-process policy is re-fetched at once.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from proxy.revocations import RevocationSet
 log = get_logger("proxy.broker")
 
 EVENTS_PATH = "/v1/revocations/events"
-READ_TIMEOUT = 15.0  # the broker sends a keep-alive every 10 s
+# The broker sends a keep-alive after 15 s of silence (pdp/revocation/events.py): a read
+# timeout of exactly that lost the race and dropped a healthy stream every 15 s.
+READ_TIMEOUT = 20.0
 
 
 class BrokerError(Exception):
@@ -80,7 +86,7 @@ class BrokerClient:
 class EventFollower:
     def __init__(self, broker: BrokerClient, sa_token_file: Path, audiences: Sequence[str],
                  revocations: RevocationSet, max_down: float, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, on_policy: Callable[[], None] | None = None) -> None:
         self.broker = broker
         self.sa_token_file = sa_token_file
         self.audiences = list(audiences)
@@ -92,6 +98,7 @@ class EventFollower:
         self.connected = asyncio.Event()
         self._down_since: float | None = None  # None with `connected` clear: never connected
         self.refused: str | None = None
+        self.on_policy = on_policy
 
     def current(self) -> bool:
         """True while the stream is open, or closed for no longer than `max_down`."""
@@ -153,8 +160,14 @@ class EventFollower:
                     taken = self.revocations.resync(state.get("revocations") if isinstance(state, dict) else None)
                     log.info("events.resynced", revocations=taken,
                              reason=state.get("reason") if isinstance(state, dict) else None)
+                elif sse.event == "policy":
+                    log.info("events.policy_announced", data=sse.data[:300])
+                    if self.on_policy is not None:
+                        self.on_policy()
                 if sse.id:
                     self.last_event_id = sse.id
                 if sse.event == "ready" and not self.connected.is_set():
                     self.connected.set()
                     log.info("events.subscribed", last_event_id=self.last_event_id, audiences=self.audiences)
+                    if self.on_policy is not None:  # an announcement made while disconnected is not replayed
+                        self.on_policy()

@@ -59,5 +59,6 @@ def register(sub: Any) -> None:
     p.add_argument("--header-timeout", type=float, default=10.0,
                    help="seconds a client has to send a request's headers (slowloris bound)")
     p.add_argument("--policy-refresh", type=float, default=30.0,
-                   help="seconds between checks for a new in-process policy at the broker (ETag)")
+                   help="seconds between checks for a new in-process policy at the broker (ETag); a fallback, "
+                   "as the broker announces a new one on the event stream")
     p.set_defaults(func=_run)

@@ -16,8 +16,9 @@ class ProxyProcess(ManagedProcess):
 
     def __init__(self, *, broker_url: str, audiences: Sequence[str], sa_token_file: Path | str, log_path: Path,
                  upstream: str | None = None, opa_url: str | None = None, extra: Sequence[str] = (),
-                 python: str = sys.executable, env: Mapping[str, str] | None = None) -> None:
-        self.port = free_port()
+                 python: str = sys.executable, env: Mapping[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.metrics_port = free_port()
         argv = [python, "-m", "jitmesh.cli", "proxy", "--listen", f"127.0.0.1:{self.port}",
                 "--broker-url", broker_url, "--sa-token-file", str(sa_token_file),

@@ -74,8 +74,9 @@ async def serve(config: ProxyConfig) -> int:
     while not stop.is_set() and not await keys.refresh():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), START_RETRY_SECONDS)
-    follower = EventFollower(broker, config.sa_token_file, config.audiences, revocations, config.stream_max_down)
     policy = build_policy(config, broker)
+    follower = EventFollower(broker, config.sa_token_file, config.audiences, revocations, config.stream_max_down,
+                             on_policy=policy.wake if isinstance(policy, WasmPolicy) else None)
     if isinstance(policy, WasmPolicy):
         while not stop.is_set() and not await policy.load():
             with contextlib.suppress(TimeoutError):
@@ -102,8 +103,10 @@ async def serve(config: ProxyConfig) -> int:
     common: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "off", "ws": "none",
                               "server_header": False, "timeout_graceful_shutdown": 2, "timeout_keep_alive": 30}
     host, port = config.listen
+    # proxy_headers off: the source of a request is its peer, never what an X-Forwarded-* header
+    # claims (it reaches the policy input); that also spares a middleware on every request
     servers = [_EmbeddedServer(uvicorn.Config(app, host=host, port=port, http=_protocol(config),
-                                              **common))]
+                                              proxy_headers=False, **common))]
     if config.metrics_listen is not None:
         mhost, mport = config.metrics_listen
         servers.append(_EmbeddedServer(uvicorn.Config(metrics_app(metrics, ready), host=mhost, port=mport,

@@ -3,14 +3,16 @@
 on `wasmtime` through OPA's Wasm ABI (jitmesh/opa_wasm.py). No OPA beside the proxy and no
 network hop per decision (docs/contract.md §7).
 
-The bundle is re-checked every `refresh` seconds with `If-None-Match`, so a changed policy
-is picked up within that time and an unchanged one costs a 304. A failed re-check keeps the
+The bundle is re-checked with `If-None-Match` as soon as the broker announces a new one on
+the event stream (`wake()`), and every `refresh` seconds in case an announcement was lost;
+an unchanged one costs a 304. A failed re-check keeps the
 policy in force (a policy is not revoked); a policy never loaded is `PolicyUnavailable` (503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ class WasmPolicy:
         self.refresh = refresh
         self.etag: str | None = None
         self._wasm: OPAWasm | None = None
+        self._woken = asyncio.Event()
 
     @property
     def loaded(self) -> bool:
@@ -72,9 +75,15 @@ class WasmPolicy:
         log.info("policy.loaded", entrypoint=self.entrypoint, etag=self.etag, bytes=len(r.content))
         return True
 
+    def wake(self) -> None:
+        """Re-check the bundle now: the broker announced a new one."""
+        self._woken.set()
+
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), self.refresh)
+            self._woken.clear()
             await self.load()
 
     async def evaluate(self, input_doc: dict[str, Any]) -> AccessDecision:

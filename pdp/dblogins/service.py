@@ -18,7 +18,7 @@ from pdp.dblogins.sweep import DEFAULT_ENDS_PER_SECOND, SWEEP_EVERY, RateLimit, 
 from pdp.dblogins.targets import Targets
 from pdp.revocation.events import Subscription
 from pdp.revocation.index import RevocationIndex
-from pdp.store.base import Revocation, Store, StoreError
+from pdp.store.base import Revocation, RevocationEvent, Store, StoreError
 
 log = get_logger("pdp.dblogins")
 
@@ -163,7 +163,7 @@ class DatabaseLogins:
             event = await subscription.queue.get()
             if event is None:
                 return
-            if event.action == "revoked":
+            if isinstance(event, RevocationEvent) and event.action == "revoked":
                 await self.revoked(event.revocation)
             if subscription.overflowed and subscription.queue.empty():
                 subscription.overflowed = False

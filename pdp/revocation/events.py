@@ -42,6 +42,11 @@ jti revocation `audience`: the revoked token's, when known, as `expires_at` is i
 `id` being the revocation's id and `time` when it was revoked or lifted. A `resync` event's
 data is `{"seq", "epoch", "reason", "revocations": [...]}`, each revocation as above without
 `seq`, `action` and `time`.
+
+A verifier's stream (an access proxy's) also carries announcements that are not revocations
+and have no place in the log: `event: policy`, data `{"entrypoint", "etag", "time"}`, when
+the broker has built a new access policy (pdp/access_bundle.py). They carry no `id`, are not
+replayed, and a proxy re-checks its policy on every (re)connection anyway.
 """
 
 from __future__ import annotations
@@ -105,6 +110,14 @@ class LastEventId:
     seq: int
 
 
+@dataclass(frozen=True)
+class Announcement:
+    """A verifier notice that is no revocation: `event` and its JSON data."""
+
+    event: str
+    data: dict[str, Any]
+
+
 class TooManyStreams(Exception):
     """No room for another stream, overall or for this subject."""
 
@@ -157,6 +170,10 @@ def sse_event(epoch: str, ev: RevocationEvent, doc: dict[str, Any]) -> str:
     return f"id: {event_id(epoch, ev.seq)}\nevent: {ev.action}\ndata: {_data(doc)}\n\n"
 
 
+def sse_announcement(a: Announcement) -> str:
+    return f"event: {a.event}\ndata: {_data(a.data)}\n\n"
+
+
 def sse_ready(epoch: str, seq: int) -> str:
     return (f"retry: {RETRY_MILLISECONDS}\nid: {event_id(epoch, seq)}\nevent: ready\n"
             f"data: {_data({'seq': seq, 'epoch': epoch})}\n\n")
@@ -186,14 +203,15 @@ class Subscription:
     """One stream's place at the hub; its slot is given back on `close()`, or when it is
     dropped without ever being read (a response that never started)."""
 
-    def __init__(self, hub: EventHub, key: str) -> None:
-        self.queue: asyncio.Queue[RevocationEvent | None] = asyncio.Queue(QUEUE_LIMIT)
+    def __init__(self, hub: EventHub, key: str, verifier: bool = False) -> None:
+        self.queue: asyncio.Queue[RevocationEvent | Announcement | None] = asyncio.Queue(QUEUE_LIMIT)
+        self.verifier = verifier  # an access proxy's stream: it also gets announcements
         self.overflowed = False
         self.stopped = False
         self._hub = weakref.ref(hub)
         self._release = weakref.finalize(self, hub._release, key)
 
-    def put(self, events: list[RevocationEvent]) -> None:
+    def put(self, events: list[RevocationEvent] | list[Announcement]) -> None:
         for ev in events:
             try:
                 self.queue.put_nowait(ev)
@@ -254,7 +272,7 @@ class EventHub:
         if not viewer.admin and self._per_key[viewer.key] >= self.max_per_subject:
             raise TooManyStreams(f"{viewer.key!r:.120} already has {self.max_per_subject} revocation event streams "
                                  "open, the most one subject may hold; close one or retry later")
-        sub = Subscription(self, viewer.key)
+        sub = Subscription(self, viewer.key, verifier=viewer.audiences is not None and not viewer.admin)
         self._open += 1
         self._per_key[viewer.key] += 1
         self._subs.add(sub)
@@ -283,6 +301,15 @@ class EventHub:
         self.seq = fresh[-1].seq
         for sub in list(self._subs):
             sub.put(fresh)
+
+    def announce(self, announcement: Announcement) -> int:
+        """Hand an announcement to every verifier's stream; how many got it."""
+        told = 0
+        for sub in list(self._subs):
+            if sub.verifier:
+                sub.put([announcement])
+                told += 1
+        return told
 
     def stop_all(self) -> None:
         self._stopped = True
@@ -377,7 +404,7 @@ async def _stream(hub: EventHub, store: Store, viewer: Viewer, last_event_id: La
         if now >= deadline:
             return
         wake_in = min(idle_since + keepalive, deadline) - now
-        item: RevocationEvent | None
+        item: RevocationEvent | Announcement | None
         try:
             async with asyncio.timeout(max(0.0, wake_in)):
                 item = await sub.queue.get()
@@ -389,6 +416,10 @@ async def _stream(hub: EventHub, store: Store, viewer: Viewer, last_event_id: La
         if sub.overflowed:
             log.warning("events.stream_too_slow", viewer=viewer.name)
             return
+        if isinstance(item, Announcement):
+            idle_since = clock()
+            yield sse_announcement(item)
+            continue
         if item is None or item.seq <= cursor:
             continue
         cursor = item.seq

@@ -99,3 +99,73 @@ def read_token_file(audience: str) -> str:
     """Code for Kube.exec: print the token file of `audience` as the app sees it now."""
     return ("import os; print(open(os.path.join(os.environ['JITMESH_TOKEN_DIR'], "
             f"{audience!r})).read().strip())")
+
+
+# An upstream behind an access proxy: 200 for any path, echoing the x-jitmesh-* headers it got
+# and whether a token reached it (it never should).
+SERVER = """
+import json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Echo(BaseHTTPRequestHandler):
+    def answer(self):
+        seen = {k.lower(): v for k, v in self.headers.items()}
+        body = json.dumps({"path": self.path, "method": self.command,
+                           "jitmesh": {k: v for k, v in seen.items() if k.startswith("x-jitmesh-")},
+                           "saw_token": "authorization" in seen}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_DELETE = answer
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", 8080), Echo).serve_forever()
+"""
+
+# Calls CALL_URL with its token every CALL_EVERY seconds, for each path in CALL_PATHS, and
+# prints one line per call: CALL <unix time> <path> <status> <json of what came back>. The
+# token file is read afresh each time; if it is gone (a revoked sidecar may drop it), the last
+# token read is sent, so a refusal is the proxy's verdict on that token.
+CALLER = """
+import json, os, time, urllib.error, urllib.request
+path = os.path.join(os.environ.get("JITMESH_TOKEN_DIR", "/var/run/jitmesh"), os.environ["AUDIENCE"])
+token = None
+while True:
+    try:
+        token = open(path).read().strip() or token
+    except OSError:
+        pass
+    for p in os.environ["CALL_PATHS"].split(","):
+        req = urllib.request.Request(os.environ["CALL_URL"] + p, headers={"Authorization": "Bearer %s" % token})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, json.dumps({"www-authenticate": e.headers.get("www-authenticate"),
+                                               "body": e.read().decode(errors="replace")[:300]}).encode()
+        except Exception as e:
+            status, body = 0, json.dumps({"error": repr(e)[:200]}).encode()
+        print("CALL %.3f %s %d %s" % (time.time(), p, status, body.decode(errors="replace")), flush=True)
+    time.sleep(float(os.environ.get("CALL_EVERY", "0.1")))
+"""
+
+
+def server_container() -> dict[str, Any]:
+    return {"name": "app", "image": JITMESH_IMAGE, "imagePullPolicy": "IfNotPresent",
+            "command": ["python3", "-c", SERVER], "securityContext": RESTRICTED_CONTAINER_SECURITY,
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "96Mi"}}}
+
+
+def caller_container(audience: str, url: str, paths: list[str], every: float = 0.1) -> dict[str, Any]:
+    return {"name": "app", "image": JITMESH_IMAGE, "imagePullPolicy": "IfNotPresent",
+            "command": ["python3", "-c", CALLER],
+            "env": [{"name": "AUDIENCE", "value": audience}, {"name": "CALL_URL", "value": url},
+                    {"name": "CALL_PATHS", "value": ",".join(paths)}, {"name": "CALL_EVERY", "value": str(every)}],
+            "securityContext": RESTRICTED_CONTAINER_SECURITY,
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "96Mi"}}}
+
+
+def service(name: str, selector: dict[str, str], port: int, target_port: int) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": selector, "ports": [{"port": port, "targetPort": target_port, "protocol": "TCP"}]}}

@@ -25,12 +25,13 @@ REPO = Path(__file__).resolve().parents[2]
 def up(tmp_path: Path, opa_bin: str,
        request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
     out = tmp_path / "up.out"
-    broker_port, opa_port, sidecar_port = free_port(), free_port(), free_port()
+    broker_port, opa_port, sidecar_port, proxy_port = free_port(), free_port(), free_port(), free_port()
     extra = list(getattr(request, "param", []))  # more `jitmesh up` flags, by indirect parametrization
     with out.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "jitmesh.cli", "up", "--policies", str(REPO / "policies"),
                                  "--broker-port", str(broker_port), "--opa-port", str(opa_port),
-                                 "--sidecar-port", str(sidecar_port), "--demo-ttl", "5",
+                                 "--sidecar-port", str(sidecar_port), "--proxy-port", str(proxy_port),
+                                 "--demo-ttl", "5",
                                  "--opa-bin", opa_bin, *extra], cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while "Ctrl-C stops everything" not in out.read_text() and time.monotonic() < deadline:
@@ -167,3 +168,29 @@ def test_up_shadow_compares_the_example_candidate(up: tuple[subprocess.Popen[byt
         time.sleep(1)
     assert p.returncode == 0, p.stderr
     assert "NO DATA" not in p.stdout and "allow_to_deny" in p.stdout, p.stdout
+
+
+def _wait_for_text(out: Path, pattern: str, timeout: float, after: int = 0) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(pattern, out.read_text()[after:])
+        if found or time.monotonic() > deadline:
+            assert found, f"no {pattern!r} in:\n{out.read_text()[-3000:]}"
+            return found
+        time.sleep(0.2)
+
+
+def test_up_demo_calls_the_second_workload_through_its_proxy_and_tells_allow_deny_and_revocation(
+        up: tuple[subprocess.Popen[bytes], Path, int]) -> None:
+    _, out, _ = up
+    refused = _wait_for_text(out, r"orders: REFUSED GET /orders/42 with the revoked token ([0-9.]+)s after the "
+                                  r"revocation: 401 [^\n]*revoked", timeout=90)
+    assert float(refused.group(1)) < 1.0, refused.group(0)
+    text = out.read_text()
+    assert re.search(r"orders: ALLOWED GET /orders/42 from demo/demo-app through the proxy: 200 .*"
+                     r"system:serviceaccount:demo:demo-app", text), text[-3000:]
+    assert re.search(r"orders: DENIED GET /admin/export from demo/demo-app through the proxy: 403 .+ \(decision ",
+                     text), text[-3000:]
+    assert re.search(r"orders: REVOKED the token of demo/demo-app .* \(jti [\w-]+\)", text), text[-3000:]
+    # the sidecar replaces the revoked token, and the next rounds are admitted again
+    _wait_for_text(out, r"orders: ALLOWED GET /orders/42", timeout=30, after=text.index(refused.group(0)))

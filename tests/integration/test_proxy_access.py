@@ -62,6 +62,15 @@ def test_a_forged_subject_header_from_the_client_is_dropped(env: dict[str, Any])
     assert not [k for k, _ in seen if k == "x-jitmesh-other"]
 
 
+def test_a_client_cannot_pose_as_another_address_with_forwarding_headers(env: dict[str, Any]) -> None:
+    # the peer's address is the request's source (in the policy input, and appended for the
+    # upstream), even from loopback: an X-Forwarded-For the client sends is only carried along
+    headers = bearer(token(env["broker"]), **{"X-Forwarded-For": "10.9.9.9", "X-Forwarded-Proto": "https"})
+    r = httpx.get(env["proxy"].url + "/orders", headers=headers)
+    assert r.status_code == 200, r.text
+    assert [v for k, v in r.json()["headers"] if k == "x-forwarded-for"] == ["10.9.9.9, 127.0.0.1"]
+
+
 def test_a_denied_endpoint_is_403_with_reasons_and_a_decision_id(env: dict[str, Any]) -> None:
     r = httpx.delete(env["proxy"].url + "/orders/42", headers=bearer(token(env["broker"], scope="read")))
     assert r.status_code == 403

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,21 +117,75 @@ def test_opa_wasm_refuses_a_module_that_is_not_wasm() -> None:
         asyncio.run(asyncio.to_thread(OPAWasm, b"nope", {}, "x"))
 
 
-def test_a_changed_policy_reaches_an_in_process_proxy(make_opa: Callable[..., Any],
-                                                      broker_factory: Callable[..., BrokerHandle], opa_bin: str,
-                                                      make_proxy: Callable[..., ProxyProcess], upstream: Upstream,
-                                                      tmp_path: Path) -> None:
+def write_access_data(policy_dir: Path, extra_endpoint: dict[str, Any] | None = None) -> None:
+    data = json.loads((POLICIES / "data.json").read_text())
+    if extra_endpoint is not None:
+        data["jitmesh"]["access"]["audiences"]["orders-api"]["endpoints"].append(extra_endpoint)
+    (policy_dir / "data.json").write_text(json.dumps({"jitmesh": {"access": data["jitmesh"]["access"]}}))
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
     policy_dir = tmp_path / "access"
     policy_dir.mkdir()
     (policy_dir / "access.rego").write_bytes((POLICIES / "access.rego").read_bytes())
-    data = json.loads((POLICIES / "data.json").read_text())
-    (policy_dir / "data.json").write_text(json.dumps({"jitmesh": {"access": data["jitmesh"]["access"]}}))
+    write_access_data(policy_dir)
+    return policy_dir
+
+
+DELETE_WITH_READ = {"methods": ["DELETE"], "path": "/orders/{id}", "scopes": ["read"]}
+
+
+def test_a_changed_policy_is_announced_and_in_force_at_the_proxy_within_seconds(
+        make_opa: Callable[..., Any], broker_factory: Callable[..., BrokerHandle], opa_bin: str,
+        make_proxy: Callable[..., ProxyProcess], upstream: Upstream, policy_dir: Path) -> None:
     broker = broker_factory(make_opa(POLICIES).url, access_policy_dir=policy_dir, opa_bin=opa_bin)
-    proxy = make_proxy(broker, ["orders-api"], upstream=upstream.url, extra=["--policy-refresh", "0.5"])
+    # the fallback poll is far off: only the broker's announcement can bring the change in time
+    proxy = make_proxy(broker, ["orders-api"], upstream=upstream.url, extra=["--policy-refresh", "3600"])
     headers = {"Authorization": f"Bearer {token(broker)}"}
     assert httpx.delete(proxy.url + "/orders/1", headers=headers).status_code == 403
-    data["jitmesh"]["access"]["audiences"]["orders-api"]["endpoints"].append(
-        {"methods": ["DELETE"], "path": "/orders/{id}", "scopes": ["read"]})
-    (policy_dir / "data.json").write_text(json.dumps({"jitmesh": {"access": data["jitmesh"]["access"]}}))
-    wait_for(lambda: httpx.delete(proxy.url + "/orders/1", headers=headers).status_code == 200, timeout=30,
+    before = httpx.get(proxy.metrics_url + "/readyz").json()["policy"]["etag"]
+    write_access_data(policy_dir, DELETE_WITH_READ)
+    changed = time.monotonic()
+    wait_for(lambda: httpx.delete(proxy.url + "/orders/1", headers=headers).status_code == 200, timeout=15,
              what="the rebuilt policy in force at the proxy")
+    took = time.monotonic() - changed
+    assert took < 6.0, f"the new policy took {took:.1f} s to reach the proxy"
+    assert httpx.get(proxy.metrics_url + "/readyz").json()["policy"]["etag"] != before
+    assert "events.policy_announced" in proxy.output()
+
+
+def test_a_policy_that_fails_to_build_keeps_the_one_in_force_and_is_audited(
+        make_opa: Callable[..., Any], broker_factory: Callable[..., BrokerHandle], opa_bin: str,
+        make_proxy: Callable[..., ProxyProcess], upstream: Upstream, policy_dir: Path) -> None:
+    broker = broker_factory(make_opa(POLICIES).url, access_policy_dir=policy_dir, opa_bin=opa_bin)
+    proxy = make_proxy(broker, ["orders-api"], upstream=upstream.url, extra=["--policy-refresh", "3600"])
+    headers = {"Authorization": f"Bearer {token(broker)}"}
+    etag = fetch(broker).headers["etag"]
+    (policy_dir / "broken.rego").write_text("package jitmesh.access\n\nthis is not rego\n")
+    wait_for(lambda: "access_policy.build_failed" in broker.output(), timeout=15, what="the failed build logged")
+    audit = httpx.get(broker.url + "/v1/admin/audit", params={"event": "error"}, headers=broker.admin_headers())
+    failures = [r for r in audit.json()["records"] if r["details"].get("error") == "access_policy_build_failed"]
+    assert failures and "rego_parse_error" in failures[0]["details"]["error_description"]
+    assert failures[0]["details"]["kept_etag"] == etag
+    assert fetch(broker).headers["etag"] == etag  # the old module is still served
+    assert httpx.get(proxy.url + "/orders/1", headers=headers).status_code == 200
+    assert httpx.delete(proxy.url + "/orders/1", headers=headers).status_code == 403
+    (policy_dir / "broken.rego").unlink()  # fixed: the next change builds and is announced again
+    write_access_data(policy_dir, DELETE_WITH_READ)
+    wait_for(lambda: httpx.delete(proxy.url + "/orders/1", headers=headers).status_code == 200, timeout=15,
+             what="the fixed policy in force at the proxy")
+
+
+def test_the_bundle_builds_from_a_config_map_volume_without_its_hidden_copies(opa_bin: str, tmp_path: Path) -> None:
+    from pdp.access_bundle import build
+
+    volume = tmp_path / "policies"
+    stamped = volume / "..2026_01_01_00_00_00.000000001"
+    stamped.mkdir(parents=True)
+    for name in ("access.rego", "data.json"):
+        (stamped / name).write_bytes((POLICIES / name).read_bytes())
+        (volume / name).symlink_to(Path("..data") / name)
+    (volume / "..data").symlink_to(stamped.name)
+    wasm, data = bundle_parts(build(opa_bin, volume, "jitmesh/access/decision"))
+    assert wasm.startswith(b"\0asm") and "access" in data["jitmesh"]  # type: ignore[index,operator]

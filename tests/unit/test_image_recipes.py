@@ -8,6 +8,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 BUILD = (REPO / "image" / "build.sh").read_text()
@@ -60,3 +62,21 @@ def test_the_lock_pins_every_runtime_dependency_of_pyproject() -> None:
                 if line and not line.startswith("#"))
     assert names <= set(pins), f"not in requirements.lock (run `make lock`): {sorted(names - set(pins))}"
     assert all(re.fullmatch(r"[0-9][0-9A-Za-z.+-]*", v) for v in pins.values())
+
+
+def test_both_ship_the_pinned_opa_where_the_chart_points_the_broker() -> None:
+    opa_version = re.search(r'^OPA_VERSION="?v?([0-9.]+)', (REPO / "scripts" / "tools.sh").read_text(), re.M)
+    assert opa_version, "scripts/tools.sh pins no OPA_VERSION"
+    in_image = _build_var("OPA_IN_IMAGE")
+    assert 'install -m 0755 "$("$TOOLS" path opa)" "$rootfs$OPA_IN_IMAGE"' in BUILD
+    assert f"--from=openpolicyagent/opa:{opa_version.group(1)}-static /opa {in_image}" in _docker("COPY")
+    values = yaml.safe_load((REPO / "charts" / "jitmesh" / "values.yaml").read_text())
+    assert values["broker"]["accessPolicy"]["opaBin"] == in_image
+
+
+def test_both_install_every_package_of_the_project() -> None:
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for package in (p.rstrip("*") for p in packages["include"]):
+        assert f"{package} ./{package}" in _docker("COPY"), f"the Dockerfile leaves out {package}/"
+        assert re.search(rf"find [a-z ]*\b{package}\b[a-z ]* -name '\*\.py'", BUILD), \
+            f"image/build.sh does not rebuild when {package}/ changes"

@@ -382,3 +382,21 @@ def test_an_admin_dsn_file_in_no_mounted_secret_is_a_clear_render_error(tmp_path
     error = _render_error(*_database_values(tmp_path, ORDERS_DB, ["other-secret"]))
     assert "broker.databases.targets.orders-db.admin_dsn_file" in error
     assert "broker.databases.adminSecrets" in error
+
+
+def test_broker_builds_the_access_policy_from_the_policies_config_map_with_the_opa_in_its_image() -> None:
+    spec = _pods(render(*REQUIRED))["jm-jitmesh-broker"]
+    broker = next(c for c in spec["containers"] if c["name"] == "broker")
+    assert "--access-policy-dir=/etc/jitmesh/policies" in broker["args"]
+    assert "--opa-bin=/usr/local/bin/opa" in broker["args"]
+    mounts = {m["name"]: m for m in broker["volumeMounts"]}
+    assert mounts["policies"] == {"name": "policies", "mountPath": "/etc/jitmesh/policies", "readOnly": True}
+    cm = _one(render(*REQUIRED), "ConfigMap", "jm-jitmesh-broker-policies")
+    assert cm["data"]["access.rego"] == (REPO / "policies" / "access.rego").read_text()
+
+
+def test_broker_serves_no_access_policy_when_it_is_turned_off() -> None:
+    spec = _pods(render(*REQUIRED, "--set", "broker.accessPolicy.enabled=false"))["jm-jitmesh-broker"]
+    broker = next(c for c in spec["containers"] if c["name"] == "broker")
+    assert not [a for a in broker["args"] if a.startswith(("--access-policy-dir", "--opa-bin"))]
+    assert "policies" not in {m["name"] for m in broker["volumeMounts"]}

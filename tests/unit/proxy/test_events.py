@@ -97,7 +97,7 @@ def test_a_stream_that_went_silent_counts_as_down_since_it_went_silent(tmp_path:
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
-    assert f.current()  # silent for READ_TIMEOUT (15 s) < 30 s
+    assert f.current()  # silent for READ_TIMEOUT (20 s) < 30 s
     clock.now += 30.0 - READ_TIMEOUT + 1
     assert not f.current()
 
@@ -142,3 +142,10 @@ def test_a_resync_replaces_what_the_proxy_knew_with_the_brokers_state(tmp_path: 
     # the state before the resync is replaced, not added to
     assert not revocations.revoked({"sub": "system:serviceaccount:demo:demo-app", "iat": 5}, "orders-api")
     assert f.last_event_id == "ab12-9"
+
+
+def test_the_stream_read_timeout_outlasts_the_brokers_keep_alive_with_room_to_spare() -> None:
+    from pdp.revocation.events import KEEPALIVE_SECONDS
+
+    assert READ_TIMEOUT >= KEEPALIVE_SECONDS + 5  # a keep-alive a little late must not drop the stream
+    assert READ_TIMEOUT < 30.0  # a dead stream is noticed within the default --stream-max-down

@@ -3,10 +3,12 @@ audiences it serves (pdp/revocation/verifiers.py)."""
 
 from __future__ import annotations
 
+from unittest.mock import MagicMock
+
 import pytest
 
 from pdp.http.errors import OAuthError
-from pdp.revocation.events import Viewer, event_doc
+from pdp.revocation.events import Announcement, EventHub, Viewer, event_doc, sse_announcement
 from pdp.revocation.verifiers import requested_audiences
 from pdp.store.base import Revocation, RevocationEvent, RevocationKind
 
@@ -80,3 +82,20 @@ def test_malformed_audience_parameters_are_invalid_request(values: list[str]) ->
     with pytest.raises(OAuthError) as info:
         requested_audiences(values)
     assert info.value.status == 400
+
+
+def test_a_policy_announcement_goes_to_verifier_streams_only() -> None:
+    hub = EventHub(MagicMock(), start_seq=0)
+    proxy = hub.open(VERIFIER)
+    sidecar = hub.open(Viewer(admin=False, subject="system:serviceaccount:demo:demo-app", name="sidecar"))
+    admin = hub.open(Viewer(admin=True, name="dblogins"))
+    told = hub.announce(Announcement("policy", {"entrypoint": "jitmesh/access/decision", "etag": '"e"'}))
+    assert told == 1
+    assert proxy.queue.get_nowait() == Announcement("policy", {"entrypoint": "jitmesh/access/decision",
+                                                               "etag": '"e"'})
+    assert sidecar.queue.empty() and admin.queue.empty()
+
+
+def test_a_policy_announcement_is_an_sse_event_without_an_id() -> None:
+    text = sse_announcement(Announcement("policy", {"etag": '"e"'}))
+    assert text == 'event: policy\ndata: {"etag":"\\"e\\""}\n\n'
