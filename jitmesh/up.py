@@ -8,9 +8,12 @@ processes, prints each step, each issuance, refresh and denial as it happens, an
 ready-to-paste `jitmesh token` command, and stops everything on Ctrl-C or SIGTERM.
 
 A second demo workload, `demo/orders`, serves the audience orders-api behind a real
-`jitmesh proxy` (the broker builds the access policy from `policies/` as Wasm); the first one
-calls it every few seconds with its sidecar's token, and the console tells each call's fate:
-allowed, denied by the access policy, and once, refused after its token was revoked.
+`jitmesh proxy` (the broker builds the access policy from `policies/` as Wasm). The first one
+calls it every few seconds with no credential of its own, through its sidecar's loopback
+forwarder: the sidecar holds a DPoP key in memory, its tokens are bound to it, and it adds the
+token and a fresh proof to each call. The console tells each call's fate: allowed, denied by
+the access policy; once, a thief's replay of the token read from its file, refused for want
+of the key; and once, refused after the token was revoked.
 
 The run loop is a `Stack`: child processes it watches and periodic jobs it runs. A demo
 sidecar joins as one more `stack.start(...)` and, if it needs one, a `stack.every(...)`.
@@ -35,11 +38,19 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from jitmesh.contract import (
+    ENV_DPOP,
+    ENV_UPSTREAM_LISTEN_PREFIX,
+    ENV_UPSTREAM_URL_PREFIX,
+    audience_env_suffix,
+    upstream_env_name,
+)
 from jitmesh.opa_server import OPANotFound, OPAServer, find_opa
 from jitmesh.procs import ManagedProcess
 
 if TYPE_CHECKING:  # jwt and cryptography load only when `up` runs, not for every subcommand
     from jitmesh.devissuer import DevIssuer
+    from sidecar.process import SidecarProcess
 
 DEMO_NAMESPACE = "demo"
 DEMO_SERVICE_ACCOUNT = "demo-app"
@@ -196,11 +207,27 @@ def show_denial(broker_url: str, subject_token_file: Path) -> None:
         f"{body.get('error_description')} (decision {body.get('decision_id')})")
 
 
+def demo_client_sidecar(*, broker_url: str, sa_token_file: Path, home: Path, ttl: int, port: int,
+                        orders_url: str, forward_port: int) -> SidecarProcess:
+    """demo/demo-app's sidecar, not yet started: tokens under `home/tokens/`, its log in
+    `home/sidecar.log`, retries at most 10 s apart; DPoP on, and the orders audience forwarded
+    from `127.0.0.1:forward_port` to `orders_url` with the token and a proof, so the app holds
+    no credential."""
+    from sidecar.process import DEMO_AUDIENCES, SidecarProcess
+
+    suffix = audience_env_suffix(DEMO_AUDIENCE)
+    return SidecarProcess(broker_url=broker_url, audiences=DEMO_AUDIENCES, sa_token_file=sa_token_file,
+                          token_dir=home / "tokens", log_path=home / "sidecar.log", ttl=ttl, port=port,
+                          extra={"JITMESH_BACKOFF_MAX": "10", ENV_DPOP: "true",
+                                 ENV_UPSTREAM_URL_PREFIX + suffix: orders_url,
+                                 ENV_UPSTREAM_LISTEN_PREFIX + suffix: f"127.0.0.1:{forward_port}"})
+
+
 def run_up(args: argparse.Namespace) -> int:
     from pdp.process import BrokerProcess
-    from proxy.demo import DemoCaller, OrdersService
+    from proxy.demo import ALLOWED_CALL, DemoCaller, OrdersService
     from proxy.process import ProxyProcess
-    from sidecar.process import DEMO_AUDIENCES, LogNarrator, demo_sidecar
+    from sidecar.process import DEMO_AUDIENCES, LogNarrator
 
     home = Path(args.home).resolve()
     policies = Path(args.policies).resolve()
@@ -209,7 +236,8 @@ def run_up(args: argparse.Namespace) -> int:
               "or pass --policies)", file=sys.stderr)
         return 2
     for flag, port in (("--broker-port", args.broker_port), ("--opa-port", args.opa_port),
-                       ("--sidecar-port", args.sidecar_port), ("--proxy-port", args.proxy_port)):
+                       ("--sidecar-port", args.sidecar_port), ("--proxy-port", args.proxy_port),
+                       ("--upstream-port", args.upstream_port)):
         if not port_free(port):
             print(f"jitmesh up: 127.0.0.1:{port} is in use; pass another {flag}", file=sys.stderr)
             return 2
@@ -253,10 +281,16 @@ def run_up(args: argparse.Namespace) -> int:
                 f"from {policies / 'candidate'}); it never changes what is issued")
         stack.start(broker)
         stack.every(SUBJECT_TOKEN_REFRESH, cluster.refresh_subject_token)
-        sidecar = demo_sidecar(broker_url=broker.url, sa_token_file=cluster.subject_token_file, home=home,
-                               ttl=args.demo_ttl, port=args.sidecar_port)
+        proxy_url = f"http://127.0.0.1:{args.proxy_port}"
+        forwarder_url = f"http://127.0.0.1:{args.upstream_port}"
+        sidecar = demo_client_sidecar(broker_url=broker.url, sa_token_file=cluster.subject_token_file, home=home,
+                                      ttl=args.demo_ttl, port=args.sidecar_port, orders_url=proxy_url,
+                                      forward_port=args.upstream_port)
         say(f"starting the demo workload's sidecar at {sidecar.url}: tokens for "
             f"{', '.join(DEMO_AUDIENCES)} in {sidecar.token_dir}, TTL {args.demo_ttl}s (log {sidecar.log_path})")
+        say(f"the sidecar has DPoP on: a key in its memory only, every token bound to it (cnf.jkt); the app "
+            f"reaches {DEMO_AUDIENCE} at {upstream_env_name(DEMO_AUDIENCE)}={forwarder_url}, which the sidecar "
+            f"forwards to {proxy_url} with the token and a fresh proof")
         stack.start(sidecar)
         stack.every(0.5, LogNarrator(sidecar.log_path, say).poll)
         show_denial(broker.url, cluster.subject_token_file)
@@ -267,10 +301,12 @@ def run_up(args: argparse.Namespace) -> int:
             f"{orders.url}), behind a jitmesh proxy at {proxy.url} serving {DEMO_AUDIENCE}: the access policy "
             f"from {policies / 'access.rego'}, built as Wasm by the broker (log {proxy.log_path})")
         stack.start(proxy, lambda: proxy.start(timeout=60))
-        caller = DemoCaller(proxy_url=proxy.url, token_file=sidecar.token_dir / DEMO_AUDIENCE, broker_url=broker.url,
+        caller = DemoCaller(upstream_url=forwarder_url, proxy_url=proxy.url,
+                            token_file=sidecar.token_dir / DEMO_AUDIENCE, broker_url=broker.url,
                             admin_token_file=admin_file, caller=f"{DEMO_NAMESPACE}/{DEMO_SERVICE_ACCOUNT}", say=say)
-        say(f"{DEMO_NAMESPACE}/{DEMO_SERVICE_ACCOUNT} calls the orders service through its proxy every "
-            f"{DEMO_CALL_EVERY:.0f}s with its {DEMO_AUDIENCE} token")
+        say(f"{DEMO_NAMESPACE}/{DEMO_SERVICE_ACCOUNT} calls the orders service every {DEMO_CALL_EVERY:.0f}s at "
+            f"{forwarder_url} with no credential; its sidecar presents the DPoP-bound {DEMO_AUDIENCE} token "
+            "to the proxy")
         stack.every(DEMO_CALL_EVERY, caller.call)
         jm = jitmesh_command()
         say("ready. In another shell, point the CLI at this broker (admin commands read the token file):")
@@ -279,6 +315,9 @@ def run_up(args: argparse.Namespace) -> int:
               f"\n  then ask for a token as the demo workload:\n"
               f"\n  {jm} token --audience {DEMO_AUDIENCE} --scope {DEMO_SCOPE} "
               f"--subject-token-file {cluster.subject_token_file}\n"
+              f"\n  call the orders service as {DEMO_NAMESPACE}/{DEMO_SERVICE_ACCOUNT} does, with no credential "
+              f"(its sidecar adds one):\n"
+              f"\n  curl {forwarder_url}{ALLOWED_CALL[1]}\n"
               f"\n  and watch the audit trail:\n"
               f"\n  {jm} audit --follow\n"
               + (f"\n  and compare the candidate policy with the enforced one:\n"
@@ -310,6 +349,9 @@ def register(sub: Any) -> None:
                    help="the demo sidecar's local API port on 127.0.0.1 (default %(default)s)")
     p.add_argument("--proxy-port", type=int, default=8098,
                    help="the demo orders service's access proxy port on 127.0.0.1 (default %(default)s)")
+    p.add_argument("--upstream-port", type=int, default=8097,
+                   help="the loopback port the demo sidecar forwards the orders service from, with its token "
+                        "(default %(default)s)")
     p.add_argument("--demo-ttl", type=int, default=20,
                    help="TTL the demo sidecar asks for, in seconds, so refreshes show quickly (default %(default)s)")
     p.add_argument("--opa-bin", default=None, help="path to the opa binary (default: the cached build)")

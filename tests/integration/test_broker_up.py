@@ -1,9 +1,11 @@
 """`jitmesh up` as a user runs it: OPA on the shipped policies, the broker, the local
-issuer, the demo ServiceAccount token and the demo workload's real sidecar; the printed
-command works; tokens appear on disk; SIGTERM stops all."""
+issuer, the demo ServiceAccount token and the demo workload's real sidecar (DPoP on, the orders
+service forwarded), the orders service behind a real proxy; the printed commands work; tokens
+appear on disk; the narration tells what the proxy allowed, denied and refused; SIGTERM stops all."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from jitmesh.procs import free_port
@@ -25,12 +28,14 @@ REPO = Path(__file__).resolve().parents[2]
 def up(tmp_path: Path, opa_bin: str,
        request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
     out = tmp_path / "up.out"
-    broker_port, opa_port, sidecar_port, proxy_port = free_port(), free_port(), free_port(), free_port()
+    broker_port, opa_port, sidecar_port, proxy_port, upstream_port = (free_port(), free_port(), free_port(),
+                                                                      free_port(), free_port())
     extra = list(getattr(request, "param", []))  # more `jitmesh up` flags, by indirect parametrization
     with out.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "jitmesh.cli", "up", "--policies", str(REPO / "policies"),
                                  "--broker-port", str(broker_port), "--opa-port", str(opa_port),
                                  "--sidecar-port", str(sidecar_port), "--proxy-port", str(proxy_port),
+                                 "--upstream-port", str(upstream_port),
                                  "--demo-ttl", "5",
                                  "--opa-bin", opa_bin, *extra], cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -194,3 +199,37 @@ def test_up_demo_calls_the_second_workload_through_its_proxy_and_tells_allow_den
     assert re.search(r"orders: REVOKED the token of demo/demo-app .* \(jti [\w-]+\)", text), text[-3000:]
     # the sidecar replaces the revoked token, and the next rounds are admitted again
     _wait_for_text(out, r"orders: ALLOWED GET /orders/42", timeout=30, after=text.index(refused.group(0)))
+
+
+def test_up_demo_app_reaches_orders_with_no_credential_and_its_sidecar_presents_the_bound_token_as_dpop(
+        up: tuple[subprocess.Popen[bytes], Path, int]) -> None:
+    _, out, _ = up
+    _wait_for_text(out, r"orders: ALLOWED GET /orders/42 from demo/demo-app", timeout=60)
+    # the printed curl sends no credential: only the sidecar's forwarder can have added one
+    p = pasted(out, "curl http://127.0.0.1:")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["caller"] == "system:serviceaccount:demo:demo-app", p.stdout
+    # the token the sidecar holds is bound to its key, and the proxy takes it only as DPoP with a
+    # proof of that key: the request above reached the proxy as DPoP
+    token = (out.parent / ".jitmesh" / "tokens" / "orders-api").read_text().strip()
+    assert jwt.decode(token, options={"verify_signature": False})["cnf"]["jkt"]
+    proxy_url = re.search(r"behind a jitmesh proxy at (http://127\.0\.0\.1:\d+)", out.read_text())
+    assert proxy_url, out.read_text()[-3000:]
+    as_bearer = httpx.get(proxy_url.group(1) + "/orders/42", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert as_bearer.status_code == 401 and "DPoP-bound" in as_bearer.headers["www-authenticate"]
+
+
+def test_up_demo_tells_a_stolen_token_refused_without_the_sidecars_key(
+        up: tuple[subprocess.Popen[bytes], Path, int]) -> None:
+    _, out, _ = up
+    _wait_for_text(out, r"orders: STOLEN: a thief who can read [^\n]*/tokens/orders-api replays the token of "
+                        r"demo/demo-app", timeout=60)
+    _wait_for_text(out, r"orders: REFUSED GET /orders/42 with the stolen token as Bearer: 401 DPoP realm=\"jitmesh\", "
+                        r"error=\"invalid_token\", error_description=\"the token is DPoP-bound", timeout=10)
+    _wait_for_text(out, r"orders: REFUSED GET /orders/42 with the stolen token as DPoP with a proof of the thief's "
+                        r"own key: 401 DPoP realm=\"jitmesh\", error=\"invalid_dpop_proof\", [^\n]*jkt: the "
+                        r"proof's key is not the one the token is bound to", timeout=10)
+    # told once; the app's own calls go on being admitted
+    _wait_for_text(out, r"orders: REVOKED the token", timeout=30)
+    assert out.read_text().count("orders: STOLEN:") == 1
+    assert "it should have refused it" not in out.read_text()
