@@ -20,16 +20,25 @@ pooled keep-alive session. docs/contract.md §7.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from jitmesh.forwarding import (
+    BoundedHttpProtocol,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    forwarded_headers,
+    has_body,
+    relay,
+    request_body,
+    respond,
+)
 from jitmesh.log import get_logger
 from proxy.gate import Gate, Outcome, RequestFacts
 from proxy.metrics import ProxyMetrics
@@ -37,102 +46,17 @@ from proxy.policy_input import target_problem
 
 log = get_logger("proxy")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
 CHECK_PATH = "/v1/check"
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                        "trailers", "transfer-encoding", "upgrade"})
-STRIPPED_UPSTREAM = frozenset({"authorization", "dpop", "host"}) | HOP_BY_HOP
 
 
-class HeaderTooLarge(Exception):
-    pass
+class GuardedHttpProtocol(BoundedHttpProtocol):
+    """Request headers bounded in size and in time (`jitmesh.forwarding`), refused in plain text."""
 
+    def error_body(self, message: str) -> tuple[bytes, bytes]:
+        return b"text/plain; charset=utf-8", message.encode()
 
-class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bound on header size and on the time to send them."""
-
-    max_header_bytes = 16384
-    header_timeout = 10.0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._header_bytes = 0
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._arm_header_timer()
-
-    def _arm_header_timer(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
-
-    def _disarm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _header_timed_out(self) -> None:
-        self._header_timer = None
-        if not self.transport.is_closing():
-            log.info("proxy.header_timeout", client=self.client[0] if self.client else None)
-            self._send_error(408, "the request headers did not arrive in time")
-
-    def _send_error(self, status: int, message: str) -> None:
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
-        body = message.encode()
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                             b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
-        self.transport.close()
-
-    def _count(self, n: int) -> None:
-        self._header_bytes += n
-        if self._header_bytes > self.max_header_bytes:
-            raise HeaderTooLarge
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            super().data_received(data)
-        except HeaderTooLarge:  # pragma: no cover -- httptools wraps it; kept for other parsers
-            self._send_error(431, f"the request headers exceed {self.max_header_bytes} bytes")
-
-    def send_400_response(self, msg: str) -> None:
-        if isinstance(getattr(self, "_last_error", None), HeaderTooLarge):
-            self._send_error(431, f"the request headers exceed {self.max_header_bytes} bytes")
-            return
-        super().send_400_response(msg)
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._header_bytes = 0
-        self._arm_header_timer()
-
-    def on_url(self, url: bytes) -> None:
-        self._guard(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._guard(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _guard(self, n: int) -> None:
-        try:
-            self._count(n)
-        except HeaderTooLarge as exc:
-            self._last_error = exc
-            raise
-
-    def on_headers_complete(self) -> None:
-        self._disarm_header_timer()
-        super().on_headers_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
-        super().connection_lost(exc)
-
-
-# httptools reports a callback's exception as a parser error: uvicorn then calls send_400_response
-assert issubclass(httptools.HttpParserCallbackError, httptools.HttpParserError)
+    def on_header_timeout(self) -> None:
+        log.info("proxy.header_timeout", client=self.client[0] if self.client else None)
 
 
 def _text(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -141,15 +65,7 @@ def _text(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]
     return status, [("content-type", "application/json")], body
 
 
-async def _respond(send: Send, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-    raw.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
-class ClientGone(Exception):
-    pass
+_respond = respond
 
 
 class ProxyApp:
@@ -232,25 +148,9 @@ class ProxyApp:
         else:
             await _respond(send, outcome.status, outcome.headers, outcome.body)
 
-    async def _body(self, receive: Receive) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                message = await asyncio.wait_for(receive(), self.body_idle_timeout)
-            except TimeoutError:
-                raise ClientGone(f"the request body stalled for {self.body_idle_timeout}s") from None
-            if message["type"] == "http.disconnect":
-                raise ClientGone("the client went away")
-            chunk = message.get("body", b"")
-            if chunk:
-                yield chunk
-            if not message.get("more_body", False):
-                return
-
     async def _forward(self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[str, str]],
                        target: str, outcome: Outcome) -> None:
-        connection_named = {t.strip().lower() for k, v in headers if k == "connection" for t in v.split(",")}
-        upstream_headers = [(k, v) for k, v in headers if k not in STRIPPED_UPSTREAM and k not in connection_named
-                            and not k.startswith("x-jitmesh-")]
+        upstream_headers = [(k, v) for k, v in forwarded_headers(headers) if not k.startswith("x-jitmesh-")]
         upstream_headers += outcome.upstream_headers
         host = next((v for k, v in headers if k == "host"), None)
         if host:
@@ -260,9 +160,7 @@ class ProxyApp:
             prior = next((v for k, v in headers if k == "x-forwarded-for"), None)
             upstream_headers = [(k, v) for k, v in upstream_headers if k != "x-forwarded-for"]
             upstream_headers.append(("x-forwarded-for", f"{prior}, {client[0]}" if prior else client[0]))
-        has_body = any(k in ("content-length", "transfer-encoding") for k, _ in headers) and not any(
-            k == "content-length" and v.strip() == "0" for k, v in headers)
-        data = self._body(receive) if has_body else None
+        data = request_body(receive, self.body_idle_timeout) if has_body(headers) else None
         url = self.upstream + target if self.upstream else ""
         try:
             response = await self.session().request(scope["method"], url, headers=upstream_headers, data=data,
@@ -286,12 +184,11 @@ class ProxyApp:
                                              f"({type(exc).__name__}); the request was authorized but not served"))
             return
         async with response:
-            dropped = {t.strip().lower() for v in response.headers.getall("connection", []) for t in v.split(",")}
-            out = [(k, v) for k, v in response.raw_headers if k.decode("latin-1").lower() not in HOP_BY_HOP | dropped]
-            await send({"type": "http.response.start", "status": response.status, "headers": out})
-            async for chunk in response.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            broken = await relay(response, send)
+        if broken is not None:
+            self.metrics.upstream_errors.labels("broken").inc()
+            log.warning("proxy.upstream_answer_broken", decision_id=outcome.decision_id, upstream=self.upstream,
+                        error=type(broken).__name__)
 
 
 def metrics_app(metrics: ProxyMetrics, ready: Callable[[], tuple[bool, dict[str, Any]]]) -> Any:

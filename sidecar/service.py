@@ -108,7 +108,8 @@ def _upstream_servers(config: SidecarConfig, agent: Agent, key: ProofKey | None)
     """(server, forwarder) per upstream; aiohttp is imported only when there is one."""
     if not config.upstreams:
         return []
-    from sidecar.upstream import BoundedHttpProtocol, UpstreamForwarder
+    from jitmesh.forwarding import BoundedHttpProtocol
+    from sidecar.upstream import UpstreamForwarder
 
     out: list[tuple[Any, Any]] = []
     for spec in config.upstreams:
