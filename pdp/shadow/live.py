@@ -81,6 +81,7 @@ class LiveShadow:
         self.candidate_dir = candidate_dir
         self.opa_bin = opa_bin
         self.wasm: WasmCandidate | None = None  # set once the candidate is built, by run()
+        self._wasm_tried = False
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.store = store
@@ -186,8 +187,9 @@ class LiveShadow:
     async def load_wasm(self) -> None:
         """Build the candidate directory as Wasm and evaluate it in-process from now on; when
         that cannot be done, say why once and keep asking OPA's REST API."""
-        if self.candidate_dir is None or self.wasm is not None:
+        if self.candidate_dir is None or self._wasm_tried:
             return
+        self._wasm_tried = True
         try:
             self.wasm = await asyncio.to_thread(build_wasm_candidate, self.candidate_dir, self.opa_bin,
                                                 self.candidate_path)
