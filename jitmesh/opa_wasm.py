@@ -34,6 +34,8 @@ from jitmesh.opa_builtins import HOST_BUILTINS, Builtin, BuiltinError, NumberLit
 
 MIN_ABI = (1, 2)
 
+Fingerprint = tuple[tuple[str, int, int], ...]
+
 
 class WasmPolicyError(Exception):
     pass
@@ -260,3 +262,17 @@ def build_wasm_bundle(opa_bin: str, policy_dir: Path, entrypoint: str, timeout: 
         raise WasmPolicyError(str(exc)) from None
     OPAWasm(wasm, data, entrypoint)
     return bundle
+
+
+def policy_fingerprint(policy_dir: Path) -> Fingerprint:
+    """Names, modification times and sizes of the policy files under `policy_dir`: what a
+    rebuild is decided on."""
+    files = sorted(p for p in policy_dir.rglob("*") if p.is_file() and p.suffix in (".rego", ".json", ".yaml"))
+    seen = []
+    for p in files:
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # removed while listed: the next look sees the directory as it is
+        seen.append((str(p), st.st_mtime_ns, st.st_size))
+    return tuple(seen)

@@ -32,7 +32,8 @@ from starlette.responses import Response
 
 from jitmesh.log import get_logger
 from jitmesh.opa_server import OPANotFound, find_opa
-from jitmesh.opa_wasm import OPABuildFailed, WasmPolicyError, build_wasm_bundle
+from jitmesh.opa_wasm import Fingerprint, OPABuildFailed, WasmPolicyError, build_wasm_bundle
+from jitmesh.opa_wasm import policy_fingerprint as fingerprint
 from pdp.attestation.identity import AttestationError, AttestationUnavailable
 from pdp.http.errors import OAuthError, invalid_request, unavailable
 from pdp.http.services import broker_of
@@ -45,9 +46,6 @@ BUILD_TIMEOUT = 60.0
 CHECK_SECONDS = 1.0
 BUILD_FAILED = "access_policy_build_failed"
 
-Fingerprint = tuple[tuple[str, int, int], ...]
-
-
 class BuildFailed(Exception):
     pass
 
@@ -57,18 +55,6 @@ class Built:
     bundle: bytes
     etag: str
     fingerprint: Fingerprint
-
-
-def fingerprint(policy_dir: Path) -> Fingerprint:
-    files = sorted(p for p in policy_dir.rglob("*") if p.is_file() and p.suffix in (".rego", ".json", ".yaml"))
-    seen = []
-    for p in files:
-        try:
-            st = p.stat()
-        except OSError:
-            continue  # removed while listed: the next look sees the directory as it is
-        seen.append((str(p), st.st_mtime_ns, st.st_size))
-    return tuple(seen)
 
 
 def build(opa_bin: str, policy_dir: Path, entrypoint: str) -> bytes:

@@ -10,10 +10,11 @@ comparison is made in a done-callback and folded into an in-memory tally that a
 background task writes to the store every `flush_interval` seconds.
 
 With a candidate directory (`--shadow-policy-dir`), the candidate is built by the pinned OPA
-as Wasm when the background task starts and evaluated in-process on a thread of its own, so
-no candidate query crosses to OPA: the module's heap is single-threaded, and the thread keeps
-its work off the event loop. Until that build is done, or if it fails (logged once), the
-candidate is asked of OPA's REST API as above.
+as Wasm when the background task starts, and again when its files change, and evaluated
+in-process on a thread of its own, so no candidate query crosses to OPA: the module's heap
+is single-threaded, and the thread keeps its work off the event loop. Until a build is done,
+or while none could be (said once per change of the files), the candidate is asked of OPA's
+REST API as above.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from prometheus_client import CollectorRegistry, Counter
 
 from jitmesh.log import get_logger
 from jitmesh.opa_server import OPANotFound, find_opa
-from jitmesh.opa_wasm import OPABuildFailed, OPAWasm, WasmPolicyError, build_wasm_bundle, bundle_parts
+from jitmesh.opa_wasm import (
+    Fingerprint,
+    OPABuildFailed,
+    OPAWasm,
+    WasmPolicyError,
+    build_wasm_bundle,
+    bundle_parts,
+    policy_fingerprint,
+)
 from pdp.opa import OPAClient, OPAUnavailable
 from pdp.shadow.classify import DEFAULT_SAMPLES_PER_CLASS, SHADOW_CLASSES, Comparison, ShadowTally, compare
 from pdp.shadow.report import DEFAULT_TOP_K, build_report
@@ -56,8 +65,9 @@ class WasmCandidate:
         """The candidate's decision document, None when undefined; WasmPolicyError when it fails."""
         return await asyncio.wrap_future(self._thread.submit(self._policy.evaluate, policy_input))
 
-    def close(self) -> None:
-        self._thread.shutdown(wait=False, cancel_futures=True)
+    def close(self, *, cancel: bool = True) -> None:
+        """Stop the thread once its queue is done (cancel=False) or at once."""
+        self._thread.shutdown(wait=False, cancel_futures=cancel)
 
 
 def build_wasm_candidate(policy_dir: Path, opa_bin: str | None, candidate_path: str) -> WasmCandidate:
@@ -81,7 +91,7 @@ class LiveShadow:
         self.candidate_dir = candidate_dir
         self.opa_bin = opa_bin
         self.wasm: WasmCandidate | None = None  # set once the candidate is built, by run()
-        self._wasm_tried = False
+        self._wasm_files: Fingerprint | None = None  # the candidate directory's files last built (or tried)
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.store = store
@@ -185,25 +195,37 @@ class LiveShadow:
             await self.store.prune_shadow(now - RETENTION_SECONDS)
 
     async def load_wasm(self) -> None:
-        """Build the candidate directory as Wasm and evaluate it in-process from now on; when
-        that cannot be done, say why once and keep asking OPA's REST API."""
-        if self.candidate_dir is None or self._wasm_tried:
+        """Build the candidate directory as Wasm, when its files changed since the last try, and
+        evaluate that in-process from now on. A build that fails is said once per change of the
+        files; the module built before stays in force, or, with none, OPA's REST API is asked."""
+        if self.candidate_dir is None:
             return
-        self._wasm_tried = True
+        current = await asyncio.to_thread(policy_fingerprint, self.candidate_dir)
+        if current == self._wasm_files:
+            return
+        self._wasm_files = current
         try:
-            self.wasm = await asyncio.to_thread(build_wasm_candidate, self.candidate_dir, self.opa_bin,
-                                                self.candidate_path)
+            built = await asyncio.to_thread(build_wasm_candidate, self.candidate_dir, self.opa_bin,
+                                            self.candidate_path)
         except (OPABuildFailed, WasmPolicyError, ValueError) as exc:
             log.warning("shadow.wasm_unavailable", candidate_path=self.candidate_path,
                         candidate_dir=str(self.candidate_dir), error=str(exc)[:1000],
-                        fallback="the candidate is asked of OPA's REST API")
+                        fallback="the module built before" if self.wasm else "the candidate is asked of OPA's REST API")
             return
-        log.info("shadow.wasm_loaded", candidate_path=self.candidate_path, candidate_dir=str(self.candidate_dir))
+        replaced, self.wasm = self.wasm, built
+        if replaced is not None:
+            replaced.close(cancel=False)  # what it was given still gets its answer
+        log.info("shadow.wasm_loaded", candidate_path=self.candidate_path, candidate_dir=str(self.candidate_dir),
+                 replaced=replaced is not None)
 
     async def run(self, interval: float = FLUSH_INTERVAL) -> None:
         await self.load_wasm()
         while True:
             await asyncio.sleep(interval)
+            try:
+                await self.load_wasm()  # rebuilt when the candidate's files changed
+            except Exception:  # one bad look must not end the flushes
+                log.error("shadow.wasm_check_failed", candidate_dir=str(self.candidate_dir), exc_info=True)
             try:
                 await self.flush()
             except StoreError as exc:

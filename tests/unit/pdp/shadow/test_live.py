@@ -265,3 +265,38 @@ def test_a_candidate_dir_that_cannot_be_built_falls_back_to_opa_and_says_so_once
     assert no_wasm and counted == {"agree": 1} and calls == ["candidate"]
     said = [r for r in caplog.records if "shadow.wasm_unavailable" in r.getMessage()]
     assert len(said) == 1 and "/nonexistent/opa" in str(said[0].__dict__)
+
+
+def test_a_wasm_candidate_is_rebuilt_when_its_files_change_and_kept_when_the_rebuild_fails(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdp.shadow import live
+
+    (tmp_path / "candidate.rego").write_text("package c\n")
+    built: list[str] = []
+
+    def fake_build(policy_dir: Any, opa_bin: Any, path: str) -> WasmCandidate:
+        text = (policy_dir / "candidate.rego").read_text()
+        if "broken" in text:
+            raise WasmPolicyError("the policy needs builtins the Wasm target lacks: http.send")
+        built.append(text)
+        return WasmCandidate(FakeWasmPolicy(ALLOW["result"]))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(live, "build_wasm_candidate", fake_build)
+
+    async def main() -> tuple[list[str], bool]:
+        s = LiveShadow("candidate", "http://unused", FakeStore(), CollectorRegistry(),  # type: ignore[arg-type]
+                       opa=FakeOPA({}), candidate_dir=tmp_path)  # type: ignore[arg-type]
+        await s.load_wasm()
+        first = s.wasm
+        await s.load_wasm()  # nothing changed: not rebuilt
+        (tmp_path / "candidate.rego").write_text("package c\n\n# v2\n")
+        await s.load_wasm()
+        second = s.wasm
+        (tmp_path / "candidate.rego").write_text("package c\n\n# broken, v3\n")
+        await s.load_wasm()
+        kept = s.wasm is second and second is not first
+        await s.close()
+        return built, kept
+
+    built_texts, kept = asyncio.run(main())
+    assert built_texts == ["package c\n", "package c\n\n# v2\n"] and kept
