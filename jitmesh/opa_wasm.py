@@ -33,6 +33,7 @@ from wasmtime import _ffi as ffi  # the C API under wasmtime-py, for the one hot
 from jitmesh.opa_builtins import HOST_BUILTINS, Builtin, BuiltinError, NumberLiteral
 
 MIN_ABI = (1, 2)
+ANSWERS_KEPT = 4096  # host builtin answers remembered per module, by operands
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -66,17 +67,25 @@ class OPAWasm:
             raise WasmPolicyError(f"the policy aborted: {self._aborted[-1]}")
 
         self._host: dict[int, tuple[str, Builtin]] = {}
+        # the host's builtins are functions of their operands alone: the same call, the same answer
+        self._answers: dict[tuple[int, tuple[str, ...]], bytes] = {}
 
         def builtin(builtin_id: int, _ctx: int, *args: int) -> int:
             name, impl = self._host.get(builtin_id, (f"#{builtin_id}", None))
             if impl is None:
                 raise WasmPolicyError(f"the policy called builtin {name}, which this host does not provide")
-            try:
-                result = impl(*(self._load_json(a) for a in args))
-                raw = json.dumps(result, separators=(",", ":")).encode()
-            except (BuiltinError, ValueError, TypeError) as exc:
-                self._aborted.append(f"{name}: {exc}")
-                raise WasmPolicyError(f"builtin {name} failed: {exc}") from None
+            operands = tuple(self._cstring(self._call("opa_json_dump", a)) for a in args)
+            raw = self._answers.get((builtin_id, operands))
+            if raw is None:
+                try:
+                    result = impl(*(json.loads(o, parse_float=NumberLiteral) for o in operands))
+                    raw = json.dumps(result, separators=(",", ":")).encode()
+                except (BuiltinError, ValueError, TypeError) as exc:
+                    self._aborted.append(f"{name}: {exc}")
+                    raise WasmPolicyError(f"builtin {name} failed: {exc}") from None
+                if len(self._answers) >= ANSWERS_KEPT:
+                    self._answers.clear()
+                self._answers[(builtin_id, operands)] = raw
             return self._call("opa_json_parse", self._write(raw), len(raw))
 
         linker.define_func("env", "opa_abort", wasmtime.FuncType([i32], []), abort)
@@ -188,9 +197,6 @@ class OPAWasm:
     def _dump_json(self, value_addr: int) -> Any:
         return json.loads(self._cstring(self._call("opa_json_dump", value_addr)))
 
-    def _load_json(self, value_addr: int) -> Any:
-        """A builtin's operand; a number that is not an integer keeps its text, as OPA's does."""
-        return json.loads(self._cstring(self._call("opa_json_dump", value_addr)), parse_float=NumberLiteral)
 
     def evaluate(self, input_doc: Any) -> Any:
         """The entrypoint's value for this input, or None when it is undefined."""
