@@ -1,6 +1,8 @@
-"""OPA's Wasm ABI on `wasmtime`, just what the access policy needs (docs/contract.md §7).
+"""OPA's Wasm ABI on `wasmtime`, just what the access policy and shadow mode's candidate need
+(docs/contract.md §7, §6).
 
-One instance per policy module, used from the event loop's thread only. The data
+One instance per policy module, used from one thread only (the proxy's event loop, shadow
+mode's candidate thread). The data
 document is parsed into the module's heap once; each evaluation writes its input after
 it, calls `opa_eval` (ABI 1.2+, one call per decision) and resets the heap to where the
 data ended. Builtins the module imports from its host (`opa_builtin0..4`, by the ids of its
@@ -196,7 +198,6 @@ class OPAWasm:
 
     def _dump_json(self, value_addr: int) -> Any:
         return json.loads(self._cstring(self._call("opa_json_dump", value_addr)))
-
 
     def evaluate(self, input_doc: Any) -> Any:
         """The entrypoint's value for this input, or None when it is undefined."""
