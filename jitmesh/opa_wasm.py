@@ -2,13 +2,13 @@
 (docs/contract.md §7, §6).
 
 One instance per policy module, used from one thread only (the proxy's event loop, shadow
-mode's candidate thread). The data
-document is parsed into the module's heap once; each evaluation writes its input after
-it, calls `opa_eval` (ABI 1.2+, one call per decision) and resets the heap to where the
-data ended. Builtins the module imports from its host (`opa_builtin0..4`, by the ids of its
-`builtins` export) are answered from `HOST_BUILTINS` (`jitmesh/opa_builtins.py`); a module
-that needs one this host does not provide is refused when loaded, naming it: the broker
-refuses to build such a policy, and this is the proxy's own guard. A builtin that fails
+mode's candidate thread). The data document is parsed into the module's heap once; each
+evaluation writes its input after it, calls `opa_eval` (ABI 1.2+, one call per decision)
+and resets the heap to where the data ended. Builtins the module imports from its host
+(`opa_builtin0..4`, by the ids of its `builtins` export) are answered from `HOST_BUILTINS`
+(`jitmesh/opa_builtins.py`); a module that needs one this host does not provide is refused
+when loaded, naming it: the broker refuses to build such a policy, and this is the proxy's
+own guard. A builtin that fails
 makes the evaluation fail (`WasmPolicyError`), never undefined.
 
 Why our own glue: `opa-py-wasm` 1.2.1 (on wasmtime) agreed with `opa eval` on every access
