@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from bench import external, pg, procstat, prom, wrk
 from bench.context import Context, Options
 from bench.report import Aim, Figure, SectionResult, unavailable
 from bench.stack import (
+    POLICIES,
     Cluster,
     Workload,
     bench_pod,
@@ -399,6 +401,19 @@ def store_alone(ctx: Context) -> tuple[list[Figure], dict[str, Any]]:
     return figures, doc
 
 
+def wait_for_wasm_candidate(proc: BrokerProcess, timeout: float = 120.0) -> str:
+    """Until the broker built its candidate as Wasm (it asks OPA until then), or said it cannot."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        said = proc.output()
+        if "shadow.wasm_loaded" in said:
+            return "candidate evaluated in the broker as Wasm (--shadow-policy-dir)"
+        if "shadow.wasm_unavailable" in said:
+            return "the broker could not build the candidate as Wasm: it asked OPA (see its log)"
+        time.sleep(0.2)
+    return f"the broker had not built the candidate as Wasm after {timeout:g} s: measured while asking OPA"
+
+
 def run_shadow(ctx: Context) -> SectionResult:
     """Shadow off and on measured back to back on the same OPA, so drifting load on a shared
     machine moves both alike (the cost aim is a 10% difference)."""
@@ -415,6 +430,12 @@ def run_shadow(ctx: Context) -> SectionResult:
         with broker(ctx, setup, "broker-shadow-on", sqlite_url(setup.dir, "on"),
                     ["--shadow-policy-path", CANDIDATE_PATH]) as proc:
             run, _ = drive_broker(ctx, setup, proc, "broker with shadow on")
+        wasm_run, wasm_note = None, ""
+        if missing_flags("broker", ["--shadow-policy-dir"]) is None:  # the candidate in-process, as Wasm
+            with broker(ctx, setup, "broker-shadow-wasm", sqlite_url(setup.dir, "wasm"),
+                        ["--shadow-policy-path", CANDIDATE_PATH, "--shadow-policy-dir", str(POLICIES)]) as proc:
+                wasm_note = wait_for_wasm_candidate(proc)
+                wasm_run, _ = drive_broker(ctx, setup, proc, "broker with shadow on, candidate in-process")
     figures = load_figures(run, base, "shadow off", "issuances/s", clients=ctx.options.connections)
     off = base.result.ok_per_second
     cost = (1 - run.result.ok_per_second / off) * 100 if off else None
@@ -426,9 +447,22 @@ def run_shadow(ctx: Context) -> SectionResult:
         figures.append(Figure("CPU cost of shadow", (1 - ceiling_on / ceiling_off) * 100, "%",
                               aim=AIM_SHADOW_COST_PCT, note="1 - CPU-bound ceiling on/off: moves less with load"))
     figures.append(Figure("p99 added by shadow", run.result.p99_ms - base.result.p99_ms, "ms"))
+    if wasm_run is not None:
+        figures.append(Figure("throughput cost of shadow, Wasm candidate",
+                              (1 - wasm_run.result.ok_per_second / off) * 100 if off else None, "%",
+                              aim=AIM_SHADOW_COST_PCT, note="--shadow-policy-dir: evaluated in the broker"))
+        ceiling_wasm = cpu_bound_ceiling(wasm_run, cpus)
+        if ceiling_wasm and ceiling_off:
+            figures.append(Figure("CPU cost of shadow, Wasm candidate", (1 - ceiling_wasm / ceiling_off) * 100, "%",
+                                  aim=AIM_SHADOW_COST_PCT, note="1 - CPU-bound ceiling Wasm/off"))
+        figures.append(Figure("p99 added by shadow, Wasm candidate", wasm_run.result.p99_ms - base.result.p99_ms,
+                              "ms"))
     figures += cpu_figures(run, base, "shadow off")
     verdict = "allows" if candidate.get("allow") is True else "denies"
     notes = [f"candidate {CANDIDATE_PATH} {verdict} the bench request; shadow off measured just before, "
              "same OPA, SQLite", client_note(run)]
-    return SectionResult("shadow", SHADOW_TITLE, figures, notes, raw={"shadow_on": run.as_dict(),
-                                                                      "shadow_off": base.as_dict()})
+    raw = {"shadow_on": run.as_dict(), "shadow_off": base.as_dict()}
+    if wasm_run is not None:
+        raw["shadow_on_wasm"] = wasm_run.as_dict()
+        notes.append(wasm_note)
+    return SectionResult("shadow", SHADOW_TITLE, figures, notes, raw=raw)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,7 +32,8 @@ from starlette.responses import Response
 
 from jitmesh.log import get_logger
 from jitmesh.opa_server import OPANotFound, find_opa
-from jitmesh.opa_wasm import OPAWasm, WasmPolicyError, bundle_parts
+from jitmesh.opa_wasm import Fingerprint, OPABuildFailed, WasmPolicyError, build_wasm_bundle
+from jitmesh.opa_wasm import policy_fingerprint as fingerprint
 from pdp.attestation.identity import AttestationError, AttestationUnavailable
 from pdp.http.errors import OAuthError, invalid_request, unavailable
 from pdp.http.services import broker_of
@@ -47,9 +46,6 @@ BUILD_TIMEOUT = 60.0
 CHECK_SECONDS = 1.0
 BUILD_FAILED = "access_policy_build_failed"
 
-Fingerprint = tuple[tuple[str, int, int], ...]
-
-
 class BuildFailed(Exception):
     pass
 
@@ -61,39 +57,15 @@ class Built:
     fingerprint: Fingerprint
 
 
-def fingerprint(policy_dir: Path) -> Fingerprint:
-    files = sorted(p for p in policy_dir.rglob("*") if p.is_file() and p.suffix in (".rego", ".json", ".yaml"))
-    seen = []
-    for p in files:
-        try:
-            st = p.stat()
-        except OSError:
-            continue  # removed while listed: the next look sees the directory as it is
-        seen.append((str(p), st.st_mtime_ns, st.st_size))
-    return tuple(seen)
-
-
 def build(opa_bin: str, policy_dir: Path, entrypoint: str) -> bytes:
     """OPA's Wasm bundle of `entrypoint`; BuildFailed naming the problem."""
-    with tempfile.TemporaryDirectory(prefix="jitmesh-access-") as tmp:
-        out = Path(tmp) / "bundle.tar.gz"
-        try:
-            done = subprocess.run([opa_bin, "build", "-t", "wasm", "-e", entrypoint, "--ignore", "*_test.rego",
-                                   "--ignore", ".*",  # a ConfigMap volume's ..data/ and ..<timestamp>/ copies
-                                   "-o", str(out), str(policy_dir)], capture_output=True, timeout=BUILD_TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BuildFailed(f"opa build could not run: {exc}") from None
-        if done.returncode != 0:
-            said = (done.stderr or done.stdout).decode(errors="replace").strip()  # opa prints errors to stdout
-            raise BuildFailed(f"opa build failed: {said[:600]}")
-        bundle = out.read_bytes()
     try:
-        wasm, data = bundle_parts(bundle)
-        OPAWasm(wasm, data, entrypoint)  # the builtins and entrypoint check, as a proxy will load it
-    except (ValueError, WasmPolicyError) as exc:
+        return build_wasm_bundle(opa_bin, policy_dir, entrypoint, BUILD_TIMEOUT)
+    except OPABuildFailed as exc:
+        raise BuildFailed(str(exc)) from None
+    except WasmPolicyError as exc:
         raise BuildFailed(f"{exc}; evaluate this policy through OPA's REST API instead (jitmesh proxy --opa-url)") \
             from None
-    return bundle
 
 
 Announce = Callable[[str, str], None]

@@ -97,7 +97,8 @@ def create_app(config: BrokerConfig, store: Store | None = None, attestor: Attes
             await the_store.close()
             calls.close()
             raise
-        shadow = (LiveShadow(config.shadow_policy_path, config.opa_url, the_store, metrics.registry)
+        shadow = (LiveShadow(config.shadow_policy_path, config.opa_url, the_store, metrics.registry,
+                             candidate_dir=config.shadow_policy_dir, opa_bin=config.opa_bin)
                   if config.shadow_policy_path else None)
         logins = DatabaseLogins(config.targets, the_store, revocations, clock=clock,
                                  metrics=LoginMetrics(metrics.registry)) if config.targets.postgresql \

@@ -85,6 +85,7 @@ class BrokerConfig:
     opa_url: str = "http://127.0.0.1:8181"
     policy_path: str = DEFAULT_POLICY_PATH
     shadow_policy_path: str | None = None
+    shadow_policy_dir: Path | None = None  # the candidate's Rego and data, evaluated in-process as Wasm
     subject_audience: str = DEFAULT_SUBJECT_AUDIENCE
     attestation: Attestation = "jwks"
     jwks_file: Path | None = None
@@ -193,6 +194,7 @@ class BrokerConfig:
             request_read_timeout=read_timeout, max_connections=max_connections, admin_review_rate=review_rate,
             admin_review_burst=review_burst, targets=targets,
             access_policy_dir=_access_policy_dir(getattr(args, "access_policy_dir", None)),
+            shadow_policy_dir=_shadow_policy_dir(getattr(args, "shadow_policy_dir", None), shadow),
             opa_bin=getattr(args, "opa_bin", None) or None,
         )
 
@@ -217,6 +219,16 @@ def _access_policy_dir(raw: str | None) -> Path | None:
         return None
     if not Path(raw).is_dir():
         raise ConfigError(f"--access-policy-dir {raw}: not a directory (the proxies' access policy and its data)")
+    return Path(raw)
+
+
+def _shadow_policy_dir(raw: str | None, shadow_policy_path: str | None) -> Path | None:
+    if not raw:
+        return None
+    if shadow_policy_path is None:
+        raise ConfigError(f"--shadow-policy-dir {raw}: needs --shadow-policy-path, the candidate's decision")
+    if not Path(raw).is_dir():
+        raise ConfigError(f"--shadow-policy-dir {raw}: not a directory (the candidate policy's Rego and data)")
     return Path(raw)
 
 
@@ -251,6 +263,9 @@ def add_broker_flags(p: Any) -> None:
     p.add_argument("--opa-timeout", type=float, default=1.0, help="seconds to wait for OPA (default %(default)s)")
     p.add_argument("--policy-path", default=DEFAULT_POLICY_PATH, help="OPA data path of the decision")
     p.add_argument("--shadow-policy-path", default=None, help="data path of a candidate policy (unset: shadow off)")
+    p.add_argument("--shadow-policy-dir", default=None,
+                   help="Rego and data holding the candidate, built as Wasm with --opa-bin and evaluated in the "
+                        "broker (unset, or when the build fails: the candidate is asked of OPA at --opa-url)")
     p.add_argument("--access-policy-dir", default=None,
                    help="Rego and data of the proxies' access policy, served to them built as Wasm (unset: not served)")
     p.add_argument("--opa-bin", default=None, help="the OPA binary that builds --access-policy-dir (default: "

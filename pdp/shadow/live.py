@@ -8,6 +8,13 @@ timeout, and at most `max_in_flight` at once (past that a request is counted as
 never waits for it: `query()` returns as soon as the enforced answer is in; the
 comparison is made in a done-callback and folded into an in-memory tally that a
 background task writes to the store every `flush_interval` seconds.
+
+With a candidate directory (`--shadow-policy-dir`), the candidate is built by the pinned OPA
+as Wasm when the background task starts, and again when its files change, and evaluated
+in-process on a thread of its own, so no candidate query crosses to OPA: the module's heap
+is single-threaded, and the thread keeps its work off the event loop. Until a build is done,
+or while none could be (said once per change of the files), the candidate is asked of OPA's
+REST API as above.
 """
 
 from __future__ import annotations
@@ -16,11 +23,23 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter
 
 from jitmesh.log import get_logger
+from jitmesh.opa_server import OPANotFound, find_opa
+from jitmesh.opa_wasm import (
+    Fingerprint,
+    OPABuildFailed,
+    OPAWasm,
+    WasmPolicyError,
+    build_wasm_bundle,
+    bundle_parts,
+    policy_fingerprint,
+)
 from pdp.opa import OPAClient, OPAUnavailable
 from pdp.shadow.classify import DEFAULT_SAMPLES_PER_CLASS, SHADOW_CLASSES, Comparison, ShadowTally, compare
 from pdp.shadow.report import DEFAULT_TOP_K, build_report
@@ -35,12 +54,44 @@ FLUSH_INTERVAL: Final = 2.0         # seconds between writes of the tally to the
 PRUNE_INTERVAL: Final = 3600.0
 
 
+class WasmCandidate:
+    """The candidate's Wasm module, evaluated on one thread of its own (its heap is not shared)."""
+
+    def __init__(self, policy: OPAWasm) -> None:
+        self._policy = policy
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow-wasm")
+
+    async def evaluate(self, policy_input: dict[str, Any]) -> Any:
+        """The candidate's decision document, None when undefined; WasmPolicyError when it fails."""
+        return await asyncio.wrap_future(self._thread.submit(self._policy.evaluate, policy_input))
+
+    def close(self, *, cancel: bool = True) -> None:
+        """Stop the thread once its queue is done (cancel=False) or at once."""
+        self._thread.shutdown(wait=False, cancel_futures=cancel)
+
+
+def build_wasm_candidate(policy_dir: Path, opa_bin: str | None, candidate_path: str) -> WasmCandidate:
+    """`candidate_path` of `policy_dir` built by OPA as Wasm and loaded; OPABuildFailed or
+    WasmPolicyError naming why not."""
+    try:
+        found = find_opa(opa_bin)
+    except OPANotFound as exc:
+        raise OPABuildFailed(str(exc)) from None
+    wasm, data = bundle_parts(build_wasm_bundle(found, policy_dir, candidate_path))
+    return WasmCandidate(OPAWasm(wasm, data, candidate_path))
+
+
 class LiveShadow:
     def __init__(self, candidate_path: str, opa_url: str, store: Store, registry: CollectorRegistry, *,
                  timeout: float = CANDIDATE_TIMEOUT, max_in_flight: int = MAX_IN_FLIGHT,
                  samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS, opa: OPAClient | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, candidate_dir: Path | None = None,
+                 opa_bin: str | None = None) -> None:
         self.candidate_path = candidate_path
+        self.candidate_dir = candidate_dir
+        self.opa_bin = opa_bin
+        self.wasm: WasmCandidate | None = None  # set once the candidate is built, by run()
+        self._wasm_files: Fingerprint | None = None  # the candidate directory's files last built (or tried)
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.store = store
@@ -86,12 +137,15 @@ class LiveShadow:
 
     async def _ask_candidate(self, policy_input: dict[str, Any]) -> tuple[Any, str | None]:
         """(the candidate's decision document or None when undefined, an error or None)."""
+        wasm = self.wasm
         try:
             async with asyncio.timeout(self.timeout):  # unlike wait_for, no second task per request
+                if wasm is not None:
+                    return await wasm.evaluate(policy_input), None
                 raw = await self.opa.query(self.candidate_path, policy_input)
         except TimeoutError:
             return None, f"the candidate did not answer within {self.timeout:g}s"
-        except OPAUnavailable as exc:
+        except (OPAUnavailable, WasmPolicyError) as exc:
             return None, str(exc)
         except Exception as exc:  # whatever happens to the candidate, issuance must not notice
             return None, f"{type(exc).__name__}: {exc}"
@@ -140,9 +194,38 @@ class LiveShadow:
             self._last_prune = now
             await self.store.prune_shadow(now - RETENTION_SECONDS)
 
+    async def load_wasm(self) -> None:
+        """Build the candidate directory as Wasm, when its files changed since the last try, and
+        evaluate that in-process from now on. A build that fails is said once per change of the
+        files; the module built before stays in force, or, with none, OPA's REST API is asked."""
+        if self.candidate_dir is None:
+            return
+        current = await asyncio.to_thread(policy_fingerprint, self.candidate_dir)
+        if current == self._wasm_files:
+            return
+        self._wasm_files = current
+        try:
+            built = await asyncio.to_thread(build_wasm_candidate, self.candidate_dir, self.opa_bin,
+                                            self.candidate_path)
+        except (OPABuildFailed, WasmPolicyError, ValueError) as exc:
+            log.warning("shadow.wasm_unavailable", candidate_path=self.candidate_path,
+                        candidate_dir=str(self.candidate_dir), error=str(exc)[:1000],
+                        fallback="the module built before" if self.wasm else "the candidate is asked of OPA's REST API")
+            return
+        replaced, self.wasm = self.wasm, built
+        if replaced is not None:
+            replaced.close(cancel=False)  # what it was given still gets its answer
+        log.info("shadow.wasm_loaded", candidate_path=self.candidate_path, candidate_dir=str(self.candidate_dir),
+                 replaced=replaced is not None)
+
     async def run(self, interval: float = FLUSH_INTERVAL) -> None:
+        await self.load_wasm()
         while True:
             await asyncio.sleep(interval)
+            try:
+                await self.load_wasm()  # rebuilt when the candidate's files changed
+            except Exception:  # one bad look must not end the flushes
+                log.error("shadow.wasm_check_failed", candidate_dir=str(self.candidate_dir), exc_info=True)
             try:
                 await self.flush()
             except StoreError as exc:
@@ -155,6 +238,8 @@ class LiveShadow:
         with contextlib.suppress(StoreError):
             await self.flush()
         await self.opa.close()
+        if self.wasm is not None:
+            self.wasm.close()
 
 
 async def live_report(store: Store, shadow: LiveShadow | None, *, since: float | None, until: float | None,

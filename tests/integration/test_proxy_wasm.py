@@ -58,11 +58,11 @@ def test_a_policy_needing_a_builtin_the_wasm_target_lacks_fails_loudly_at_build(
     bad = tmp_path / "access"
     bad.mkdir()
     (bad / "access.rego").write_text('package jitmesh.access\n\n'
-                                     'decision := {"allow": false, "reasons": [sprintf("%v", [input.x])]}\n')
+                                     'decision := {"allow": false, "reasons": [time.diff(input.a, input.b)]}\n')
     broker = broker_factory(make_opa(POLICIES).url, access_policy_dir=bad, opa_bin=opa_bin)
     r = fetch(broker)
     assert r.status_code == 503
-    assert "builtins the Wasm target lacks: sprintf" in r.json()["error_description"]
+    assert "builtins the Wasm target lacks: time.diff" in r.json()["error_description"]
     assert "--opa-url" in r.json()["error_description"]
     assert "access_policy.build_failed" in broker.output()
 

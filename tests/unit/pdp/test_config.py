@@ -135,3 +135,20 @@ def test_an_audit_retention_shorter_than_the_longest_token_is_refused(jwks: str)
 def test_a_reader_token_file_that_does_not_exist_is_refused(jwks: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--reader-token-file"):
         parse(["--jwks-file", jwks, "--reader-token-file", str(tmp_path / "nope")])
+
+
+def test_shadow_policy_dir_is_the_candidates_directory(jwks: str, tmp_path: Path) -> None:
+    c = parse(["--jwks-file", jwks, "--shadow-policy-path", "jitmesh/candidate/authz/decision",
+               "--shadow-policy-dir", str(tmp_path)])
+    assert c.shadow_policy_dir == tmp_path
+    assert parse(["--jwks-file", jwks]).shadow_policy_dir is None
+
+
+def test_shadow_policy_dir_needs_the_candidates_path(jwks: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs --shadow-policy-path"):
+        parse(["--jwks-file", jwks, "--shadow-policy-dir", str(tmp_path)])
+
+
+def test_shadow_policy_dir_must_be_a_directory(jwks: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a directory"):
+        parse(["--jwks-file", jwks, "--shadow-policy-path", "a/b", "--shadow-policy-dir", str(tmp_path / "none")])

@@ -4,13 +4,15 @@ enforced answer is returned as is and at once; the candidate is compared afterwa
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from jitmesh.opa_wasm import WasmPolicyError
 from pdp.opa import OPAUnavailable
-from pdp.shadow.live import LiveShadow
+from pdp.shadow.live import LiveShadow, WasmCandidate
 from pdp.store.base import StoreError
 from pdp.store.shadow import ShadowCount, ShadowSample
 
@@ -199,3 +201,102 @@ def test_close_waits_for_running_candidates_then_flushes() -> None:
         return sum(c.count for c in store.counts), fake.closed
 
     assert asyncio.run(main()) == (1, True)
+
+
+class FakeWasmPolicy:
+    """Stands in for OPAWasm: a fixed decision document, or an error, per evaluation."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.inputs: list[dict[str, Any]] = []
+
+    def evaluate(self, input_doc: dict[str, Any]) -> Any:
+        self.inputs.append(input_doc)
+        if isinstance(answer := self.answer, BaseException):
+            raise answer
+        return answer
+
+
+def test_a_wasm_candidate_is_evaluated_in_process_and_opa_is_not_asked() -> None:
+    async def main() -> tuple[dict[str, int], list[str], int]:
+        s, fake = shadow(DENY)
+        policy = FakeWasmPolicy(ALLOW["result"])
+        s.wasm = WasmCandidate(policy)  # type: ignore[arg-type]
+        await s.query(FakeOPA({"enforced": DENY}), "enforced", INPUT, "d1", 100.0)  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        counted = classes(s)
+        await s.close()
+        return counted, fake.calls, len(policy.inputs)
+
+    counted, candidate_calls, evaluations = asyncio.run(main())
+    assert counted == {"deny_to_allow": 1} and candidate_calls == [] and evaluations == 1
+
+
+def test_a_wasm_candidate_that_fails_is_candidate_error_and_issuance_unchanged() -> None:
+    async def main() -> tuple[dict[str, Any], dict[str, int], str | None]:
+        s, _ = shadow(ALLOW)
+        s.wasm = WasmCandidate(FakeWasmPolicy(WasmPolicyError("the policy failed: sprintf: bad")))  # type: ignore[arg-type]
+        raw = await s.query(FakeOPA({"enforced": ALLOW}), "enforced", INPUT, "d1", 100.0)  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        counted, samples = classes(s), s.tally.samples()
+        await s.close()
+        return raw, counted, samples[0].candidate_error if samples else None
+
+    raw, counted, error = asyncio.run(main())
+    assert raw == ALLOW and counted == {"candidate_error": 1}
+    assert error is not None and "sprintf: bad" in error
+
+
+def test_a_candidate_dir_that_cannot_be_built_falls_back_to_opa_and_says_so_once(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def main() -> tuple[bool, dict[str, int], list[str]]:
+        fake = FakeOPA({"candidate": ALLOW})
+        s = LiveShadow("candidate", "http://unused", FakeStore(), CollectorRegistry(),  # type: ignore[arg-type]
+                       opa=fake, candidate_dir=tmp_path, opa_bin="/nonexistent/opa")  # type: ignore[arg-type]
+        await s.load_wasm()
+        await s.load_wasm()  # already tried: said once
+        await s.query(FakeOPA({"enforced": ALLOW}), "enforced", INPUT, "d1", 100.0)  # type: ignore[arg-type]
+        await settle()
+        return s.wasm is None, classes(s), fake.calls
+
+    no_wasm, counted, calls = asyncio.run(main())
+    assert no_wasm and counted == {"agree": 1} and calls == ["candidate"]
+    said = [r for r in caplog.records if "shadow.wasm_unavailable" in r.getMessage()]
+    assert len(said) == 1 and "/nonexistent/opa" in str(said[0].__dict__)
+
+
+def test_a_wasm_candidate_is_rebuilt_when_its_files_change_and_kept_when_the_rebuild_fails(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdp.shadow import live
+
+    (tmp_path / "candidate.rego").write_text("package c\n")
+    built: list[str] = []
+
+    def fake_build(policy_dir: Any, opa_bin: Any, path: str) -> WasmCandidate:
+        text = (policy_dir / "candidate.rego").read_text()
+        if "broken" in text:
+            raise WasmPolicyError("the policy needs builtins the Wasm target lacks: http.send")
+        built.append(text)
+        return WasmCandidate(FakeWasmPolicy(ALLOW["result"]))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(live, "build_wasm_candidate", fake_build)
+
+    async def main() -> tuple[list[str], bool]:
+        s = LiveShadow("candidate", "http://unused", FakeStore(), CollectorRegistry(),  # type: ignore[arg-type]
+                       opa=FakeOPA({}), candidate_dir=tmp_path)  # type: ignore[arg-type]
+        await s.load_wasm()
+        first = s.wasm
+        await s.load_wasm()  # nothing changed: not rebuilt
+        (tmp_path / "candidate.rego").write_text("package c\n\n# v2\n")
+        await s.load_wasm()
+        second = s.wasm
+        (tmp_path / "candidate.rego").write_text("package c\n\n# broken, v3\n")
+        await s.load_wasm()
+        kept = s.wasm is second and second is not first
+        await s.close()
+        return built, kept
+
+    built_texts, kept = asyncio.run(main())
+    assert built_texts == ["package c\n", "package c\n\n# v2\n"] and kept
