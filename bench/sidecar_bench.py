@@ -5,7 +5,9 @@ holding tokens for N audiences from a real broker and OPA, and how fast SIGTERM 
     run()  # {"rss_mb": ..., "idle_cpu_pct": ..., ...}
 
 Idle means: every audience has its token and the next refresh is minutes away (TTL 300 s),
-so what is measured is the agent's timers and the API server's housekeeping.
+so what is measured is the agent's timers and the API server's housekeeping. With `dpop` the
+sidecar holds a key and binds every token; with `upstream` it also listens for credential
+injection to one audience's upstream (nothing is sent through it: the listener is the cost).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jitmesh.contract import ENV_DPOP, ENV_UPSTREAM_LISTEN_PREFIX, ENV_UPSTREAM_URL_PREFIX, audience_env_suffix
 from jitmesh.devissuer import DevIssuer, PodRef
 from jitmesh.opa_server import OPAServer
 from jitmesh.procs import wait_http
@@ -74,8 +77,19 @@ def heavy_imports(python: str = sys.executable) -> list[str]:
         return [f"probe failed: {done.stderr[-200:]}"]
 
 
+def variant_env(names: list[str], dpop: bool, upstream: str | None) -> dict[str, str]:
+    """The sidecar's environment for DPoP and one injected upstream (the first audience's)."""
+    env = {ENV_DPOP: "true"} if dpop else {}
+    if upstream is not None:
+        from jitmesh.procs import free_port
+        suffix = audience_env_suffix(names[0])
+        env |= {ENV_UPSTREAM_URL_PREFIX + suffix: upstream,
+                ENV_UPSTREAM_LISTEN_PREFIX + suffix: f"127.0.0.1:{free_port()}"}
+    return env
+
+
 def run(workdir: Path | None = None, audiences: int = 3, duration: float = 10.0,
-        say: Callable[[str], None] = print) -> dict[str, Any]:
+        say: Callable[[str], None] = print, dpop: bool = False, upstream: bool = False) -> dict[str, Any]:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="jitmesh-sidecar-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     policy_dir = workdir / "policy"
@@ -89,13 +103,15 @@ def run(workdir: Path | None = None, audiences: int = 3, duration: float = 10.0,
     sa_token.write_text(issuer.mint("bench", "app", pod=PodRef("app-0", "uid-0"), ttl=3600))
     names = {f"audience-{i}": ["read"] for i in range(audiences)}
 
-    say(f"   starting OPA, a broker and a sidecar with {audiences} audiences")
+    variant = " with DPoP" * dpop + " and an injected upstream" * upstream
+    say(f"   starting OPA, a broker and a sidecar with {audiences} audiences{variant}")
     opa = OPAServer([policy_dir], workdir / "opa.log", opa_bin=os.environ.get("JITMESH_OPA_BIN")).start()
     broker = BrokerProcess(flags={"opa_url": opa.url, "jwks_file": jwks, "subject_issuer": issuer.issuer,
                                   "store": f"sqlite:///{workdir / 'broker.db'}", "admin_token_file": admin},
                            log_path=workdir / "broker.log")
     sidecar = SidecarProcess(broker_url=broker.url, audiences=names, sa_token_file=sa_token,
-                             token_dir=workdir / "tokens", log_path=workdir / "sidecar.log", ttl=TTL)
+                             token_dir=workdir / "tokens", log_path=workdir / "sidecar.log", ttl=TTL,
+                             extra=variant_env(list(names), dpop, broker.url if upstream else None))
     try:
         broker.start()
         started = time.monotonic()
@@ -120,6 +136,8 @@ def run(workdir: Path | None = None, audiences: int = 3, duration: float = 10.0,
         opa.stop()
     return {
         "audiences": audiences,
+        "dpop": dpop,
+        "upstream": upstream,
         "rss_mb": round(max(rss, rss_before) / 1024, 1),
         "peak_rss_mb": round(hwm / 1024, 1),
         "idle_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 3),
