@@ -213,14 +213,12 @@ def demo_client_sidecar(*, broker_url: str, sa_token_file: Path, home: Path, ttl
     `home/sidecar.log`, retries at most 10 s apart; DPoP on, and the orders audience forwarded
     from `127.0.0.1:forward_port` to `orders_url` with the token and a proof, so the app holds
     no credential."""
-    from sidecar.process import DEMO_AUDIENCES, SidecarProcess
+    from sidecar.process import demo_sidecar
 
     suffix = audience_env_suffix(DEMO_AUDIENCE)
-    return SidecarProcess(broker_url=broker_url, audiences=DEMO_AUDIENCES, sa_token_file=sa_token_file,
-                          token_dir=home / "tokens", log_path=home / "sidecar.log", ttl=ttl, port=port,
-                          extra={"JITMESH_BACKOFF_MAX": "10", ENV_DPOP: "true",
-                                 ENV_UPSTREAM_URL_PREFIX + suffix: orders_url,
-                                 ENV_UPSTREAM_LISTEN_PREFIX + suffix: f"127.0.0.1:{forward_port}"})
+    return demo_sidecar(broker_url=broker_url, sa_token_file=sa_token_file, home=home, ttl=ttl, port=port,
+                        extra={ENV_DPOP: "true", ENV_UPSTREAM_URL_PREFIX + suffix: orders_url,
+                               ENV_UPSTREAM_LISTEN_PREFIX + suffix: f"127.0.0.1:{forward_port}"})
 
 
 def run_up(args: argparse.Namespace) -> int:

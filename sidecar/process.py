@@ -105,14 +105,15 @@ DEMO_AUDIENCES: dict[str, list[str]] = {"orders-api": ["read", "write"], "paymen
 
 
 def demo_sidecar(*, broker_url: str, sa_token_file: Path, home: Path, ttl: int = 20, port: int | None = None,
-                 audiences: Mapping[str, Sequence[str]] | None = None) -> SidecarProcess:
+                 audiences: Mapping[str, Sequence[str]] | None = None,
+                 extra: Mapping[str, str] | None = None) -> SidecarProcess:
     """The demo workload's sidecar for `jitmesh up`, not yet started: tokens under
     `home/tokens/`, its log in `home/sidecar.log`, a short TTL so refreshes are seen, and
-    retries at most 10 s apart. Start it with `stack.start(proc)` and narrate its log with
-    `stack.every(0.5, LogNarrator(proc.log_path, say).poll)`."""
+    retries at most 10 s apart; `extra` adds to its environment. Start it with
+    `stack.start(proc)` and narrate its log with `stack.every(0.5, LogNarrator(proc.log_path, say).poll)`."""
     return SidecarProcess(broker_url=broker_url, audiences=audiences or DEMO_AUDIENCES, sa_token_file=sa_token_file,
                           token_dir=home / "tokens", log_path=home / "sidecar.log", ttl=ttl, port=port,
-                          extra={"JITMESH_BACKOFF_MAX": "10"})
+                          extra={"JITMESH_BACKOFF_MAX": "10", **(extra or {})})
 
 
 class LogNarrator:
